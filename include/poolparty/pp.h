@@ -1,0 +1,156 @@
+/* poolparty's native core: the public header.
+ *
+ * Read docs/design.md first.  In short: a pool ("engine") owns two
+ * pp_queues of pp_msg (tasks in, completions out) and a set of
+ * workers.  Each worker owns one subinterpreter with its own GIL.
+ *
+ *  - Design "queue": a worker is a native thread that creates its
+ *    subinterpreter and loops *inside* it, popping tasks.
+ *  - Design "call": a worker is a thread of the main interpreter that
+ *    pops a task with the main GIL released, then calls into its
+ *    subinterpreter once per task (pp_interp_call).
+ *
+ * No PyObject ever travels between interpreters: tasks and results
+ * are byte strings (pickles) inside pp_msg, in memory the core owns
+ * (PyMem_Raw*, which needs no GIL).
+ *
+ * Error codes: functions return PP_OK (0) or a negative PP_E* code and
+ * never set a Python exception, except where a contract says
+ * otherwise.  src/module/errors.c is the one place that turns codes
+ * into exceptions.
+ */
+#ifndef POOLPARTY_PP_H
+#define POOLPARTY_PP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- error codes ------------------------------------------------ */
+
+enum {
+    PP_OK = 0,
+    PP_ENOMEM = -1,     /* allocation failed */
+    PP_ECLOSED = -2,    /* queue or engine closed: no more work */
+    PP_ETIMEDOUT = -3,  /* a timed wait ran out */
+    PP_ENOTFOUND = -4,  /* no such message / worker */
+    PP_EINTERP = -5,    /* a subinterpreter could not be created */
+    PP_ETHREAD = -6,    /* a native thread could not be started */
+    PP_ESTATE = -7,     /* operation not allowed in the current state */
+    PP_EINVAL = -8,     /* bad argument */
+};
+
+/* A short English description of a PP_E* code; never NULL. */
+const char *pp_strerror(int code);
+
+/* ---- messages ----------------------------------------------------- */
+
+/* What a task message asks a worker to do with its pickle. */
+typedef enum {
+    PP_TASK_CALL = 1,    /* (func, args, kwargs)  -> func(*args, **kwargs) */
+    PP_TASK_MAP = 2,     /* (func, items)         -> [func(x) for x]      */
+    PP_TASK_STARMAP = 3, /* (func, items)         -> [func(*x) for x]     */
+} pp_task_kind;
+
+/* How a task ended; the kind of a completion message. */
+typedef enum {
+    PP_DONE_OK = 16,          /* payload: pickle of the result */
+    PP_DONE_ERROR = 17,       /* payload: _worker.encode_error() output */
+    PP_DONE_UNPICKLABLE = 18, /* payload: same, result could not be pickled */
+    PP_DONE_INIT_FAILED = 19, /* a worker failed to start; payload as ERROR */
+    PP_DONE_CANCELLED = 20,   /* dropped before it ran (terminate/cancel) */
+} pp_done_kind;
+
+/* One task or one completion.  Owned by exactly one party at a time:
+ * whoever allocated it until it is pushed, then the queue, then
+ * whoever popped it, who must pp_msg_free() it. */
+typedef struct pp_msg {
+    struct pp_msg *next; /* intrusive queue link; NULL outside a queue */
+    uint64_t job;        /* submitter's job id */
+    uint64_t index;      /* chunk index within the job */
+    uint32_t kind;       /* pp_task_kind or pp_done_kind */
+    uint32_t worker;     /* worker that produced a completion */
+    size_t size;         /* bytes in data */
+    unsigned char data[];
+} pp_msg;
+
+/* A new message with `size` bytes of data copied from `data` (which
+ * may be NULL to leave them uninitialised).  NULL when out of memory.
+ * No GIL needed. */
+pp_msg *pp_msg_new(uint64_t job, uint64_t index, uint32_t kind,
+                   const void *data, size_t size);
+/* Free a message (NULL is fine).  No GIL needed. */
+void pp_msg_free(pp_msg *msg);
+/* Free a whole NULL-terminated chain linked through `next`. */
+void pp_msg_free_chain(pp_msg *first);
+
+/* ---- queues -------------------------------------------------------- */
+
+/* Opaque unbounded FIFO of pp_msg, safe for many producers and many
+ * consumers.  Waiting blocks on a condition variable; nothing polls.
+ * No function here touches Python: call them with no GIL held when
+ * they may block. */
+typedef struct pp_queue pp_queue;
+
+/* Allocate an open, empty queue into *out.  PP_OK or PP_ENOMEM. */
+int pp_queue_new(pp_queue **out);
+/* Free the queue and every message still in it.  No thread may be
+ * using it any more. */
+void pp_queue_free(pp_queue *q);
+/* Append msg; the queue owns it on PP_OK.  PP_ECLOSED if closed (the
+ * caller keeps ownership). */
+int pp_queue_push(pp_queue *q, pp_msg *msg);
+/* Pop the oldest message into *out, waiting up to timeout_ns
+ * (negative: forever; 0: don't wait).  PP_OK, PP_ETIMEDOUT, or
+ * PP_ECLOSED once the queue is closed *and* empty. */
+int pp_queue_pop(pp_queue *q, int64_t timeout_ns, pp_msg **out);
+/* Like pp_queue_pop but takes every queued message at once (a chain
+ * in FIFO order) after waiting for the first one; *count is set to
+ * its length. */
+int pp_queue_pop_all(pp_queue *q, int64_t timeout_ns, pp_msg **out,
+                     size_t *count);
+/* Refuse further pushes and wake every waiter.  Messages already
+ * queued can still be popped.  Idempotent. */
+void pp_queue_close(pp_queue *q);
+/* Remove and return every queued message as a chain (NULL if none). */
+pp_msg *pp_queue_drain(pp_queue *q);
+/* Remove the queued message with this (job, index) into *out.
+ * PP_OK or PP_ENOTFOUND (it was never queued or a worker took it). */
+int pp_queue_remove(pp_queue *q, uint64_t job, uint64_t index,
+                    pp_msg **out);
+/* Messages queued right now (a snapshot). */
+size_t pp_queue_length(pp_queue *q);
+
+/* ---- engine lifecycle (pure state machine) ------------------------- */
+
+/* The states an engine moves through.  Kept as a pure function so the
+ * rules can be unit-tested without threads or Python. */
+typedef enum {
+    PP_ENGINE_RUNNING = 0,     /* accepts tasks */
+    PP_ENGINE_CLOSED = 1,      /* no new tasks; queued ones still run */
+    PP_ENGINE_TERMINATING = 2, /* queued tasks dropped, running ones
+                                  interrupted */
+    PP_ENGINE_STOPPED = 3,     /* all workers gone */
+} pp_engine_state;
+
+typedef enum {
+    PP_EV_SUBMIT = 0,    /* a task is submitted */
+    PP_EV_CLOSE = 1,     /* close(): finish queued work */
+    PP_EV_TERMINATE = 2, /* terminate(): drop queued, interrupt running */
+    PP_EV_JOINED = 3,    /* the last worker has exited */
+} pp_engine_event;
+
+/* The state after `event` in `state` into *next.  PP_OK, or
+ * PP_ESTATE if the event is refused (e.g. SUBMIT once closed); *next
+ * is then unchanged. */
+int pp_engine_transition(pp_engine_state state, pp_engine_event event,
+                         pp_engine_state *next);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* POOLPARTY_PP_H */

@@ -1,0 +1,470 @@
+/* The engine: one pool's queues and workers.
+ *
+ * LOCK ORDER (outermost first):
+ *     engine->mutex  >  worker->life  >  any GIL  >  pp_queue mutexes
+ * A thread holding engine->mutex never waits for a GIL; queue mutexes
+ * are leaves (see queue.c).  worker->life is held while the terminating
+ * thread attaches to a worker's interpreter, so the worker releases its
+ * GIL before it takes worker->life (see retire_interp).
+ *
+ * Which field each lock guards is written next to the field. */
+#include "pp_internal.h"
+
+#include <string.h>
+#include <time.h>
+
+typedef struct pp_worker {
+    struct pp_engine *engine;
+    uint32_t id;
+    pthread_t thread;          /* PP_DESIGN_QUEUE only */
+    int thread_started;        /* engine->mutex */
+    pthread_mutex_t life;
+    PyInterpreterState *interp; /* life: set while a task may run */
+    unsigned long py_thread_id; /* life: the worker thread's ident */
+} pp_worker;
+
+struct pp_engine {
+    atomic_long refcount;
+    pp_design design;
+    uint64_t maxtasks;          /* immutable; 0 = unlimited */
+    pp_boot boot;               /* immutable after creation */
+    pp_queue *tasks;            /* own lock */
+    pp_queue *completions;      /* own lock */
+    pthread_mutex_t mutex;
+    pthread_cond_t exited;      /* signalled when live_workers drops */
+    pp_engine_state state;      /* mutex */
+    uint32_t live_workers;      /* mutex */
+    uint32_t nworkers;          /* immutable */
+    pp_worker workers[];
+};
+
+/* ---- reference counting and state ------------------------------------ */
+
+void
+pp__engine_incref(pp_engine *e)
+{
+    atomic_fetch_add(&e->refcount, 1);
+}
+
+/* Any thread; the last reference frees everything. */
+void
+pp__engine_decref(pp_engine *e)
+{
+    if (atomic_fetch_sub(&e->refcount, 1) != 1) {
+        return;
+    }
+    for (uint32_t i = 0; i < e->nworkers; i++) {
+        pthread_mutex_destroy(&e->workers[i].life);
+    }
+    pp_queue_free(e->tasks);
+    pp_queue_free(e->completions);
+    pp__boot_fini(&e->boot);
+    pthread_cond_destroy(&e->exited);
+    pthread_mutex_destroy(&e->mutex);
+    PyMem_RawFree(e);
+}
+
+/* A worker is gone.  The last one out closes the completion queue so
+ * the collector learns that nothing more will come.  Takes e->mutex. */
+static void
+worker_exited(pp_engine *e)
+{
+    pthread_mutex_lock(&e->mutex);
+    e->live_workers--;
+    int last = e->live_workers == 0;
+    if (last) {
+        pp_engine_state next;
+        if (pp_engine_transition(e->state, PP_EV_JOINED, &next) == PP_OK) {
+            e->state = next;
+        }
+    }
+    pthread_cond_broadcast(&e->exited);
+    pthread_mutex_unlock(&e->mutex);
+    if (last) {
+        pp_queue_close(e->completions);
+    }
+}
+
+/* Push a completion; if the collector is gone (queue closed, which only
+ * happens after every worker exited) the message is dropped. */
+static void
+complete(pp_engine *e, pp_worker *w, pp_msg *done)
+{
+    if (done == NULL) {
+        return;
+    }
+    done->worker = w->id;
+    if (pp_queue_push(e->completions, done) != PP_OK) {
+        pp_msg_free(done);
+    }
+}
+
+/* ---- the worker (both designs) ------------------------------------- */
+
+/* Make the interpreter visible to terminate().  Needs: no tstate (a
+ * terminating thread may hold w->life while waiting for our GIL). */
+static void
+publish_interp(pp_worker *w, pp_interp *it)
+{
+    pthread_mutex_lock(&w->life);
+    w->interp = it->interp;
+    w->py_thread_id = PyThread_get_thread_ident();
+    pthread_mutex_unlock(&w->life);
+}
+
+/* Hide the interpreter from terminate() before it is destroyed, so no
+ * foreign thread state exists when Py_EndInterpreter checks that it is
+ * the last.  Needs: no tstate. */
+static void
+retire_interp(pp_worker *w)
+{
+    pthread_mutex_lock(&w->life);
+    w->interp = NULL;
+    pthread_mutex_unlock(&w->life);
+}
+
+/* Pop the next task for a worker.  PP_OK or PP_ECLOSED.  Needs: no
+ * tstate (it blocks). */
+static int
+next_task(pp_engine *e, pp_msg **task)
+{
+    return pp_queue_pop(e->tasks, -1, task);
+}
+
+/* THE QUEUE-DESIGN WORKER LOOP.
+ *
+ * Runs on its own native thread, which belongs to no interpreter until
+ * it creates one.  Per interpreter lifetime (one, or one per
+ * `maxtasks` tasks):
+ *   1. create the interpreter (no tstate -> sub GIL held);
+ *   2. per task: release the sub GIL, block on the task queue, take the
+ *      sub GIL back, run the task, push its completion;
+ *   3. release the GIL, retire the interpreter (w->life), end it.
+ * The main interpreter's GIL is never taken here, which is the point:
+ * workers never contend with the main interpreter or with each other,
+ * only on the queue mutexes for a few instructions per task. */
+static void *
+queue_worker_main(void *arg)
+{
+    pp_worker *w = arg;
+    pp_engine *e = w->engine;
+    int stopping = 0;
+
+    while (!stopping) {
+        pp_interp *it = NULL;
+        pp_msg *failure = NULL;
+        if (pp__interp_create(&e->boot, w->id, &it, &failure) != PP_OK) {
+            complete(e, w, failure);
+            break;
+        }
+        PyThreadState *ts = PyEval_SaveThread();
+        publish_interp(w, it);
+        uint64_t served = 0;
+        while (e->maxtasks == 0 || served < e->maxtasks) {
+            pp_msg *task;
+            if (next_task(e, &task) != PP_OK) {
+                stopping = 1;
+                break;
+            }
+            PyEval_RestoreThread(ts);
+            pp_msg *done = pp__interp_run(it, task);
+            ts = PyEval_SaveThread();
+            pp_msg_free(task);
+            complete(e, w, done);
+            served++;
+        }
+        retire_interp(w);
+        PyEval_RestoreThread(ts);
+        pp__interp_destroy_attached(it);
+    }
+    worker_exited(e);
+    pp__engine_decref(e);
+    return NULL;
+}
+
+/* Needs: main GIL.  See pp_internal.h. */
+int
+pp__engine_serve_calls(pp_engine *e, uint32_t worker)
+{
+    if (worker >= e->nworkers || e->design != PP_DESIGN_CALL) {
+        worker_exited(e);
+        return PP_EINVAL;
+    }
+    pp_worker *w = &e->workers[worker];
+    int stopping = 0;
+    PyThreadState *caller;
+
+    while (!stopping) {
+        pp_interp *it = NULL;
+        pp_msg *failure = NULL;
+        caller = PyEval_SaveThread();
+        int rc = pp__interp_create(&e->boot, w->id, &it, &failure);
+        if (rc == PP_OK) {
+            /* Created on this thread, so `it` is attached: detach. */
+            PyEval_SaveThread();
+            publish_interp(w, it);
+        }
+        PyEval_RestoreThread(caller);
+        if (rc != PP_OK) {
+            complete(e, w, failure);
+            break;
+        }
+        uint64_t served = 0;
+        while (e->maxtasks == 0 || served < e->maxtasks) {
+            pp_msg *task;
+            int popped;
+            Py_BEGIN_ALLOW_THREADS
+            popped = next_task(e, &task);
+            Py_END_ALLOW_THREADS
+            if (popped != PP_OK) {
+                stopping = 1;
+                break;
+            }
+            /* Here this thread holds the main GIL: the design's cost is
+             * this hop through the main interpreter for every task. */
+            pp_msg *done = pp__interp_call(it, task);
+            pp_msg_free(task);
+            complete(e, w, done);
+            served++;
+        }
+        caller = PyEval_SaveThread();
+        retire_interp(w);
+        pp__interp_destroy(it);
+        PyEval_RestoreThread(caller);
+    }
+    worker_exited(e);
+    return PP_OK;
+}
+
+/* ---- creation -------------------------------------------------------- */
+
+/* Start the native threads of a queue-design engine.  PP_OK or
+ * PP_ETHREAD (workers already started keep running and will exit once
+ * the engine is closed).  Takes e->mutex. */
+static int
+start_queue_workers(pp_engine *e)
+{
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    /* CPython's recursion limit assumes a main-thread-sized stack. */
+    pthread_attr_setstacksize(&attr, 16u * 1024u * 1024u);
+    int rc = PP_OK;
+    for (uint32_t i = 0; i < e->nworkers; i++) {
+        pp_worker *w = &e->workers[i];
+        pp__engine_incref(e); /* the thread's reference */
+        if (pthread_create(&w->thread, &attr, queue_worker_main, w) != 0) {
+            pp__engine_decref(e);
+            pthread_mutex_lock(&e->mutex);
+            e->live_workers--;
+            pthread_mutex_unlock(&e->mutex);
+            rc = PP_ETHREAD;
+            continue;
+        }
+        pthread_mutex_lock(&e->mutex);
+        w->thread_started = 1;
+        pthread_mutex_unlock(&e->mutex);
+    }
+    pthread_attr_destroy(&attr);
+    return rc;
+}
+
+/* Any thread.  See pp_internal.h. */
+int
+pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
+               const char *sys_path, size_t sys_path_size,
+               const void *payload, size_t payload_size, pp_engine **out)
+{
+    if (nworkers == 0) {
+        return PP_EINVAL;
+    }
+    pp_engine *e = PyMem_RawCalloc(
+        1, sizeof(pp_engine) + nworkers * sizeof(pp_worker));
+    if (e == NULL) {
+        return PP_ENOMEM;
+    }
+    atomic_init(&e->refcount, 1);
+    e->design = design;
+    e->maxtasks = maxtasks;
+    e->nworkers = nworkers;
+    e->live_workers = nworkers;
+    e->state = PP_ENGINE_RUNNING;
+    pthread_mutex_init(&e->mutex, NULL);
+    pthread_cond_init(&e->exited, NULL);
+    for (uint32_t i = 0; i < nworkers; i++) {
+        e->workers[i].engine = e;
+        e->workers[i].id = i;
+        pthread_mutex_init(&e->workers[i].life, NULL);
+    }
+    if (pp_queue_new(&e->tasks) != PP_OK ||
+        pp_queue_new(&e->completions) != PP_OK ||
+        pp__boot_init(&e->boot, sys_path, sys_path_size, payload,
+                      payload_size) != PP_OK) {
+        pp__engine_decref(e);
+        return PP_ENOMEM;
+    }
+    if (design == PP_DESIGN_QUEUE) {
+        int rc = start_queue_workers(e);
+        if (rc != PP_OK) {
+            pp_msg_free_chain(pp__engine_terminate(e));
+            *out = e; /* the caller must still stop and release it */
+            return rc;
+        }
+    }
+    *out = e;
+    return PP_OK;
+}
+
+/* ---- operations ------------------------------------------------------ */
+
+/* Any GIL or none. */
+int
+pp__engine_submit(pp_engine *e, pp_msg *task)
+{
+    /* Checked under e->mutex so a submit racing close() either lands
+     * before the queue closes or is refused; never lost in between. */
+    pthread_mutex_lock(&e->mutex);
+    pp_engine_state next;
+    int rc = pp_engine_transition(e->state, PP_EV_SUBMIT, &next);
+    if (rc == PP_OK) {
+        rc = pp_queue_push(e->tasks, task) == PP_OK ? PP_OK : PP_ESTATE;
+    }
+    pthread_mutex_unlock(&e->mutex);
+    return rc;
+}
+
+/* Needs: no tstate. */
+int
+pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
+                   size_t *count)
+{
+    return pp_queue_pop_all(e->completions, timeout_ns, out, count);
+}
+
+/* Any GIL or none. */
+void
+pp__engine_close(pp_engine *e)
+{
+    pthread_mutex_lock(&e->mutex);
+    pp_engine_state next;
+    if (pp_engine_transition(e->state, PP_EV_CLOSE, &next) == PP_OK) {
+        e->state = next;
+    }
+    /* Closing under e->mutex orders it after any submit that passed its
+     * state check. */
+    pp_queue_close(e->tasks);
+    pthread_mutex_unlock(&e->mutex);
+}
+
+/* Needs: no tstate. */
+pp_msg *
+pp__engine_terminate(pp_engine *e)
+{
+    pthread_mutex_lock(&e->mutex);
+    pp_engine_state next;
+    if (pp_engine_transition(e->state, PP_EV_TERMINATE, &next) == PP_OK) {
+        e->state = next;
+    }
+    pp_queue_close(e->tasks);
+    pthread_mutex_unlock(&e->mutex);
+    pp_msg *dropped = pp_queue_drain(e->tasks);
+
+    /* Interrupt what is running.  A worker idle in next_task() gets the
+     * exception too but never runs Python again before it exits, so it
+     * is harmless there. */
+    for (uint32_t i = 0; i < e->nworkers; i++) {
+        pp_worker *w = &e->workers[i];
+        pthread_mutex_lock(&w->life);
+        if (w->interp != NULL) {
+            pp__interp_interrupt(w->interp, w->py_thread_id,
+                                 PyExc_SystemExit);
+        }
+        pthread_mutex_unlock(&w->life);
+    }
+    return dropped;
+}
+
+/* Any GIL or none. */
+pp_msg *
+pp__engine_discard(pp_engine *e)
+{
+    return pp_queue_drain(e->tasks);
+}
+
+/* Any GIL or none. */
+int
+pp__engine_cancel(pp_engine *e, uint64_t job, uint64_t index)
+{
+    pp_msg *msg = NULL;
+    int rc = pp_queue_remove(e->tasks, job, index, &msg);
+    pp_msg_free(msg);
+    return rc;
+}
+
+/* Needs: no tstate. */
+int
+pp__engine_join(pp_engine *e, int64_t timeout_ns)
+{
+    int rc = PP_OK;
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    if (timeout_ns >= 0) {
+        int64_t nsec = deadline.tv_nsec + timeout_ns % 1000000000;
+        deadline.tv_sec += (time_t)(timeout_ns / 1000000000 +
+                                    nsec / 1000000000);
+        deadline.tv_nsec = (long)(nsec % 1000000000);
+    }
+    pthread_mutex_lock(&e->mutex);
+    if (e->state == PP_ENGINE_RUNNING) {
+        rc = PP_ESTATE;
+        goto done;
+    }
+    while (e->live_workers > 0) {
+        if (timeout_ns < 0) {
+            pthread_cond_wait(&e->exited, &e->mutex);
+        }
+        else if (pthread_cond_timedwait(&e->exited, &e->mutex,
+                                        &deadline) != 0 &&
+                 e->live_workers > 0) {
+            rc = PP_ETIMEDOUT;
+            goto done;
+        }
+    }
+    /* Every worker has left its loop; reap the native threads so their
+     * stacks are returned.  They are past their last lock. */
+    for (uint32_t i = 0; i < e->nworkers; i++) {
+        pp_worker *w = &e->workers[i];
+        if (w->thread_started) {
+            w->thread_started = 0;
+            pthread_mutex_unlock(&e->mutex);
+            pthread_join(w->thread, NULL);
+            pthread_mutex_lock(&e->mutex);
+        }
+    }
+done:
+    pthread_mutex_unlock(&e->mutex);
+    return rc;
+}
+
+size_t
+pp__engine_pending(pp_engine *e)
+{
+    return pp_queue_length(e->tasks);
+}
+
+uint32_t
+pp__engine_live_workers(pp_engine *e)
+{
+    pthread_mutex_lock(&e->mutex);
+    uint32_t n = e->live_workers;
+    pthread_mutex_unlock(&e->mutex);
+    return n;
+}
+
+pp_engine_state
+pp__engine_state(pp_engine *e)
+{
+    pthread_mutex_lock(&e->mutex);
+    pp_engine_state s = e->state;
+    pthread_mutex_unlock(&e->mutex);
+    return s;
+}

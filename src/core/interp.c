@@ -1,0 +1,530 @@
+/* Subinterpreter lifecycle and the task runner.
+ *
+ * Every function states which GIL it needs (see pp_internal.h for the
+ * vocabulary).  Moving between interpreters is always done with
+ * PyEval_SaveThread / PyEval_RestoreThread, never PyThreadState_Swap:
+ * those two release and take the right GIL on both 3.12 and 3.13,
+ * where a bare swap between own-GIL interpreters does not. */
+#include "pp_internal.h"
+
+#include <string.h>
+
+static const char NOMEM_TEXT[] = "poolparty: out of memory in a worker";
+
+/* ---- boot -------------------------------------------------------- */
+
+/* No tstate needed. */
+int
+pp__boot_init(pp_boot *boot, const char *sys_path, size_t sys_path_size,
+              const void *payload, size_t payload_size)
+{
+    memset(boot, 0, sizeof(*boot));
+    boot->sys_path = PyMem_RawMalloc(sys_path_size ? sys_path_size : 1);
+    boot->payload = PyMem_RawMalloc(payload_size ? payload_size : 1);
+    if (boot->sys_path == NULL || boot->payload == NULL) {
+        pp__boot_fini(boot);
+        return PP_ENOMEM;
+    }
+    if (sys_path_size) {
+        memcpy(boot->sys_path, sys_path, sys_path_size);
+    }
+    if (payload_size) {
+        memcpy(boot->payload, payload, payload_size);
+    }
+    boot->sys_path_size = sys_path_size;
+    boot->payload_size = payload_size;
+    return PP_OK;
+}
+
+void
+pp__boot_fini(pp_boot *boot)
+{
+    PyMem_RawFree(boot->sys_path);
+    PyMem_RawFree(boot->payload);
+    memset(boot, 0, sizeof(*boot));
+}
+
+/* ---- errors as messages ------------------------------------------- */
+
+/* A message whose payload is UTF-8 text (not a pickle: the Python side
+ * tells them apart by pickle's 0x80 opening byte). */
+static pp_msg *
+text_message(uint64_t job, uint64_t index, uint32_t kind, const char *text)
+{
+    return pp_msg_new(job, index, kind, text, strlen(text));
+}
+
+/* Turn the raised exception into a completion message of `kind`.
+ * `value` is the unpicklable result for PP_DONE_UNPICKLABLE, else NULL.
+ * Clears the error.  Needs: sub GIL; `encode` may be NULL while the
+ * worker module is not imported yet. */
+static pp_msg *
+error_message(PyObject *encode, uint64_t job, uint64_t index, uint32_t kind,
+              PyObject *value)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *encoded = NULL;
+    pp_msg *msg = NULL;
+
+    if (encode != NULL && exc != NULL) {
+        encoded = value ? PyObject_CallFunctionObjArgs(encode, exc, value,
+                                                       NULL)
+                        : PyObject_CallOneArg(encode, exc);
+    }
+    if (encoded != NULL && PyBytes_Check(encoded)) {
+        msg = pp_msg_new(job, index, kind, PyBytes_AS_STRING(encoded),
+                         (size_t)PyBytes_GET_SIZE(encoded));
+        goto done;
+    }
+    /* Encoding failed too (MemoryError, a broken __repr__, a worker that
+     * could not import its module): fall back to the type's name and
+     * str(), built with as little Python as possible. */
+    PyErr_Clear();
+    const char *type_name = exc ? Py_TYPE(exc)->tp_name : "SystemError";
+    PyObject *text = exc ? PyObject_Str(exc) : NULL;
+    const char *detail = text ? PyUnicode_AsUTF8(text) : NULL;
+    PyErr_Clear();
+    char buffer[1024];
+    snprintf(buffer, sizeof(buffer), "%s: %s", type_name,
+             detail ? detail : "(no message could be produced)");
+    msg = text_message(job, index, kind, buffer);
+    Py_XDECREF(text);
+
+done:
+    Py_XDECREF(encoded);
+    Py_XDECREF(exc);
+    if (msg == NULL) {
+        msg = text_message(job, index, kind, NOMEM_TEXT);
+    }
+    return msg;
+}
+
+/* ---- creation ---------------------------------------------------- */
+
+/* Set sys.path from the NUL-separated list.  0 or -1 with an exception.
+ * Needs: sub GIL. */
+static int
+set_sys_path(const pp_boot *boot)
+{
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return -1;
+    }
+    size_t pos = 0;
+    while (pos < boot->sys_path_size) {
+        const char *entry = boot->sys_path + pos;
+        size_t len = strnlen(entry, boot->sys_path_size - pos);
+        /* The parent encoded with os.fsencode; undo it the same way so
+         * undecodable bytes survive the trip. */
+        PyObject *item = PyUnicode_DecodeFSDefaultAndSize(entry,
+                                                          (Py_ssize_t)len);
+        if (item == NULL || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(list);
+            return -1;
+        }
+        Py_DECREF(item);
+        pos += len + 1;
+    }
+    int rc = PySys_SetObject("path", list);
+    Py_DECREF(list);
+    return rc;
+}
+
+/* Fill it's PyObject fields and run the bootstrap.  0 or -1 with an
+ * exception.  Needs: sub GIL. */
+static int
+prepare(pp_interp *it, const pp_boot *boot)
+{
+    int rc = -1;
+    PyObject *pickle = NULL, *worker = NULL, *view = NULL, *res = NULL;
+
+    if (set_sys_path(boot) < 0) {
+        goto done;
+    }
+    worker = PyImport_ImportModule("poolparty._worker");
+    if (worker == NULL) {
+        goto done;
+    }
+    it->encode_error = PyObject_GetAttrString(worker, "encode_error");
+    if (it->encode_error == NULL) {
+        goto done;
+    }
+    pickle = PyImport_ImportModule("pickle");
+    if (pickle == NULL) {
+        goto done;
+    }
+    it->loads = PyObject_GetAttrString(pickle, "loads");
+    it->dumps = PyObject_GetAttrString(pickle, "dumps");
+    it->protocol = PyLong_FromLong(5);
+    if (it->loads == NULL || it->dumps == NULL || it->protocol == NULL) {
+        goto done;
+    }
+    /* The payload lives as long as the engine, which outlives this
+     * call: a read-only view needs no copy. */
+    view = PyMemoryView_FromMemory((char *)boot->payload,
+                                   (Py_ssize_t)boot->payload_size,
+                                   PyBUF_READ);
+    if (view == NULL) {
+        goto done;
+    }
+    res = PyObject_CallMethod(worker, "bootstrap", "O", view);
+    if (res == NULL) {
+        goto done;
+    }
+    rc = 0;
+
+done:
+    Py_XDECREF(res);
+    Py_XDECREF(view);
+    Py_XDECREF(pickle);
+    Py_XDECREF(worker);
+    return rc;
+}
+
+/* Release it's PyObject fields.  Needs: sub GIL. */
+static void
+release_objects(pp_interp *it)
+{
+    Py_CLEAR(it->loads);
+    Py_CLEAR(it->dumps);
+    Py_CLEAR(it->protocol);
+    Py_CLEAR(it->encode_error);
+}
+
+/* Needs: no tstate.  See pp_internal.h. */
+int
+pp__interp_create(const pp_boot *boot, uint32_t worker, pp_interp **out,
+                  pp_msg **failure)
+{
+    if (failure) {
+        *failure = NULL;
+    }
+    pp_interp *it = PyMem_RawCalloc(1, sizeof(*it));
+    if (it == NULL) {
+        if (failure) {
+            *failure = text_message(0, 0, PP_DONE_INIT_FAILED, NOMEM_TEXT);
+        }
+        return PP_EINTERP;
+    }
+    /* Isolated: own GIL and allocator, single-phase-init extensions
+     * refused (they would share state with the main interpreter), no
+     * fork/exec/daemon threads.  Plain threads stay allowed: tasks may
+     * use them. */
+    PyInterpreterConfig config = {
+        .use_main_obmalloc = 0,
+        .allow_fork = 0,
+        .allow_exec = 0,
+        .allow_threads = 1,
+        .allow_daemon_threads = 0,
+        .check_multi_interp_extensions = 1,
+        .gil = PyInterpreterConfig_OWN_GIL,
+    };
+    PyThreadState *tstate = NULL;
+    PyStatus status = Py_NewInterpreterFromConfig(&tstate, &config);
+    if (PyStatus_Exception(status) || tstate == NULL) {
+        if (failure) {
+            char buffer[512];
+            snprintf(buffer, sizeof(buffer),
+                     "poolparty: could not create a subinterpreter: %s%s%s",
+                     status.func ? status.func : "",
+                     status.func ? ": " : "",
+                     status.err_msg ? status.err_msg : "unknown error");
+            *failure = text_message(0, 0, PP_DONE_INIT_FAILED, buffer);
+        }
+        PyMem_RawFree(it);
+        return PP_EINTERP;
+    }
+    it->interp = PyThreadState_GetInterpreter(tstate);
+    it->home = tstate;
+    it->home_thread = pthread_self();
+
+    if (prepare(it, boot) < 0) {
+        pp_msg *msg = error_message(it->encode_error, 0, 0,
+                                    PP_DONE_INIT_FAILED, NULL);
+        if (msg) {
+            msg->worker = worker;
+        }
+        if (failure) {
+            *failure = msg;
+        }
+        else {
+            pp_msg_free(msg);
+        }
+        pp__interp_destroy_attached(it);
+        return PP_EINTERP;
+    }
+    *out = it;
+    return PP_OK;
+}
+
+/* ---- running a task ------------------------------------------------ */
+
+/* func(*args, **kwargs) from an unpickled (func, args, kwargs) triple.
+ * New reference or NULL with an exception.  Needs: sub GIL. */
+static PyObject *
+run_call(PyObject *spec)
+{
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "poolparty: malformed task (expected a "
+                        "(func, args, kwargs) triple)");
+        return NULL;
+    }
+    PyObject *func = PyTuple_GET_ITEM(spec, 0);
+    PyObject *args = PyTuple_GET_ITEM(spec, 1);
+    PyObject *kwargs = PyTuple_GET_ITEM(spec, 2);
+    if (!PyTuple_Check(args) || (kwargs != Py_None && !PyDict_Check(kwargs))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "poolparty: malformed task arguments");
+        return NULL;
+    }
+    return PyObject_Call(func, args, kwargs == Py_None ? NULL : kwargs);
+}
+
+/* [func(x) for x in items] or [func(*x) for x in items].  New reference
+ * or NULL with an exception.  Needs: sub GIL. */
+static PyObject *
+run_map(PyObject *spec, int star)
+{
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 2 ||
+        !PyList_Check(PyTuple_GET_ITEM(spec, 1))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "poolparty: malformed task (expected a "
+                        "(func, items) pair)");
+        return NULL;
+    }
+    PyObject *func = PyTuple_GET_ITEM(spec, 0);
+    PyObject *items = PyTuple_GET_ITEM(spec, 1);
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    PyObject *results = PyList_New(n);
+    if (results == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        PyObject *value;
+        if (star) {
+            PyObject *args = PySequence_Tuple(item);
+            if (args == NULL) {
+                Py_DECREF(results);
+                return NULL;
+            }
+            value = PyObject_Call(func, args, NULL);
+            Py_DECREF(args);
+        }
+        else {
+            value = PyObject_CallOneArg(func, item);
+        }
+        if (value == NULL) {
+            Py_DECREF(results);
+            return NULL;
+        }
+        PyList_SET_ITEM(results, i, value);
+    }
+    return results;
+}
+
+/* Needs: sub GIL.  See pp_internal.h. */
+pp_msg *
+pp__interp_run(pp_interp *it, const pp_msg *task)
+{
+    PyObject *view = NULL, *spec = NULL, *result = NULL, *pickled = NULL;
+    pp_msg *done = NULL;
+
+    /* The task's bytes are unpickled in place: pickle copies out what
+     * it keeps, so the view never outlives this call. */
+    view = PyMemoryView_FromMemory((char *)task->data,
+                                   (Py_ssize_t)task->size, PyBUF_READ);
+    if (view == NULL) {
+        goto error;
+    }
+    spec = PyObject_CallOneArg(it->loads, view);
+    if (spec == NULL) {
+        goto error;
+    }
+    switch (task->kind) {
+    case PP_TASK_CALL:
+        result = run_call(spec);
+        break;
+    case PP_TASK_MAP:
+        result = run_map(spec, 0);
+        break;
+    case PP_TASK_STARMAP:
+        result = run_map(spec, 1);
+        break;
+    default:
+        PyErr_Format(PyExc_ValueError, "poolparty: unknown task kind %u",
+                     (unsigned)task->kind);
+    }
+    if (result == NULL) {
+        goto error;
+    }
+    pickled = PyObject_CallFunctionObjArgs(it->dumps, result, it->protocol,
+                                           NULL);
+    if (pickled == NULL) {
+        done = error_message(it->encode_error, task->job, task->index,
+                             PP_DONE_UNPICKLABLE, result);
+        goto done;
+    }
+    if (!PyBytes_Check(pickled)) {
+        PyErr_SetString(PyExc_TypeError, "pickle.dumps did not return bytes");
+        goto error;
+    }
+    done = pp_msg_new(task->job, task->index, PP_DONE_OK,
+                      PyBytes_AS_STRING(pickled),
+                      (size_t)PyBytes_GET_SIZE(pickled));
+    if (done == NULL) {
+        /* The result was made but cannot be carried: report it as the
+         * task's MemoryError rather than lose the task. */
+        PyErr_NoMemory();
+        goto error;
+    }
+    goto done;
+
+error:
+    done = error_message(it->encode_error, task->job, task->index,
+                         PP_DONE_ERROR, NULL);
+done:
+    Py_XDECREF(pickled);
+    Py_XDECREF(result);
+    Py_XDECREF(spec);
+    if (view != NULL) {
+        /* Make sure nothing that kept the view can read freed memory. */
+        PyObject *released = PyObject_CallMethod(view, "release", NULL);
+        if (released == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(released);
+        Py_DECREF(view);
+    }
+    return done;
+}
+
+/* ---- calling in from the main interpreter ----------------------------- */
+
+/* Attach to `it` on this thread: its home thread state when this is the
+ * home thread, else a fresh one that *temporary tells the caller to
+ * delete.  Needs: no tstate; returns with the sub GIL. */
+static PyThreadState *
+enter(pp_interp *it, int *temporary)
+{
+    PyThreadState *ts = it->home;
+    *temporary = !pthread_equal(it->home_thread, pthread_self());
+    if (*temporary) {
+        ts = PyThreadState_New(it->interp);
+    }
+    PyEval_RestoreThread(ts);
+    return ts;
+}
+
+/* Leave `it` (undoing enter).  Needs: sub GIL; returns with no tstate. */
+static void
+leave(PyThreadState *ts, int temporary)
+{
+    if (temporary) {
+        PyThreadState_Clear(ts);
+        PyThreadState_DeleteCurrent();
+    }
+    else {
+        PyEval_SaveThread();
+    }
+}
+
+/* Needs: main GIL.  See pp_internal.h. */
+pp_msg *
+pp__interp_call(pp_interp *it, const pp_msg *task)
+{
+    int temporary;
+    PyThreadState *caller = PyEval_SaveThread();
+    PyThreadState *ts = enter(it, &temporary);
+    pp_msg *done = pp__interp_run(it, task);
+    leave(ts, temporary);
+    PyEval_RestoreThread(caller);
+    return done;
+}
+
+/* Needs: main GIL.  See pp_internal.h. */
+int
+pp__interp_exec(pp_interp *it, const char *source, pp_msg **failure)
+{
+    int temporary, rc = PP_OK;
+    PyThreadState *caller = PyEval_SaveThread();
+    PyThreadState *ts = enter(it, &temporary);
+
+    PyObject *main_module = PyImport_AddModule("__main__"); /* borrowed */
+    PyObject *globals = main_module ? PyModule_GetDict(main_module) : NULL;
+    PyObject *res = globals ? PyRun_String(source, Py_file_input, globals,
+                                           globals)
+                            : NULL;
+    if (res == NULL) {
+        pp_msg *msg = error_message(it->encode_error, 0, 0, PP_DONE_ERROR,
+                                    NULL);
+        if (failure) {
+            *failure = msg;
+        }
+        else {
+            pp_msg_free(msg);
+        }
+        rc = PP_EINTERP;
+    }
+    Py_XDECREF(res);
+    leave(ts, temporary);
+    PyEval_RestoreThread(caller);
+    return rc;
+}
+
+/* ---- destruction --------------------------------------------------- */
+
+/* Needs: sub GIL through it->home, on the home thread. */
+void
+pp__interp_destroy_attached(pp_interp *it)
+{
+    release_objects(it);
+    /* terminate() may have left an interrupt pending on this idle
+     * thread; it would fire inside threading._shutdown below and be
+     * printed as an unraisable exception. */
+    PyThreadState_SetAsyncExc(PyThread_get_thread_ident(), NULL);
+    /* Py_EndInterpreter joins the interpreter's non-daemon threads
+     * and then insists on being its last thread state. */
+    Py_EndInterpreter(it->home);
+    PyMem_RawFree(it);
+}
+
+/* Needs: no tstate; nobody else uses `it`. */
+void
+pp__interp_destroy(pp_interp *it)
+{
+    if (pthread_equal(it->home_thread, pthread_self())) {
+        PyEval_RestoreThread(it->home);
+        pp__interp_destroy_attached(it);
+        return;
+    }
+    /* From a foreign thread: attach with a thread state of our own, get
+     * rid of the home one (Py_EndInterpreter wants to be the last),
+     * then end the interpreter through ours. */
+    PyThreadState *ts = PyThreadState_New(it->interp);
+    PyEval_RestoreThread(ts);
+    release_objects(it);
+    PyThreadState_Clear(it->home);
+    PyThreadState_Delete(it->home);
+    Py_EndInterpreter(ts);
+    PyMem_RawFree(it);
+}
+
+/* Needs: no tstate; the caller keeps `interp` alive. */
+void
+pp__interp_interrupt(PyInterpreterState *interp, unsigned long thread_id,
+                     PyObject *exc_type)
+{
+    PyThreadState *ts = PyThreadState_New(interp);
+    if (ts == NULL) {
+        return;
+    }
+    /* Waits for the worker's GIL: a running worker drops it within one
+     * switch interval because we asked for it. */
+    PyEval_RestoreThread(ts);
+    PyThreadState_SetAsyncExc(thread_id, exc_type);
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent();
+}

@@ -1,0 +1,79 @@
+/* Messages: the only containers that carry work between interpreters.
+ *
+ * Memory comes from malloc rather than PyMem_RawMalloc: messages are
+ * created and freed by threads that may hold any interpreter's GIL or
+ * none, and the C unit tests link this file without libpython. */
+#include "poolparty/pp.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* A new message owning a copy of `data`; NULL when out of memory or
+ * when `size` would overflow.  Any thread, no lock. */
+pp_msg *
+pp_msg_new(uint64_t job, uint64_t index, uint32_t kind, const void *data,
+           size_t size)
+{
+    if (size > SIZE_MAX - sizeof(pp_msg)) {
+        return NULL;
+    }
+    pp_msg *msg = malloc(sizeof(pp_msg) + size);
+    if (msg == NULL) {
+        return NULL;
+    }
+    msg->next = NULL;
+    msg->job = job;
+    msg->index = index;
+    msg->kind = kind;
+    msg->worker = 0;
+    msg->size = size;
+    if (data != NULL && size > 0) {
+        memcpy(msg->data, data, size);
+    }
+    return msg;
+}
+
+/* Any thread, no lock. */
+void
+pp_msg_free(pp_msg *msg)
+{
+    free(msg);
+}
+
+/* Any thread, no lock; the chain must not be in a queue. */
+void
+pp_msg_free_chain(pp_msg *first)
+{
+    while (first != NULL) {
+        pp_msg *next = first->next;
+        pp_msg_free(first);
+        first = next;
+    }
+}
+
+const char *
+pp_strerror(int code)
+{
+    switch (code) {
+    case PP_OK:
+        return "success";
+    case PP_ENOMEM:
+        return "out of memory";
+    case PP_ECLOSED:
+        return "the pool is closed";
+    case PP_ETIMEDOUT:
+        return "timed out";
+    case PP_ENOTFOUND:
+        return "not found";
+    case PP_EINTERP:
+        return "could not create a subinterpreter";
+    case PP_ETHREAD:
+        return "could not start a native thread";
+    case PP_ESTATE:
+        return "not allowed in the pool's current state";
+    case PP_EINVAL:
+        return "invalid argument";
+    default:
+        return "unknown poolparty error";
+    }
+}

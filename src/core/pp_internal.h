@@ -1,0 +1,171 @@
+/* Internal interfaces of the core that use CPython's C API.
+ *
+ * Naming: pp_ public (include/poolparty/pp.h), pp__ internal but shared
+ * between files, plain static names file-local.
+ *
+ * GIL vocabulary used in every contract below:
+ *   "no tstate"  - the calling thread has no attached thread state (it
+ *                  holds no GIL at all; e.g. inside Py_BEGIN_ALLOW_THREADS)
+ *   "main GIL"   - attached to a main-interpreter thread state
+ *   "sub GIL"    - attached to a thread state of the pp_interp named
+ */
+#ifndef POOLPARTY_PP_INTERNAL_H
+#define POOLPARTY_PP_INTERNAL_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "poolparty/pp.h"
+
+#if PY_VERSION_HEX < 0x030C0000
+#error "poolparty needs CPython 3.12 or newer (per-interpreter GIL, PEP 684)"
+#endif
+
+/* What every new worker interpreter is started with.  Raw memory,
+ * immutable after creation, shared read-only by all workers of a pool;
+ * holds no PyObject. */
+typedef struct pp_boot {
+    char *sys_path;          /* NUL-terminated entries, back to back */
+    size_t sys_path_size;    /* bytes in sys_path, all terminators included */
+    unsigned char *payload;  /* pickle given to poolparty._worker.bootstrap */
+    size_t payload_size;
+} pp_boot;
+
+/* Copy the two buffers into a new boot.  PP_OK or PP_ENOMEM.  No tstate
+ * needed. */
+int pp__boot_init(pp_boot *boot, const char *sys_path, size_t sys_path_size,
+                  const void *payload, size_t payload_size);
+void pp__boot_fini(pp_boot *boot);
+
+/* One own-GIL subinterpreter and the Python objects that run tasks in
+ * it.
+ *
+ * THE AUDITED PLACE: the PyObject fields below belong to `interp`, not
+ * to the interpreter whose thread happens to hold this struct.  They
+ * are read, called and released only while attached to a thread
+ * state of `interp` (the sub GIL).  Nothing else in the core stores a
+ * PyObject reachable from another interpreter. */
+typedef struct pp_interp {
+    PyInterpreterState *interp;
+    PyThreadState *home;          /* created with the interpreter, bound
+                                     to the OS thread that created it */
+    pthread_t home_thread;
+    PyObject *loads;              /* pickle.loads          (sub GIL) */
+    PyObject *dumps;              /* pickle.dumps          (sub GIL) */
+    PyObject *protocol;           /* int 5                 (sub GIL) */
+    PyObject *encode_error;       /* _worker.encode_error  (sub GIL) */
+} pp_interp;
+
+/* Create an isolated subinterpreter with its own GIL, set its sys.path,
+ * import poolparty._worker and run _worker.bootstrap(boot->payload).
+ *
+ * Needs: no tstate.  On PP_OK returns with the new interpreter's home
+ * thread state attached (sub GIL held) and *out owned by the caller.
+ * On failure returns PP_EINTERP with no tstate attached, and
+ * *failure (when not NULL) a PP_DONE_INIT_FAILED message describing
+ * why, owned by the caller. */
+int pp__interp_create(const pp_boot *boot, uint32_t worker, pp_interp **out,
+                      pp_msg **failure);
+
+/* Run one task message and return its completion (never NULL: when
+ * memory runs out, a short static-text error is tried, then NULL).
+ * Needs: sub GIL of `it`.  The task stays owned by the caller. */
+pp_msg *pp__interp_run(pp_interp *it, const pp_msg *task);
+
+/* Call into `it` from a thread of the main interpreter: release the
+ * main GIL, run the task under the sub GIL, take the main GIL back.
+ * Needs: main GIL.  Thread states for threads other than the home
+ * thread are made per call. */
+pp_msg *pp__interp_call(pp_interp *it, const pp_msg *task);
+
+/* Run `source` in the interpreter's __main__ namespace.  PP_OK, or
+ * PP_EINTERP with *failure (when not NULL) a PP_DONE_ERROR message.
+ * Needs: main GIL (like pp__interp_call). */
+int pp__interp_exec(pp_interp *it, const char *source, pp_msg **failure);
+
+/* End the interpreter and free `it`.  Needs: sub GIL of `it`, attached
+ * through its home thread state, on the home thread.  Returns with no
+ * tstate. */
+void pp__interp_destroy_attached(pp_interp *it);
+
+/* End the interpreter from any thread and free `it`.  Needs: no
+ * tstate; no other thread may be using `it`. */
+void pp__interp_destroy(pp_interp *it);
+
+/* Raise `exc_type` (a static builtin exception type, shared by all
+ * interpreters) asynchronously in the thread `thread_id` of `interp`
+ * at its next bytecode boundary.  Needs: no tstate; the interpreter
+ * must stay alive for the duration (the caller guarantees it). */
+void pp__interp_interrupt(PyInterpreterState *interp,
+                          unsigned long thread_id, PyObject *exc_type);
+
+/* ---- the engine ---------------------------------------------------- */
+
+typedef enum {
+    PP_DESIGN_QUEUE = 0, /* native worker threads loop inside their sub */
+    PP_DESIGN_CALL = 1,  /* main-interpreter threads call in per task */
+} pp_design;
+
+typedef struct pp_engine pp_engine;
+
+/* A new engine with `nworkers` worker slots.  For PP_DESIGN_QUEUE the
+ * native worker threads start at once, each creating its interpreter
+ * in parallel; for PP_DESIGN_CALL the caller runs pp_engine_serve_calls
+ * on threads of its own.  `maxtasks` 0 means unlimited.  Takes
+ * ownership of nothing; copies `boot`'s buffers.  Needs: any (no GIL
+ * is waited for). */
+int pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
+                   const char *sys_path, size_t sys_path_size,
+                   const void *payload, size_t payload_size,
+                   pp_engine **out);
+void pp__engine_incref(pp_engine *e);
+/* Drop a reference; the last one frees the engine, which must then be
+ * stopped (or never started). */
+void pp__engine_decref(pp_engine *e);
+
+/* Queue a task; the engine owns it on PP_OK.  PP_ESTATE when the engine
+ * no longer accepts work (caller keeps the message).  Any GIL or none. */
+int pp__engine_submit(pp_engine *e, pp_msg *task);
+
+/* Wait up to timeout_ns for completions and take all that are ready.
+ * PP_OK, PP_ETIMEDOUT, or PP_ECLOSED once every worker has exited and
+ * everything was collected.  Needs: no tstate (it blocks). */
+int pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
+                       size_t *count);
+
+/* Stop taking work; queued tasks still run, then workers exit. */
+void pp__engine_close(pp_engine *e);
+
+/* Stop taking work, drop every queued task (returned as a chain for the
+ * caller to report), and interrupt running tasks at their next bytecode
+ * boundary.  Needs: no tstate (it attaches to each worker's interpreter
+ * briefly). */
+pp_msg *pp__engine_terminate(pp_engine *e);
+
+/* Drop every queued task (returned as a chain) but keep the workers and
+ * whatever they are running.  Any GIL or none. */
+pp_msg *pp__engine_discard(pp_engine *e);
+
+/* Remove a queued, not yet started task.  PP_OK (the task will never
+ * run) or PP_ENOTFOUND. */
+int pp__engine_cancel(pp_engine *e, uint64_t job, uint64_t index);
+
+/* Wait up to timeout_ns for every worker to exit.  PP_OK or
+ * PP_ETIMEDOUT; PP_ESTATE if the engine was never told to stop.
+ * Needs: no tstate. */
+int pp__engine_join(pp_engine *e, int64_t timeout_ns);
+
+/* PP_DESIGN_CALL only: be worker `worker` until the engine stops.
+ * Creates the worker's interpreter on this thread, then per task: pops
+ * with the main GIL released, takes the main GIL, calls into the
+ * subinterpreter.  Needs: main GIL; returns with it. */
+int pp__engine_serve_calls(pp_engine *e, uint32_t worker);
+
+/* Snapshot counters. */
+size_t pp__engine_pending(pp_engine *e);
+uint32_t pp__engine_live_workers(pp_engine *e);
+pp_engine_state pp__engine_state(pp_engine *e);
+
+#endif /* POOLPARTY_PP_INTERNAL_H */

@@ -1,0 +1,240 @@
+/* pp_queue: an unbounded multi-producer multi-consumer FIFO of pp_msg.
+ *
+ * Locking: one mutex guards every field of the struct; `nonempty` is
+ * signalled under it whenever a message arrives or the queue closes.
+ * The mutex is a leaf lock: nothing else is locked while holding it,
+ * and no Python API is called under it, so it can never take part in
+ * a lock-order cycle with a GIL.
+ *
+ * Waits use CLOCK_MONOTONIC so that a wall-clock jump neither cuts a
+ * timeout short nor stretches it. */
+#include "poolparty/pp.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+struct pp_queue {
+    pthread_mutex_t mutex;
+    pthread_cond_t nonempty; /* signalled on push and on close */
+    pp_msg *head;            /* oldest message, or NULL */
+    pp_msg *tail;            /* newest message, or NULL */
+    size_t length;
+    int closed;
+};
+
+/* PP_OK or PP_ENOMEM.  No lock (the queue is not shared yet). */
+int
+pp_queue_new(pp_queue **out)
+{
+    pp_queue *q = calloc(1, sizeof(*q));
+    if (q == NULL) {
+        return PP_ENOMEM;
+    }
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0) {
+        goto error_free;
+    }
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&q->nonempty, &attr);
+    pthread_condattr_destroy(&attr);
+    if (rc != 0) {
+        goto error_free;
+    }
+    if (pthread_mutex_init(&q->mutex, NULL) != 0) {
+        pthread_cond_destroy(&q->nonempty);
+        goto error_free;
+    }
+    *out = q;
+    return PP_OK;
+
+error_free:
+    free(q);
+    return PP_ENOMEM;
+}
+
+/* No thread may use q any more. */
+void
+pp_queue_free(pp_queue *q)
+{
+    if (q == NULL) {
+        return;
+    }
+    pp_msg_free_chain(q->head);
+    pthread_cond_destroy(&q->nonempty);
+    pthread_mutex_destroy(&q->mutex);
+    free(q);
+}
+
+/* Takes q->mutex. */
+int
+pp_queue_push(pp_queue *q, pp_msg *msg)
+{
+    int rc = PP_OK;
+    msg->next = NULL;
+    pthread_mutex_lock(&q->mutex);
+    if (q->closed) {
+        rc = PP_ECLOSED;
+        goto done;
+    }
+    if (q->tail == NULL) {
+        q->head = msg;
+    }
+    else {
+        q->tail->next = msg;
+    }
+    q->tail = msg;
+    q->length++;
+    /* One message can satisfy one waiter; pop_all waiters take them
+     * all, so waking one is enough in both cases. */
+    pthread_cond_signal(&q->nonempty);
+done:
+    pthread_mutex_unlock(&q->mutex);
+    return rc;
+}
+
+/* Absolute CLOCK_MONOTONIC deadline `timeout_ns` from now. */
+static struct timespec
+deadline_after(int64_t timeout_ns)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t nsec = (int64_t)ts.tv_nsec + timeout_ns % 1000000000;
+    ts.tv_sec += (time_t)(timeout_ns / 1000000000 + nsec / 1000000000);
+    ts.tv_nsec = (long)(nsec % 1000000000);
+    return ts;
+}
+
+/* Wait until q has a message or is closed.  Needs q->mutex held.
+ * PP_OK when a message is there, PP_ECLOSED, or PP_ETIMEDOUT. */
+static int
+wait_nonempty_locked(pp_queue *q, int64_t timeout_ns)
+{
+    struct timespec deadline;
+    if (timeout_ns > 0) {
+        deadline = deadline_after(timeout_ns);
+    }
+    while (q->head == NULL) {
+        if (q->closed) {
+            return PP_ECLOSED;
+        }
+        if (timeout_ns == 0) {
+            return PP_ETIMEDOUT;
+        }
+        if (timeout_ns < 0) {
+            pthread_cond_wait(&q->nonempty, &q->mutex);
+        }
+        else if (pthread_cond_timedwait(&q->nonempty, &q->mutex,
+                                        &deadline) == ETIMEDOUT &&
+                 q->head == NULL) {
+            return q->closed ? PP_ECLOSED : PP_ETIMEDOUT;
+        }
+    }
+    return PP_OK;
+}
+
+/* Takes q->mutex; blocks: call with no GIL held. */
+int
+pp_queue_pop(pp_queue *q, int64_t timeout_ns, pp_msg **out)
+{
+    pthread_mutex_lock(&q->mutex);
+    int rc = wait_nonempty_locked(q, timeout_ns);
+    if (rc == PP_OK) {
+        pp_msg *msg = q->head;
+        q->head = msg->next;
+        if (q->head == NULL) {
+            q->tail = NULL;
+        }
+        q->length--;
+        msg->next = NULL;
+        *out = msg;
+        /* More left and maybe more waiters: pass the wake-up on, since
+         * push signalled only once per message it saw. */
+        if (q->head != NULL) {
+            pthread_cond_signal(&q->nonempty);
+        }
+    }
+    pthread_mutex_unlock(&q->mutex);
+    return rc;
+}
+
+/* Takes q->mutex; blocks: call with no GIL held. */
+int
+pp_queue_pop_all(pp_queue *q, int64_t timeout_ns, pp_msg **out,
+                 size_t *count)
+{
+    pthread_mutex_lock(&q->mutex);
+    int rc = wait_nonempty_locked(q, timeout_ns);
+    if (rc == PP_OK) {
+        *out = q->head;
+        *count = q->length;
+        q->head = q->tail = NULL;
+        q->length = 0;
+    }
+    pthread_mutex_unlock(&q->mutex);
+    return rc;
+}
+
+/* Takes q->mutex. */
+void
+pp_queue_close(pp_queue *q)
+{
+    pthread_mutex_lock(&q->mutex);
+    q->closed = 1;
+    pthread_cond_broadcast(&q->nonempty);
+    pthread_mutex_unlock(&q->mutex);
+}
+
+/* Takes q->mutex. */
+pp_msg *
+pp_queue_drain(pp_queue *q)
+{
+    pthread_mutex_lock(&q->mutex);
+    pp_msg *first = q->head;
+    q->head = q->tail = NULL;
+    q->length = 0;
+    pthread_mutex_unlock(&q->mutex);
+    return first;
+}
+
+/* Takes q->mutex.  Linear in the queue's length: cancellation is rare
+ * next to push and pop, which stay O(1). */
+int
+pp_queue_remove(pp_queue *q, uint64_t job, uint64_t index, pp_msg **out)
+{
+    int rc = PP_ENOTFOUND;
+    pthread_mutex_lock(&q->mutex);
+    pp_msg *prev = NULL;
+    for (pp_msg *m = q->head; m != NULL; prev = m, m = m->next) {
+        if (m->job != job || m->index != index) {
+            continue;
+        }
+        if (prev == NULL) {
+            q->head = m->next;
+        }
+        else {
+            prev->next = m->next;
+        }
+        if (q->tail == m) {
+            q->tail = prev;
+        }
+        q->length--;
+        m->next = NULL;
+        *out = m;
+        rc = PP_OK;
+        break;
+    }
+    pthread_mutex_unlock(&q->mutex);
+    return rc;
+}
+
+/* Takes q->mutex. */
+size_t
+pp_queue_length(pp_queue *q)
+{
+    pthread_mutex_lock(&q->mutex);
+    size_t n = q->length;
+    pthread_mutex_unlock(&q->mutex);
+    return n;
+}

@@ -1,0 +1,182 @@
+/* _poolparty: module definition, per-module state, error translation.
+ *
+ * Multi-phase init with per-module state and heap types only, so the
+ * module loads in every subinterpreter (each gets its own copy of the
+ * state) and declares per-interpreter-GIL support. */
+#include "module.h"
+
+#include <math.h>
+
+pp_module_state *
+pp__state_from_type(PyTypeObject *type)
+{
+    PyObject *module = PyType_GetModuleByDef(type, &pp__module_def);
+    return module ? PyModule_GetState(module) : NULL;
+}
+
+/* Needs: the module's GIL.  Always returns NULL. */
+PyObject *
+pp__raise(pp_module_state *st, int code)
+{
+    switch (code) {
+    case PP_ENOMEM:
+        return PyErr_NoMemory();
+    case PP_ETIMEDOUT:
+        PyErr_SetString(PyExc_TimeoutError, pp_strerror(code));
+        return NULL;
+    case PP_ECLOSED:
+    case PP_ESTATE:
+        PyErr_SetString(PyExc_ValueError,
+                        "Pool not running (it was closed or terminated; "
+                        "create a new pool)");
+        return NULL;
+    case PP_EINVAL:
+        PyErr_SetString(PyExc_ValueError, pp_strerror(code));
+        return NULL;
+    default:
+        PyErr_Format(st ? st->core_error : PyExc_RuntimeError, "%s (%d)",
+                     pp_strerror(code), code);
+        return NULL;
+    }
+}
+
+int
+pp__as_u64(PyObject *obj, uint64_t *out)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int
+pp__timeout_ns(PyObject *obj, int64_t *out)
+{
+    if (obj == NULL || obj == Py_None) {
+        *out = -1;
+        return 0;
+    }
+    double seconds = PyFloat_AsDouble(obj);
+    if (seconds == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(seconds)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
+        return -1;
+    }
+    if (seconds < 0) {
+        *out = -1;
+    }
+    else if (seconds > 9.0e9) {
+        *out = -1; /* ~285 years: the same as forever */
+    }
+    else {
+        *out = (int64_t)(seconds * 1e9);
+    }
+    return 0;
+}
+
+PyObject *
+pp__completion_tuple(const pp_msg *msg)
+{
+    return Py_BuildValue("(KKIIy#)", (unsigned long long)msg->job,
+                         (unsigned long long)msg->index, (unsigned)msg->kind,
+                         (unsigned)msg->worker, (const char *)msg->data,
+                         (Py_ssize_t)msg->size);
+}
+
+/* ---- module lifecycle ---------------------------------------------- */
+
+static int
+module_exec(PyObject *module)
+{
+    pp_module_state *st = PyModule_GetState(module);
+    st->core_error = PyErr_NewExceptionWithDoc(
+        "_poolparty.CoreError",
+        "An error inside poolparty's native core (a subinterpreter or a "
+        "thread could not be created, ...).",
+        PyExc_RuntimeError, NULL);
+    if (st->core_error == NULL ||
+        PyModule_AddObjectRef(module, "CoreError", st->core_error) < 0) {
+        return -1;
+    }
+    if (pp__engine_type_add(module, st) < 0 ||
+        pp__interpreter_type_add(module, st) < 0) {
+        return -1;
+    }
+#define ADD_INT(name)                                                       \
+    if (PyModule_AddIntConstant(module, #name, name) < 0) {                 \
+        return -1;                                                          \
+    }
+    ADD_INT(PP_TASK_CALL)
+    ADD_INT(PP_TASK_MAP)
+    ADD_INT(PP_TASK_STARMAP)
+    ADD_INT(PP_DONE_OK)
+    ADD_INT(PP_DONE_ERROR)
+    ADD_INT(PP_DONE_UNPICKLABLE)
+    ADD_INT(PP_DONE_INIT_FAILED)
+    ADD_INT(PP_DONE_CANCELLED)
+    ADD_INT(PP_DESIGN_QUEUE)
+    ADD_INT(PP_DESIGN_CALL)
+    ADD_INT(PP_ENGINE_RUNNING)
+    ADD_INT(PP_ENGINE_CLOSED)
+    ADD_INT(PP_ENGINE_TERMINATING)
+    ADD_INT(PP_ENGINE_STOPPED)
+#undef ADD_INT
+    return 0;
+}
+
+static int
+module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    pp_module_state *st = PyModule_GetState(module);
+    Py_VISIT(st->engine_type);
+    Py_VISIT(st->interpreter_type);
+    Py_VISIT(st->core_error);
+    return 0;
+}
+
+static int
+module_clear(PyObject *module)
+{
+    pp_module_state *st = PyModule_GetState(module);
+    Py_CLEAR(st->engine_type);
+    Py_CLEAR(st->interpreter_type);
+    Py_CLEAR(st->core_error);
+    return 0;
+}
+
+static void
+module_free(void *module)
+{
+    module_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#ifdef Py_mod_gil
+    /* All shared state is behind the core's own mutexes. */
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, NULL},
+};
+
+PyModuleDef pp__module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_poolparty",
+    .m_doc = "poolparty's native core: queues, workers and subinterpreters.",
+    .m_size = sizeof(pp_module_state),
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__poolparty(void)
+{
+    return PyModuleDef_Init(&pp__module_def);
+}

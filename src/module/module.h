@@ -1,0 +1,40 @@
+/* The _poolparty extension module: per-module state and the types it
+ * defines.  Everything here runs in whichever interpreter imported the
+ * module, under that interpreter's GIL; objects never leave it. */
+#ifndef POOLPARTY_MODULE_H
+#define POOLPARTY_MODULE_H
+
+#include "../core/pp_internal.h"
+
+typedef struct {
+    PyTypeObject *engine_type;
+    PyTypeObject *interpreter_type;
+    PyObject *core_error; /* _poolparty.CoreError */
+} pp_module_state;
+
+extern PyModuleDef pp__module_def;
+
+/* The state of the module that defined `type`'s instances' class.
+ * Borrowed; never NULL for our own types. */
+pp_module_state *pp__state_from_type(PyTypeObject *type);
+
+/* THE place that turns a PP_E* code into a Python exception.  Always
+ * returns NULL so callers can `return pp__raise(st, rc);`.  Needs: the
+ * GIL of the module's interpreter. */
+PyObject *pp__raise(pp_module_state *st, int code);
+
+/* Read a non-negative integer that fits in uint64.  0 or -1 with an
+ * exception. */
+int pp__as_u64(PyObject *obj, uint64_t *out);
+/* Seconds (float, None or negative = forever) to nanoseconds (-1 =
+ * forever).  0 or -1 with an exception. */
+int pp__timeout_ns(PyObject *obj, int64_t *out);
+/* A tuple (job, index, kind, worker, payload bytes) for a completion.
+ * New reference or NULL. */
+PyObject *pp__completion_tuple(const pp_msg *msg);
+
+/* Type creation, called from module exec. 0 or -1 with an exception. */
+int pp__engine_type_add(PyObject *module, pp_module_state *st);
+int pp__interpreter_type_add(PyObject *module, pp_module_state *st);
+
+#endif /* POOLPARTY_MODULE_H */

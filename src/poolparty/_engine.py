@@ -1,0 +1,262 @@
+"""The main interpreter's side of a native engine.
+
+Shared by SubinterpreterPool and SubinterpreterPoolExecutor: what a
+worker starts with, the thread that collects completions, and shutdown
+(explicit, at garbage collection, or at interpreter exit).
+
+Threads here: the caller's threads submit (pickling in the caller, then
+one C call); one *collector* thread per pool waits in C with the GIL
+released and hands completions to the pool's sink; with
+``dispatch="call"`` one main-interpreter thread per worker runs the C
+loop ``Engine.serve_calls``.  All are daemon threads, so a forgotten
+pool never blocks interpreter exit; the finalizer below stops them
+first.
+"""
+
+import os
+import pickle
+import sys
+import threading
+import traceback
+import weakref
+
+from . import _poolparty as _core
+from . import _worker
+from ._errors import BrokenInterpreterPool, decode_error
+
+DESIGNS = {"queue": _core.PP_DESIGN_QUEUE, "call": _core.PP_DESIGN_CALL}
+
+DONE_OK = _core.PP_DONE_OK
+INIT_FAILED = _core.PP_DONE_INIT_FAILED
+TASK_CALL = _core.PP_TASK_CALL
+TASK_MAP = _core.PP_TASK_MAP
+TASK_STARMAP = _core.PP_TASK_STARMAP
+
+# How often a waiting join() wakes to let Ctrl-C through; the C wait
+# itself cannot see signals.
+_JOIN_SLICE_S = 0.1
+
+
+def usable_cpus():
+    """CPUs this process may run on (what multiprocessing.Pool defaults to)."""
+    count = getattr(os, "process_cpu_count", None)
+    if count is not None:
+        return count() or 1
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def check_dispatch(dispatch):
+    if dispatch not in DESIGNS:
+        raise ValueError(
+            f"dispatch must be 'queue' (workers loop inside their "
+            f"subinterpreters) or 'call' (a main-interpreter thread calls "
+            f"into each subinterpreter per task), not {dispatch!r}"
+        )
+    return DESIGNS[dispatch]
+
+
+def refuse_in_worker():
+    if _worker.IN_WORKER:
+        raise RuntimeError(
+            "a poolparty pool cannot be created inside a poolparty worker. "
+            "If this happens while the worker runs your main script, put "
+            "the code that creates the pool under "
+            "`if __name__ == '__main__':`."
+        )
+
+
+def sys_path_blob():
+    """sys.path as NUL-terminated file-system-encoded entries."""
+    return b"".join(
+        os.fsencode(entry) + b"\0" for entry in sys.path if isinstance(entry, str)
+    )
+
+
+def _main_info():
+    """Where workers find the parent's ``__main__`` (like spawn does)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    modname = getattr(spec, "name", None)
+    if modname is not None:
+        # `python -m pkg` runs pkg.__main__, which has no business
+        # running again in a worker (pytest, pip, ...): spawn skips it too.
+        if modname == "__main__" or modname.endswith(".__main__"):
+            return None, None
+        return None, modname
+    path = getattr(main, "__file__", None)
+    if path is None or not os.path.exists(path):
+        return None, None  # interactive or -c: nothing to run
+    return os.path.abspath(path), None
+
+
+def boot_payload(initializer, initargs):
+    """The pickle given to poolparty._worker.bootstrap in each worker.
+
+    Raises (in the caller, before any worker starts) if the initializer
+    or its arguments cannot be pickled.
+    """
+    init = None
+    if initializer is not None:
+        if not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        init = pickle.dumps((initializer, tuple(initargs)), 5)
+    path, modname = _main_info()
+    return pickle.dumps((path, modname, init), 5)
+
+
+def decode(kind, payload):
+    """``(ok, value)`` for a completion's kind and payload."""
+    if kind == DONE_OK:
+        try:
+            return True, pickle.loads(payload)
+        except Exception as exc:
+            return False, exc
+    return False, decode_error(payload)
+
+
+def report_callback_error(what):
+    """Print an exception raised by a user callback, and carry on.
+
+    A callback that raises must not kill the collector thread (every
+    later result would hang) nor leave its own result unfinished.
+    """
+    print(f"Exception in poolparty {what}:", file=sys.stderr)
+    traceback.print_exc()
+
+
+class Runner:
+    """One engine, its collector thread and (call design) worker threads.
+
+    ``sink`` receives results: ``sink.deliver(job, index, ok, value)``
+    for every completion and ``sink.broken(exc)`` once if a worker fails
+    to start.  It must not hold a reference to the pool object, so that
+    an unreferenced pool can be collected and stopped.
+    """
+
+    def __init__(self, nworkers, dispatch, maxtasks, initializer, initargs,
+                 sink, name):
+        design = check_dispatch(dispatch)
+        payload = boot_payload(initializer, initargs)
+        self.sink = sink
+        # Serialises delivery: the collector and terminate() both finish
+        # results, and result objects are not thread-safe on their own.
+        self.lock = threading.Lock()
+        self.engine = _core.Engine(
+            design, nworkers, maxtasks or 0, sys_path_blob(), payload
+        )
+        self._threads = []
+        if design == _core.PP_DESIGN_CALL:
+            for worker in range(nworkers):
+                thread = threading.Thread(
+                    target=self.engine.serve_calls,
+                    args=(worker,),
+                    name=f"{name}-worker-{worker}",
+                    daemon=True,
+                )
+                thread.start()
+                self._threads.append(thread)
+        self._collector = threading.Thread(
+            target=_collect,
+            args=(self.engine, sink, self.lock),
+            name=f"{name}-collector",
+            daemon=True,
+        )
+        self._collector.start()
+
+    def submit(self, job, index, kind, payload):
+        self.engine.submit(job, index, kind, payload)
+
+    def close(self):
+        self.engine.close()
+
+    def terminate(self, reason):
+        """Drop queued tasks (each fails with ``reason()``), interrupt running ones."""
+        dropped = self.engine.terminate()
+        with self.lock:
+            for job, index in dropped:
+                self.sink.deliver(job, index, False, reason())
+
+    def discard_queued(self, reason):
+        """Drop queued tasks but keep running ones and the workers."""
+        dropped = self.engine.discard_queued()
+        with self.lock:
+            for job, index in dropped:
+                self.sink.deliver(job, index, False, reason())
+
+    def join(self):
+        """Wait for every worker and the collector; Ctrl-C gets through."""
+        while not self.engine.join(_JOIN_SLICE_S):
+            pass
+        for thread in self._threads:
+            thread.join()
+        if self._collector is not threading.current_thread():
+            self._collector.join()
+
+
+def _collect(engine, sink, lock):
+    """The collector thread: completions from C to the sink."""
+    broken = False
+    while True:
+        batch = engine.collect()
+        if batch is None:
+            return  # every worker exited and everything was delivered
+        with lock:
+            for job, index, kind, _worker_id, payload in batch:
+                if kind == INIT_FAILED:
+                    if not broken:
+                        broken = True
+                        _break(engine, sink, decode_error(payload))
+                    continue
+                ok, value = decode(kind, payload)
+                try:
+                    sink.deliver(job, index, ok, value)
+                except Exception:
+                    report_callback_error("result delivery")
+
+
+def _break(engine, sink, cause):
+    """A worker failed to start: stop the pool rather than hang.
+
+    multiprocessing restarts such workers forever and its callers hang;
+    here every queued task, and every later call, fails with
+    BrokenInterpreterPool instead.  Needs the delivery lock.
+    """
+    error = BrokenInterpreterPool(
+        "a worker failed to start, so the pool stopped: "
+        f"{type(cause).__name__}: {cause} (the worker's exception is the "
+        "__cause__; fix the initializer and create a new pool)"
+    )
+    error.__cause__ = cause
+    sink.broken(error)
+    for job, index in engine.terminate():
+        sink.deliver(job, index, False, error)
+
+
+def broken_again(error):
+    """A fresh copy of a pool's BrokenInterpreterPool, to raise once more."""
+    again = BrokenInterpreterPool(*error.args)
+    again.__cause__ = error.__cause__
+    return again
+
+
+def register_finalizer(owner, runner, on_exit):
+    """Stop ``runner`` when ``owner`` is garbage collected or at exit.
+
+    ``on_exit`` is ``"terminate"`` (multiprocessing.Pool's behaviour) or
+    ``"drain"`` (concurrent.futures': let queued work finish).
+    """
+    return weakref.finalize(owner, _stop, runner, on_exit)
+
+
+def _stop(runner, on_exit):
+    from ._errors import TerminatedError
+
+    if on_exit == "terminate":
+        runner.terminate(lambda: TerminatedError(
+            "the pool was shut down before this task ran"))
+    else:
+        runner.close()
+    runner.join()

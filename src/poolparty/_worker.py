@@ -1,0 +1,155 @@
+"""Code that runs inside every worker subinterpreter.
+
+The C core imports this module right after creating a worker's
+interpreter, calls :func:`bootstrap` once, and calls
+:func:`encode_error` whenever a task raises.  The hot path (unpickle,
+call, pickle) is in C; this module only holds the rare paths.
+
+Keep the imports minimal: on CPython 3.12.1 an isolated subinterpreter
+that imported hashlib, ssl or asyncio makes the process abort at exit,
+and everything imported here is paid for by every worker's start-up.
+"""
+
+import pickle
+import sys
+
+# Set while a worker runs inside a poolparty subinterpreter: creating a
+# pool from inside a worker is refused (see poolparty._engine).
+IN_WORKER = False
+
+
+class _LazyMain(type(sys)):
+    """The worker's ``__main__``: the parent's main script, run on first use.
+
+    Like multiprocessing's spawn start method, functions defined in the
+    user's ``__main__`` are found by running the main script under the
+    name ``__mp_main__`` (so ``if __name__ == "__main__":`` blocks do
+    not run).  Unlike spawn, the script only runs when a task or the
+    initializer actually needs something from it, so workers of programs
+    whose tasks live in importable modules start without it.
+    """
+
+    def __getattr__(self, name):
+        # Attribute lookups that only probe the module must not run the
+        # user's script.
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        _run_main(self)
+        try:
+            return self.__dict__[name]
+        except KeyError:
+            raise AttributeError(
+                f"module '__main__' (the parent's main script, run in the "
+                f"worker as __mp_main__) has no attribute {name!r}"
+            ) from None
+
+
+def _run_main(module):
+    """Run the parent's main script or module into ``module``, once."""
+    info = module.__dict__.pop("_poolparty_main", None)
+    module.__class__ = type(sys)  # from now on, an ordinary module
+    if info is None:
+        return
+    path, modname = info
+    if modname is not None:
+        import runpy
+
+        namespace = runpy.run_module(
+            modname, run_name="__mp_main__", alter_sys=False
+        )
+        module.__dict__.update(namespace)
+        return
+    with open(path, "rb") as source:
+        code = compile(source.read(), path, "exec")
+    module.__dict__["__file__"] = path
+    exec(code, module.__dict__)
+
+
+def _install_main(path, modname):
+    module = _LazyMain("__mp_main__")
+    module.__dict__["__builtins__"] = __builtins__
+    module.__dict__["_poolparty_main"] = (path, modname)
+    sys.modules["__mp_main__"] = module
+    sys.modules["__main__"] = module
+
+
+def bootstrap(payload):
+    """Prepare a fresh worker interpreter; called once by the C core.
+
+    ``payload`` is the pickle made by ``poolparty._engine.boot_payload``:
+    ``(main_path, main_modname, init_pickle)``.  Raising here fails
+    the worker's start, and the pool reports the error to the caller.
+    """
+    global IN_WORKER
+    IN_WORKER = True
+    main_path, main_modname, init_pickle = pickle.loads(payload)
+    if main_path is not None or main_modname is not None:
+        _install_main(main_path, main_modname)
+    if init_pickle is not None:
+        initializer, initargs = pickle.loads(init_pickle)
+        initializer(*initargs)
+
+
+def _with_hint(exc):
+    """Add what a pool user needs to know to errors peculiar to workers."""
+    message = str(exc)
+    if isinstance(exc, ImportError) and "subinterpreter" in message:
+        # CPython says "module X does not support loading in
+        # subinterpreters" without setting exc.name.
+        words = message.split()
+        name = getattr(exc, "name", None) or (
+            words[1] if len(words) > 1 and words[0] == "module"
+            else "this extension module")
+        exc.add_note(
+            f"poolparty: {name} cannot be imported in an isolated "
+            "subinterpreter (it does not support per-interpreter state). "
+            "Import it in the main interpreter, or use "
+            "multiprocessing/concurrent.futures.ProcessPoolExecutor for "
+            "tasks that need it."
+        )
+    return exc
+
+
+_MISSING = object()
+
+
+def encode_error(exc, unpicklable_value=_MISSING):
+    """Encode a task's exception for the trip to the caller.
+
+    Returns the pickle of ``("error", type_name, message, traceback_text,
+    exception_pickle_or_None)``; the exception itself travels pickled
+    when it can, and otherwise the caller rebuilds a RemoteError from the
+    other fields.  With ``unpicklable_value``, the task succeeded but its
+    result could not be pickled: returns ``("unpicklable", repr(value),
+    repr(exc))`` as multiprocessing's MaybeEncodingError wants.
+    """
+    if unpicklable_value is not _MISSING:
+        return pickle.dumps(
+            ("unpicklable", _safe_repr(unpicklable_value), _safe_repr(exc)), 5
+        )
+    _with_hint(exc)
+    import traceback
+
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:  # a broken __str__, a RecursionError while formatting
+        text = f"{type(exc).__qualname__}: (traceback unavailable)\n"
+    try:
+        exc_pickle = pickle.dumps(exc, 5)
+    except BaseException:
+        exc_pickle = None
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "(str() of the exception failed)"
+    kind = type(exc)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    return pickle.dumps(("error", name, message, text, exc_pickle), 5)
+
+
+def _safe_repr(value, limit=500):
+    try:
+        text = repr(value)
+    except BaseException:
+        text = f"<{type(value).__qualname__} object (repr failed)>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

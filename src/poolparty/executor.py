@@ -1,0 +1,162 @@
+"""SubinterpreterPoolExecutor: a concurrent.futures.Executor on own-GIL subinterpreters."""
+
+import itertools
+import pickle
+import threading
+import time
+from concurrent.futures import Executor, Future
+
+from . import _engine
+from ._errors import TerminatedError
+
+__all__ = ["SubinterpreterPoolExecutor"]
+
+
+class _Future(Future):
+    """A concurrent.futures.Future that can also pull its task off the queue.
+
+    It stays PENDING until the result arrives (the worker does not report
+    when it starts), so cancel() succeeds for queued *and* running tasks;
+    a running task's result is then dropped when it arrives.
+    """
+
+    __slots__ = ()
+
+    def cancel(self):
+        if not super().cancel():
+            return False
+        engine, job = self._pp_task
+        engine.cancel(job, 0)
+        return True
+
+
+class _Sink:
+    def __init__(self):
+        self.futures = {}
+        self.broken_error = None
+
+    def deliver(self, job, index, ok, value):
+        future = self.futures.pop(job, None)
+        if future is None or not future.set_running_or_notify_cancel():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def broken(self, error):
+        if self.broken_error is None:
+            self.broken_error = error
+
+
+class SubinterpreterPoolExecutor(Executor):
+    """An Executor whose workers are subinterpreters with their own GIL.
+
+    A drop-in for ThreadPoolExecutor / ProcessPoolExecutor code: submit()
+    returns real :class:`concurrent.futures.Future` objects, so
+    ``as_completed`` and ``wait`` work unchanged.  Functions, arguments
+    and results travel pickled, as with ProcessPoolExecutor.
+
+    ``max_workers`` defaults to the CPUs this process may use.
+    ``dispatch`` is ``"queue"`` (default) or ``"call"``; see
+    :class:`poolparty.SubinterpreterPool`.  If the initializer raises,
+    the executor breaks: pending futures fail with
+    :class:`poolparty.BrokenInterpreterPool` (a
+    ``concurrent.futures.BrokenExecutor``) whose ``__cause__`` is the
+    initializer's exception, and later submit() calls raise it.
+
+    At interpreter exit, as with the stdlib executors, queued work is
+    finished before the process ends.
+    """
+
+    def __init__(self, max_workers=None, initializer=None, initargs=(), *,
+                 dispatch="queue"):
+        _engine.refuse_in_worker()
+        _engine.check_dispatch(dispatch)
+        if max_workers is None:
+            max_workers = _engine.usable_cpus()
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._max_workers = max_workers
+        self._sink = _Sink()
+        self._jobs = itertools.count(1)
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._runner = _engine.Runner(
+            max_workers, dispatch, None, initializer, initargs, self._sink,
+            name=f"SubinterpreterPoolExecutor-{id(self):x}",
+        )
+        self._finalizer = _engine.register_finalizer(self, self._runner, "drain")
+
+    def _submit(self, kind, spec):
+        future = _Future()
+        with self._shutdown_lock:
+            if self._sink.broken_error is not None:
+                raise _engine.broken_again(self._sink.broken_error)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            job = next(self._jobs)
+            future._pp_task = (self._runner.engine, job)
+            try:
+                payload = pickle.dumps(spec, 5)
+            except Exception as exc:
+                # As ProcessPoolExecutor: the future carries the error.
+                future.set_exception(exc)
+                return future
+            self._sink.futures[job] = future
+            self._runner.submit(job, 0, kind, payload)
+        return future
+
+    def submit(self, fn, /, *args, **kwargs):
+        """Schedule ``fn(*args, **kwargs)``; returns a Future."""
+        return self._submit(_engine.TASK_CALL, (fn, args, kwargs or None))
+
+    submit.__doc__ = Executor.submit.__doc__
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """Like ``map(fn, *iterables)``, computed by the workers.
+
+        Items are sent ``chunksize`` at a time (one task per chunk);
+        results are yielded in order.  ``timeout`` (seconds, for the
+        whole iteration, from this call) raises TimeoutError when
+        exceeded; the remaining chunks are then cancelled.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        args = zip(*iterables)
+        futures = []
+        while chunk := list(itertools.islice(args, chunksize)):
+            futures.append(self._submit(_engine.TASK_STARMAP, (fn, chunk)))
+
+        def results():
+            try:
+                futures.reverse()
+                while futures:
+                    future = futures.pop()
+                    if end_time is None:
+                        yield from future.result()
+                    else:
+                        yield from future.result(end_time - time.monotonic())
+            finally:
+                for future in futures:
+                    future.cancel()
+
+        return results()
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """No more submissions; optionally cancel queued futures; optionally wait."""
+        with self._shutdown_lock:
+            self._shutdown = True
+        if cancel_futures:
+            self._runner.discard_queued(
+                lambda: TerminatedError("cancelled by shutdown()"))
+            for future in list(self._sink.futures.values()):
+                future.cancel()
+        self._runner.close()
+        if wait:
+            self._runner.join()
+
+    shutdown.__doc__ = Executor.shutdown.__doc__

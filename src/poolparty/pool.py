@@ -1,0 +1,312 @@
+"""SubinterpreterPool: multiprocessing.pool.Pool's API on own-GIL subinterpreters."""
+
+import itertools
+import pickle
+import threading
+from multiprocessing.pool import (
+    ApplyResult,
+    IMapIterator,
+    IMapUnorderedIterator,
+    MapResult,
+)
+
+from . import _engine
+from ._errors import TerminatedError
+
+__all__ = ["SubinterpreterPool"]
+
+_RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+
+def _guard(callback, what):
+    """Wrap a user callback so that raising cannot hang its result."""
+    if callback is None:
+        return None
+
+    def guarded(value):
+        try:
+            callback(value)
+        except Exception:
+            _engine.report_callback_error(what)
+
+    return guarded
+
+
+class _Sink:
+    """Hands completions to multiprocessing's result objects.
+
+    Holds the job cache, not the pool: see _engine.Runner.
+    """
+
+    def __init__(self):
+        self.cache = {}
+        self.broken_error = None
+
+    def deliver(self, job, index, ok, value):
+        result = self.cache.get(job)
+        if result is not None:
+            result._set(index, (ok, value))
+
+    def broken(self, error):
+        if self.broken_error is None:
+            self.broken_error = error
+
+
+class SubinterpreterPool:
+    """A pool of workers that are subinterpreters with their own GIL.
+
+    A drop-in for :class:`multiprocessing.pool.Pool`: the same methods,
+    arguments, results and errors, with workers that live in this
+    process.  Functions, arguments and results travel pickled, as with
+    multiprocessing; functions defined in your ``__main__`` script work
+    as with the spawn start method (the worker runs the script as
+    ``__mp_main__`` when it first needs it).
+
+    ``processes`` defaults to the CPUs this process may use.
+    ``maxtasksperchild`` replaces a worker's interpreter after that many
+    tasks (chunks).  ``dispatch`` selects the design: ``"queue"`` (native
+    worker threads loop inside their subinterpreters; the default) or
+    ``"call"`` (a main-interpreter thread per worker calls into its
+    subinterpreter once per task).
+
+    If the initializer raises, the pool breaks instead of hanging: every
+    pending and later call raises :class:`BrokenInterpreterPool` with the
+    initializer's exception as ``__cause__``.  Leaving the ``with`` block
+    calls :meth:`terminate`, like multiprocessing.
+    """
+
+    def __init__(self, processes=None, initializer=None, initargs=(),
+                 maxtasksperchild=None, *, dispatch="queue"):
+        _engine.refuse_in_worker()
+        _engine.check_dispatch(dispatch)
+        if processes is None:
+            processes = _engine.usable_cpus()
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None:
+            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+                raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._processes = processes
+        self._dispatch = dispatch
+        self._sink = _Sink()
+        self._cache = self._sink.cache  # multiprocessing's results use it
+        self._state = _RUN
+        self._state_lock = threading.Lock()
+        self._feeders = 0  # imap feeder threads still submitting
+        self._runner = _engine.Runner(
+            processes, dispatch, maxtasksperchild, initializer, initargs,
+            self._sink, name=f"SubinterpreterPool-{id(self):x}",
+        )
+        self._finalizer = _engine.register_finalizer(
+            self, self._runner, "terminate"
+        )
+
+    # -- submitting ----------------------------------------------------
+
+    def _check_running(self):
+        if self._sink.broken_error is not None:
+            raise _engine.broken_again(self._sink.broken_error)
+        if self._state != _RUN:
+            raise ValueError("Pool not running")
+
+    def _submit(self, result, index, kind, spec):
+        """Pickle one task in the caller's thread and queue it.
+
+        A pickling error fails that task's result, as multiprocessing
+        does, so map() and get() raise it in the caller.
+        """
+        try:
+            payload = pickle.dumps(spec, 5)
+        except Exception as exc:
+            with self._runner.lock:
+                self._sink.deliver(result._job, index, False, exc)
+            return
+        try:
+            self._runner.submit(result._job, index, kind, payload)
+        except ValueError:
+            with self._runner.lock:
+                self._sink.deliver(
+                    result._job, index, False, self._not_running_error()
+                )
+
+    def _not_running_error(self):
+        if self._sink.broken_error is not None:
+            return self._sink.broken_error
+        return TerminatedError("the pool stopped before this task was queued")
+
+    def apply(self, func, args=(), kwds={}):
+        """Call ``func(*args, **kwds)`` in a worker and wait for the result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func, args=(), kwds={}, callback=None,
+                    error_callback=None):
+        """Asynchronous :meth:`apply`; returns an AsyncResult."""
+        self._check_running()
+        result = ApplyResult(
+            self, _guard(callback, "callback"),
+            _guard(error_callback, "error_callback"),
+        )
+        self._submit(result, 0, _engine.TASK_CALL,
+                     (func, tuple(args), dict(kwds) or None))
+        return result
+
+    def map(self, func, iterable, chunksize=None):
+        """``list(map(func, iterable))``, computed by the workers in chunks."""
+        return self._map_async(func, iterable, _engine.TASK_MAP, chunksize).get()
+
+    def starmap(self, func, iterable, chunksize=None):
+        """Like :meth:`map`, but each item is unpacked: ``func(*item)``."""
+        return self._map_async(
+            func, iterable, _engine.TASK_STARMAP, chunksize
+        ).get()
+
+    def map_async(self, func, iterable, chunksize=None, callback=None,
+                  error_callback=None):
+        """Asynchronous :meth:`map`; returns a MapResult."""
+        return self._map_async(func, iterable, _engine.TASK_MAP, chunksize,
+                               callback, error_callback)
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None,
+                      error_callback=None):
+        """Asynchronous :meth:`starmap`; returns a MapResult."""
+        return self._map_async(func, iterable, _engine.TASK_STARMAP,
+                               chunksize, callback, error_callback)
+
+    def _map_async(self, func, iterable, kind, chunksize=None, callback=None,
+                   error_callback=None):
+        self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        if chunksize is None:
+            chunksize, extra = divmod(len(iterable), self._processes * 4)
+            if extra:
+                chunksize += 1
+        elif chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        if len(iterable) == 0:
+            chunksize = 0
+        result = MapResult(
+            self, chunksize, len(iterable), _guard(callback, "callback"),
+            _guard(error_callback, "error_callback"),
+        )
+        if chunksize:
+            items = iter(iterable)
+            for index in itertools.count():
+                chunk = list(itertools.islice(items, chunksize))
+                if not chunk:
+                    break
+                self._submit(result, index, kind, (func, chunk))
+        return result
+
+    def imap(self, func, iterable, chunksize=1):
+        """Like :meth:`map`, but lazily: returns an iterator of results in order.
+
+        The iterable is consumed by a background thread, as in
+        multiprocessing, so a slow or long iterable does not block.
+        """
+        return self._imap(IMapIterator, func, iterable, chunksize)
+
+    def imap_unordered(self, func, iterable, chunksize=1):
+        """Like :meth:`imap`, but results come in completion order."""
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
+
+    def _imap(self, iterator_class, func, iterable, chunksize):
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        result = iterator_class(self)
+        with self._state_lock:
+            self._feeders += 1
+        thread = threading.Thread(
+            target=self._feed, args=(result, func, iterable, chunksize),
+            name=f"SubinterpreterPool-{id(self):x}-feeder", daemon=True,
+        )
+        thread.start()
+        if chunksize == 1:
+            return result
+        return (item for chunk in result for item in chunk)
+
+    def _feed(self, result, func, iterable, chunksize):
+        """Feeder thread: submit an imap's items as they come."""
+        index = 0
+        try:
+            items = iter(iterable)
+            while self._state != _TERMINATE:
+                try:
+                    if chunksize == 1:
+                        item = next(items, _END)
+                        if item is _END:
+                            break
+                        spec, kind = (func, (item,), None), _engine.TASK_CALL
+                    else:
+                        chunk = list(itertools.islice(items, chunksize))
+                        if not chunk:
+                            break
+                        spec, kind = (func, chunk), _engine.TASK_MAP
+                except Exception as exc:
+                    # The iterable itself raised: that position fails,
+                    # and the iteration ends there (as multiprocessing).
+                    with self._runner.lock:
+                        self._sink.deliver(result._job, index, False, exc)
+                    index += 1
+                    break
+                self._submit(result, index, kind, spec)
+                index += 1
+        finally:
+            with self._runner.lock:
+                result._set_length(index)
+            self._feeder_done()
+
+    def _feeder_done(self):
+        with self._state_lock:
+            self._feeders -= 1
+            close_now = self._feeders == 0 and self._state == _CLOSE
+        if close_now:
+            self._runner.close()
+
+    # -- lifecycle -----------------------------------------------------
+
+    def close(self):
+        """No more tasks; workers exit once the queued ones are done."""
+        with self._state_lock:
+            if self._state != _RUN:
+                return
+            self._state = _CLOSE
+            close_now = self._feeders == 0
+        if close_now:
+            self._runner.close()
+
+    def terminate(self):
+        """Stop now: queued tasks fail with TerminatedError, running ones
+        are interrupted (SystemExit at their next bytecode boundary), and
+        the workers are joined."""
+        with self._state_lock:
+            self._state = _TERMINATE
+        self._finalizer()
+
+    def join(self):
+        """Wait for the workers to exit; call close() or terminate() first."""
+        if self._state == _RUN:
+            raise ValueError("Pool is still running")
+        self._runner.join()
+
+    def __enter__(self):
+        self._check_running()
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        self.terminate()
+
+    def __repr__(self):
+        return (f"<{type(self).__qualname__} state={self._state} "
+                f"pool_size={self._processes} dispatch={self._dispatch!r}>")
+
+    def __reduce__(self):
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled"
+        )
+
+
+_END = object()

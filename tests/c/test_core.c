@@ -1,0 +1,338 @@
+/* C unit tests of the parts of the core that need no Python: messages,
+ * the queue, the engine's lifecycle rules.  One runner binary; CTest
+ * runs each test by name (`test_core queue_fifo`), or all with no
+ * argument. */
+#include "poolparty/pp.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define ASSERT_EQ(a, b)                                                     \
+    do {                                                                    \
+        long long a_ = (long long)(a), b_ = (long long)(b);                 \
+        if (a_ != b_) {                                                     \
+            fprintf(stderr, "%s:%d: ASSERT_EQ(%s, %s) failed: %lld != %lld\n", \
+                    __FILE__, __LINE__, #a, #b, a_, b_);                    \
+            exit(1);                                                        \
+        }                                                                   \
+    } while (0)
+#define ASSERT(cond) ASSERT_EQ(!!(cond), 1)
+
+static double
+now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static pp_msg *
+msg(uint64_t job, uint64_t index)
+{
+    pp_msg *m = pp_msg_new(job, index, PP_TASK_CALL, "abc", 3);
+    ASSERT(m != NULL);
+    return m;
+}
+
+static void
+test_msg(void)
+{
+    pp_msg *m = pp_msg_new(7, 9, PP_DONE_OK, "hello", 5);
+    ASSERT(m != NULL);
+    ASSERT_EQ(m->job, 7);
+    ASSERT_EQ(m->index, 9);
+    ASSERT_EQ(m->kind, PP_DONE_OK);
+    ASSERT_EQ(m->size, 5);
+    ASSERT_EQ(memcmp(m->data, "hello", 5), 0);
+    ASSERT(m->next == NULL);
+    pp_msg_free(m);
+    /* A size that would overflow the header must fail, not wrap. */
+    ASSERT(pp_msg_new(0, 0, 0, NULL, SIZE_MAX) == NULL);
+    ASSERT(strcmp(pp_strerror(PP_ECLOSED), "the pool is closed") == 0);
+    ASSERT(strcmp(pp_strerror(12345), "unknown poolparty error") == 0);
+}
+
+static void
+test_queue_fifo(void)
+{
+    pp_queue *q;
+    ASSERT_EQ(pp_queue_new(&q), PP_OK);
+    for (uint64_t i = 0; i < 100; i++) {
+        ASSERT_EQ(pp_queue_push(q, msg(i, i * 2)), PP_OK);
+    }
+    ASSERT_EQ(pp_queue_length(q), 100);
+    for (uint64_t i = 0; i < 50; i++) {
+        pp_msg *m;
+        ASSERT_EQ(pp_queue_pop(q, 0, &m), PP_OK);
+        ASSERT_EQ(m->job, i);
+        ASSERT_EQ(m->index, i * 2);
+        pp_msg_free(m);
+    }
+    pp_msg *chain;
+    size_t count = 0;
+    ASSERT_EQ(pp_queue_pop_all(q, 0, &chain, &count), PP_OK);
+    ASSERT_EQ(count, 50);
+    uint64_t expect = 50;
+    for (pp_msg *m = chain; m != NULL; m = m->next) {
+        ASSERT_EQ(m->job, expect++);
+    }
+    ASSERT_EQ(expect, 100);
+    pp_msg_free_chain(chain);
+    ASSERT_EQ(pp_queue_length(q), 0);
+    /* Messages left in a freed queue are freed with it (ASan checks). */
+    ASSERT_EQ(pp_queue_push(q, msg(1, 1)), PP_OK);
+    pp_queue_free(q);
+}
+
+static void
+test_queue_timeout(void)
+{
+    pp_queue *q;
+    ASSERT_EQ(pp_queue_new(&q), PP_OK);
+    pp_msg *m = NULL;
+    ASSERT_EQ(pp_queue_pop(q, 0, &m), PP_ETIMEDOUT);
+    double t0 = now_s();
+    ASSERT_EQ(pp_queue_pop(q, 50 * 1000 * 1000, &m), PP_ETIMEDOUT);
+    /* It waited (a lower bound only: upper bounds are noise here). */
+    ASSERT(now_s() - t0 >= 0.045);
+    ASSERT(m == NULL);
+    size_t count = 99;
+    ASSERT_EQ(pp_queue_pop_all(q, 1000, &m, &count), PP_ETIMEDOUT);
+    ASSERT_EQ(count, 99);
+    pp_queue_free(q);
+}
+
+struct waiter {
+    pp_queue *q;
+    int rc;
+};
+
+static void *
+wait_forever(void *arg)
+{
+    struct waiter *w = arg;
+    pp_msg *m = NULL;
+    w->rc = pp_queue_pop(w->q, -1, &m);
+    pp_msg_free(m);
+    return NULL;
+}
+
+static void
+test_queue_close(void)
+{
+    pp_queue *q;
+    ASSERT_EQ(pp_queue_new(&q), PP_OK);
+    /* Blocked consumers are woken by close and told PP_ECLOSED. */
+    struct waiter w[3];
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++) {
+        w[i].q = q;
+        w[i].rc = 1;
+        ASSERT_EQ(pthread_create(&t[i], NULL, wait_forever, &w[i]), 0);
+    }
+    struct timespec pause = {0, 20 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    pp_queue_close(q);
+    for (int i = 0; i < 3; i++) {
+        pthread_join(t[i], NULL);
+        ASSERT_EQ(w[i].rc, PP_ECLOSED);
+    }
+    /* Closed: pushes refused (caller keeps the message)... */
+    pp_msg *m = msg(1, 1);
+    ASSERT_EQ(pp_queue_push(q, m), PP_ECLOSED);
+    pp_msg_free(m);
+    pp_queue_close(q); /* idempotent */
+    pp_queue_free(q);
+
+    /* ...but what was queued before close is still delivered. */
+    ASSERT_EQ(pp_queue_new(&q), PP_OK);
+    ASSERT_EQ(pp_queue_push(q, msg(5, 0)), PP_OK);
+    pp_queue_close(q);
+    ASSERT_EQ(pp_queue_pop(q, -1, &m), PP_OK);
+    ASSERT_EQ(m->job, 5);
+    pp_msg_free(m);
+    ASSERT_EQ(pp_queue_pop(q, -1, &m), PP_ECLOSED);
+    pp_queue_free(q);
+}
+
+static void
+test_queue_remove(void)
+{
+    pp_queue *q;
+    ASSERT_EQ(pp_queue_new(&q), PP_OK);
+    for (uint64_t i = 0; i < 5; i++) {
+        ASSERT_EQ(pp_queue_push(q, msg(1, i)), PP_OK);
+    }
+    pp_msg *m;
+    /* head, middle, tail, missing */
+    ASSERT_EQ(pp_queue_remove(q, 1, 0, &m), PP_OK);
+    ASSERT_EQ(m->index, 0);
+    pp_msg_free(m);
+    ASSERT_EQ(pp_queue_remove(q, 1, 2, &m), PP_OK);
+    pp_msg_free(m);
+    ASSERT_EQ(pp_queue_remove(q, 1, 4, &m), PP_OK);
+    pp_msg_free(m);
+    ASSERT_EQ(pp_queue_remove(q, 1, 4, &m), PP_ENOTFOUND);
+    ASSERT_EQ(pp_queue_remove(q, 2, 1, &m), PP_ENOTFOUND);
+    ASSERT_EQ(pp_queue_length(q), 2);
+    /* The tail was fixed: a push after removing the tail lands last. */
+    ASSERT_EQ(pp_queue_push(q, msg(1, 9)), PP_OK);
+    uint64_t order[3];
+    for (int i = 0; i < 3; i++) {
+        ASSERT_EQ(pp_queue_pop(q, 0, &m), PP_OK);
+        order[i] = m->index;
+        pp_msg_free(m);
+    }
+    ASSERT_EQ(order[0], 1);
+    ASSERT_EQ(order[1], 3);
+    ASSERT_EQ(order[2], 9);
+    ASSERT(pp_queue_drain(q) == NULL);
+    pp_queue_free(q);
+}
+
+/* Many producers and consumers: every message arrives exactly once. */
+enum { PRODUCERS = 4, CONSUMERS = 4, PER_PRODUCER = 20000 };
+
+struct mpmc {
+    pp_queue *q;
+    uint64_t id;
+    unsigned char *seen; /* one byte per message, set by consumers */
+    pthread_mutex_t *seen_lock;
+    long received;
+};
+
+static void *
+producer(void *arg)
+{
+    struct mpmc *p = arg;
+    for (uint64_t i = 0; i < PER_PRODUCER; i++) {
+        ASSERT_EQ(pp_queue_push(p->q, msg(p->id, i)), PP_OK);
+    }
+    return NULL;
+}
+
+static void *
+consumer(void *arg)
+{
+    struct mpmc *c = arg;
+    for (;;) {
+        pp_msg *m;
+        int rc = pp_queue_pop(c->q, -1, &m);
+        if (rc == PP_ECLOSED) {
+            return NULL;
+        }
+        ASSERT_EQ(rc, PP_OK);
+        size_t slot = (size_t)(m->job * PER_PRODUCER + m->index);
+        pthread_mutex_lock(c->seen_lock);
+        c->seen[slot]++;
+        pthread_mutex_unlock(c->seen_lock);
+        c->received++;
+        pp_msg_free(m);
+    }
+}
+
+static void
+test_queue_threads(void)
+{
+    pp_queue *q;
+    ASSERT_EQ(pp_queue_new(&q), PP_OK);
+    unsigned char *seen = calloc(PRODUCERS * PER_PRODUCER, 1);
+    pthread_mutex_t seen_lock = PTHREAD_MUTEX_INITIALIZER;
+    struct mpmc prod[PRODUCERS], cons[CONSUMERS];
+    pthread_t pt[PRODUCERS], ct[CONSUMERS];
+    for (int i = 0; i < CONSUMERS; i++) {
+        cons[i] = (struct mpmc){q, 0, seen, &seen_lock, 0};
+        ASSERT_EQ(pthread_create(&ct[i], NULL, consumer, &cons[i]), 0);
+    }
+    for (int i = 0; i < PRODUCERS; i++) {
+        prod[i] = (struct mpmc){q, (uint64_t)i, NULL, NULL, 0};
+        ASSERT_EQ(pthread_create(&pt[i], NULL, producer, &prod[i]), 0);
+    }
+    for (int i = 0; i < PRODUCERS; i++) {
+        pthread_join(pt[i], NULL);
+    }
+    pp_queue_close(q); /* consumers drain what is left, then stop */
+    long total = 0;
+    for (int i = 0; i < CONSUMERS; i++) {
+        pthread_join(ct[i], NULL);
+        total += cons[i].received;
+    }
+    ASSERT_EQ(total, PRODUCERS * PER_PRODUCER);
+    for (size_t i = 0; i < PRODUCERS * PER_PRODUCER; i++) {
+        ASSERT_EQ(seen[i], 1);
+    }
+    free(seen);
+    pp_queue_free(q);
+}
+
+static void
+test_lifecycle(void)
+{
+    pp_engine_state s;
+    ASSERT_EQ(pp_engine_transition(PP_ENGINE_RUNNING, PP_EV_SUBMIT, &s),
+              PP_OK);
+    ASSERT_EQ(s, PP_ENGINE_RUNNING);
+    /* Workers cannot all be gone while the engine still runs. */
+    ASSERT_EQ(pp_engine_transition(PP_ENGINE_RUNNING, PP_EV_JOINED, &s),
+              PP_ESTATE);
+    ASSERT_EQ(pp_engine_transition(PP_ENGINE_RUNNING, PP_EV_CLOSE, &s), PP_OK);
+    ASSERT_EQ(s, PP_ENGINE_CLOSED);
+    s = PP_ENGINE_RUNNING;
+    ASSERT_EQ(pp_engine_transition(PP_ENGINE_CLOSED, PP_EV_SUBMIT, &s),
+              PP_ESTATE);
+    ASSERT_EQ(s, PP_ENGINE_RUNNING); /* unchanged on refusal */
+    ASSERT_EQ(pp_engine_transition(PP_ENGINE_CLOSED, PP_EV_TERMINATE, &s),
+              PP_OK);
+    ASSERT_EQ(s, PP_ENGINE_TERMINATING);
+    /* close() after terminate() does not bring queued work back. */
+    ASSERT_EQ(pp_engine_transition(PP_ENGINE_TERMINATING, PP_EV_CLOSE, &s),
+              PP_OK);
+    ASSERT_EQ(s, PP_ENGINE_TERMINATING);
+    ASSERT_EQ(pp_engine_transition(PP_ENGINE_TERMINATING, PP_EV_SUBMIT, &s),
+              PP_ESTATE);
+    ASSERT_EQ(pp_engine_transition(PP_ENGINE_TERMINATING, PP_EV_JOINED, &s),
+              PP_OK);
+    ASSERT_EQ(s, PP_ENGINE_STOPPED);
+    ASSERT_EQ(pp_engine_transition(PP_ENGINE_STOPPED, PP_EV_TERMINATE, &s),
+              PP_OK);
+    ASSERT_EQ(s, PP_ENGINE_STOPPED);
+    ASSERT_EQ(pp_engine_transition(PP_ENGINE_STOPPED, PP_EV_SUBMIT, &s),
+              PP_ESTATE);
+    ASSERT_EQ(pp_engine_transition(PP_ENGINE_RUNNING, (pp_engine_event)99, &s),
+              PP_EINVAL);
+}
+
+static const struct {
+    const char *name;
+    void (*fn)(void);
+} TESTS[] = {
+    {"msg", test_msg},
+    {"queue_fifo", test_queue_fifo},
+    {"queue_timeout", test_queue_timeout},
+    {"queue_close", test_queue_close},
+    {"queue_remove", test_queue_remove},
+    {"queue_threads", test_queue_threads},
+    {"lifecycle", test_lifecycle},
+};
+
+int
+main(int argc, char **argv)
+{
+    int ran = 0;
+    for (size_t i = 0; i < sizeof(TESTS) / sizeof(TESTS[0]); i++) {
+        if (argc > 1 && strcmp(argv[1], TESTS[i].name) != 0) {
+            continue;
+        }
+        TESTS[i].fn();
+        printf("ok %s\n", TESTS[i].name);
+        ran++;
+    }
+    if (ran == 0) {
+        fprintf(stderr, "no test named %s\n", argc > 1 ? argv[1] : "?");
+        return 2;
+    }
+    return 0;
+}
