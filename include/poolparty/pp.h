@@ -62,6 +62,10 @@ typedef enum {
     PP_DONE_UNPICKLABLE = 18, /* payload: same, result could not be pickled */
     PP_DONE_INIT_FAILED = 19, /* a worker failed to start; payload as ERROR */
     PP_DONE_CANCELLED = 20,   /* dropped before it ran (terminate/cancel) */
+    PP_DONE_MAIN_IMPORT = 21, /* not a completion: a worker asks the main
+                                 interpreter to import the module named by
+                                 the payload first, and waits for the
+                                 answer (CPython 3.12, see engine.c) */
 } pp_done_kind;
 
 /* One task or one completion.  Owned by exactly one party at a time:

@@ -21,7 +21,13 @@ typedef struct pp_worker {
     pthread_mutex_t life;
     PyInterpreterState *interp; /* life: set while a task may run */
     unsigned long py_thread_id; /* life: the worker thread's ident */
+    pthread_cond_t answered;    /* signalled under life */
+    int import_answered;        /* life */
 } pp_worker;
+
+/* The worker this thread is, if it is one; lets code running inside a
+ * worker's interpreter reach its engine without any PyObject. */
+static _Thread_local pp_worker *current_worker;
 
 struct pp_engine {
     atomic_long refcount;
@@ -54,6 +60,7 @@ pp__engine_decref(pp_engine *e)
         return;
     }
     for (uint32_t i = 0; i < e->nworkers; i++) {
+        pthread_cond_destroy(&e->workers[i].answered);
         pthread_mutex_destroy(&e->workers[i].life);
     }
     pp_queue_free(e->tasks);
@@ -150,6 +157,7 @@ queue_worker_main(void *arg)
     pp_engine *e = w->engine;
     int stopping = 0;
 
+    current_worker = w;
     while (!stopping) {
         pp_interp *it = NULL;
         pp_msg *failure = NULL;
@@ -177,6 +185,7 @@ queue_worker_main(void *arg)
         PyEval_RestoreThread(ts);
         pp__interp_destroy_attached(it);
     }
+    current_worker = NULL;
     worker_exited(e);
     pp__engine_decref(e);
     return NULL;
@@ -194,6 +203,7 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
     int stopping = 0;
     PyThreadState *caller;
 
+    current_worker = w;
     while (!stopping) {
         pp_interp *it = NULL;
         pp_msg *failure = NULL;
@@ -232,7 +242,59 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
         pp__interp_destroy(it);
         PyEval_RestoreThread(caller);
     }
+    current_worker = NULL;
     worker_exited(e);
+    return PP_OK;
+}
+
+/* ---- main-first imports (CPython 3.12) ------------------------------ */
+
+/* CPython 3.12 frees memory twice at exit when a single-phase-init
+ * extension module (_decimal, ...) is first loaded by an isolated
+ * subinterpreter, which refuses it; if the main interpreter loaded it
+ * first, the refusal is clean.  So on 3.12 poolparty._worker asks the
+ * main interpreter to import every extension module before the worker
+ * loads it.  The request rides the completion queue to the collector
+ * thread; the worker waits on its own condition variable.
+ *
+ * Needs: sub GIL (released while waiting). */
+int
+pp__engine_request_main_import(const char *name, size_t size)
+{
+    pp_worker *w = current_worker;
+    if (w == NULL) {
+        return PP_ENOTFOUND;
+    }
+    pp_msg *request = pp_msg_new(0, 0, PP_DONE_MAIN_IMPORT, name, size);
+    if (request == NULL) {
+        return PP_ENOMEM;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&w->life);
+    w->import_answered = 0;
+    pthread_mutex_unlock(&w->life);
+    complete(w->engine, w, request);
+    pthread_mutex_lock(&w->life);
+    while (!w->import_answered) {
+        pthread_cond_wait(&w->answered, &w->life);
+    }
+    pthread_mutex_unlock(&w->life);
+    Py_END_ALLOW_THREADS
+    return PP_OK;
+}
+
+/* Needs: no tstate. */
+int
+pp__engine_answer_import(pp_engine *e, uint32_t worker)
+{
+    if (worker >= e->nworkers) {
+        return PP_EINVAL;
+    }
+    pp_worker *w = &e->workers[worker];
+    pthread_mutex_lock(&w->life);
+    w->import_answered = 1;
+    pthread_cond_signal(&w->answered);
+    pthread_mutex_unlock(&w->life);
     return PP_OK;
 }
 
@@ -294,6 +356,7 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
         e->workers[i].engine = e;
         e->workers[i].id = i;
         pthread_mutex_init(&e->workers[i].life, NULL);
+        pthread_cond_init(&e->workers[i].answered, NULL);
     }
     if (pp_queue_new(&e->tasks) != PP_OK ||
         pp_queue_new(&e->completions) != PP_OK ||

@@ -163,6 +163,16 @@ int pp__engine_join(pp_engine *e, int64_t timeout_ns);
  * subinterpreter.  Needs: main GIL; returns with it. */
 int pp__engine_serve_calls(pp_engine *e, uint32_t worker);
 
+/* From a worker's own thread, under its sub GIL: ask the main
+ * interpreter to import module `name` before this worker does, and wait
+ * (sub GIL released) for the answer.  PP_OK once answered, PP_ENOTFOUND
+ * when this thread is not a pool worker (nothing is asked). */
+int pp__engine_request_main_import(const char *name, size_t size);
+
+/* The main interpreter has handled worker `worker`'s import request.
+ * Needs: no tstate. */
+int pp__engine_answer_import(pp_engine *e, uint32_t worker);
+
 /* Snapshot counters. */
 size_t pp__engine_pending(pp_engine *e);
 uint32_t pp__engine_live_workers(pp_engine *e);

@@ -249,6 +249,25 @@ engine_serve_calls(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* answer_import(worker): the main interpreter has imported what worker
+ * `worker` asked for (see pp__engine_request_main_import). */
+static PyObject *
+engine_answer_import(PyObject *self, PyObject *arg)
+{
+    uint64_t worker;
+    if (pp__as_u64(arg, &worker) < 0) {
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = pp__engine_answer_import(ENGINE(self), (uint32_t)worker);
+    Py_END_ALLOW_THREADS
+    if (rc != PP_OK) {
+        return pp__raise(pp__state_from_type(Py_TYPE(self)), rc);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 engine_get_pending(PyObject *self, void *Py_UNUSED(closure))
 {
@@ -286,6 +305,8 @@ static PyMethodDef engine_methods[] = {
      "cancel(job, index): remove a queued task; True if it will not run."},
     {"join", (PyCFunction)(void (*)(void))engine_join, METH_FASTCALL,
      "join(timeout=None): wait for all workers to exit; False on timeout."},
+    {"answer_import", engine_answer_import, METH_O,
+     "answer_import(worker): wake a worker waiting for a main-first import."},
     {"serve_calls", engine_serve_calls, METH_O,
      "serve_calls(worker): run call-design worker `worker` on this thread "
      "until the engine stops."},

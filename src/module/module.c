@@ -87,6 +87,35 @@ pp__completion_tuple(const pp_msg *msg)
                          (Py_ssize_t)msg->size);
 }
 
+/* main_import(name) -> bool: from inside a pool worker, have the main
+ * interpreter import `name` first; False (nothing done) elsewhere.
+ * Runs under the calling (sub)interpreter's GIL. */
+static PyObject *
+module_main_import(PyObject *module, PyObject *arg)
+{
+    Py_ssize_t size;
+    const char *name = PyUnicode_AsUTF8AndSize(arg, &size);
+    if (name == NULL) {
+        return NULL;
+    }
+    int rc = pp__engine_request_main_import(name, (size_t)size);
+    if (rc == PP_ENOTFOUND) {
+        Py_RETURN_FALSE;
+    }
+    if (rc != PP_OK) {
+        return pp__raise(PyModule_GetState(module), rc);
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"main_import", module_main_import, METH_O,
+     "main_import(name): from a pool worker, have the main interpreter "
+     "import module `name` first (works around a CPython 3.12 crash); "
+     "returns False outside a worker."},
+    {NULL, NULL, 0, NULL},
+};
+
 /* ---- module lifecycle ---------------------------------------------- */
 
 static int
@@ -118,6 +147,7 @@ module_exec(PyObject *module)
     ADD_INT(PP_DONE_UNPICKLABLE)
     ADD_INT(PP_DONE_INIT_FAILED)
     ADD_INT(PP_DONE_CANCELLED)
+    ADD_INT(PP_DONE_MAIN_IMPORT)
     ADD_INT(PP_DESIGN_QUEUE)
     ADD_INT(PP_DESIGN_CALL)
     ADD_INT(PP_ENGINE_RUNNING)
@@ -170,6 +200,7 @@ PyModuleDef pp__module_def = {
     .m_doc = "poolparty's native core: queues, workers and subinterpreters.",
     .m_size = sizeof(pp_module_state),
     .m_slots = module_slots,
+    .m_methods = module_methods,
     .m_traverse = module_traverse,
     .m_clear = module_clear,
     .m_free = module_free,

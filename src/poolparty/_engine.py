@@ -13,6 +13,7 @@ pool never blocks interpreter exit; the finalizer below stops them
 first.
 """
 
+import importlib
 import os
 import pickle
 import sys
@@ -28,6 +29,7 @@ DESIGNS = {"queue": _core.PP_DESIGN_QUEUE, "call": _core.PP_DESIGN_CALL}
 
 DONE_OK = _core.PP_DONE_OK
 INIT_FAILED = _core.PP_DONE_INIT_FAILED
+MAIN_IMPORT = _core.PP_DONE_MAIN_IMPORT
 TASK_CALL = _core.PP_TASK_CALL
 TASK_MAP = _core.PP_TASK_MAP
 TASK_STARMAP = _core.PP_TASK_STARMAP
@@ -179,12 +181,13 @@ class Runner:
             for job, index in dropped:
                 self.sink.deliver(job, index, False, reason())
 
-    def discard_queued(self, reason):
-        """Drop queued tasks but keep running ones and the workers."""
-        dropped = self.engine.discard_queued()
-        with self.lock:
-            for job, index in dropped:
-                self.sink.deliver(job, index, False, reason())
+    def discard_queued(self):
+        """Drop queued tasks, keeping running ones and the workers.
+
+        Returns the dropped ``(job, index)`` pairs; their results will
+        never arrive, so the caller must finish them.
+        """
+        return self.engine.discard_queued()
 
     def join(self):
         """Wait for every worker and the collector; Ctrl-C gets through."""
@@ -204,7 +207,10 @@ def _collect(engine, sink, lock):
         if batch is None:
             return  # every worker exited and everything was delivered
         with lock:
-            for job, index, kind, _worker_id, payload in batch:
+            for job, index, kind, worker_id, payload in batch:
+                if kind == MAIN_IMPORT:
+                    _import_for_worker(engine, worker_id, payload)
+                    continue
                 if kind == INIT_FAILED:
                     if not broken:
                         broken = True
@@ -215,6 +221,22 @@ def _collect(engine, sink, lock):
                     sink.deliver(job, index, ok, value)
                 except Exception:
                     report_callback_error("result delivery")
+
+
+def _import_for_worker(engine, worker_id, payload):
+    """Import a module in the main interpreter before a worker does.
+
+    See pp__engine_request_main_import in src/core/engine.c: on CPython
+    3.12 this keeps a refused single-phase extension module from crashing
+    the process at exit.  Whether the import works here does not matter;
+    the worker then imports (or is refused) on its own.
+    """
+    try:
+        importlib.import_module(payload.decode("utf-8"))
+    except BaseException:
+        pass
+    finally:
+        engine.answer_import(worker_id)
 
 
 def _break(engine, sink, cause):

@@ -73,6 +73,33 @@ def _install_main(path, modname):
     sys.modules["__main__"] = module
 
 
+class _MainImportsFirst:
+    """CPython 3.12 only: the main interpreter imports extension modules first.
+
+    3.12 frees memory twice at exit when a single-phase-init extension
+    module (such as _decimal) is first loaded by an isolated
+    subinterpreter, which refuses it.  Loaded first by the main
+    interpreter, the refusal is clean (and multi-phase modules load here
+    as usual).  This meta-path finder only looks; it never loads.
+    """
+
+    def __init__(self):
+        self.seen = set()
+
+    def find_spec(self, name, path=None, target=None):
+        if name in self.seen:
+            return None
+        self.seen.add(name)
+        from importlib.machinery import ExtensionFileLoader, PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is not None and isinstance(spec.loader, ExtensionFileLoader):
+            from . import _poolparty
+
+            _poolparty.main_import(name)
+        return None
+
+
 def bootstrap(payload):
     """Prepare a fresh worker interpreter; called once by the C core.
 
@@ -82,6 +109,8 @@ def bootstrap(payload):
     """
     global IN_WORKER
     IN_WORKER = True
+    if sys.version_info < (3, 13):
+        sys.meta_path.insert(0, _MainImportsFirst())
     main_path, main_modname, init_pickle = pickle.loads(payload)
     if main_path is not None or main_modname is not None:
         _install_main(main_path, main_modname)

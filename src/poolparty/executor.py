@@ -7,27 +7,30 @@ import time
 from concurrent.futures import Executor, Future
 
 from . import _engine
-from ._errors import TerminatedError
 
 __all__ = ["SubinterpreterPoolExecutor"]
 
 
 class _Future(Future):
-    """A concurrent.futures.Future that can also pull its task off the queue.
+    """A concurrent.futures.Future whose cancel() pulls its task off the queue.
 
-    It stays PENDING until the result arrives (the worker does not report
-    when it starts), so cancel() succeeds for queued *and* running tasks;
-    a running task's result is then dropped when it arrives.
+    cancel() succeeds exactly when the task was still queued (it is then
+    removed and never runs); once a worker has it, cancel() returns False,
+    as for the stdlib executors.  (``running()`` stays False while it
+    runs: workers do not report starts, which would cost every task.)
     """
 
     __slots__ = ()
 
     def cancel(self):
-        if not super().cancel():
-            return False
-        engine, job = self._pp_task
-        engine.cancel(job, 0)
-        return True
+        engine, job, futures = self._pp_task
+        with self._condition:
+            if self._state != "PENDING":
+                return super().cancel()
+        if not engine.cancel(job, 0):
+            return False  # a worker has it (or its result is on the way)
+        futures.pop(job, None)
+        return super().cancel()
 
 
 class _Sink:
@@ -98,7 +101,7 @@ class SubinterpreterPoolExecutor(Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             job = next(self._jobs)
-            future._pp_task = (self._runner.engine, job)
+            future._pp_task = (self._runner.engine, job, self._sink.futures)
             try:
                 payload = pickle.dumps(spec, 5)
             except Exception as exc:
@@ -151,10 +154,11 @@ class SubinterpreterPoolExecutor(Executor):
         with self._shutdown_lock:
             self._shutdown = True
         if cancel_futures:
-            self._runner.discard_queued(
-                lambda: TerminatedError("cancelled by shutdown()"))
-            for future in list(self._sink.futures.values()):
-                future.cancel()
+            # Only what never reached a worker, as ThreadPoolExecutor does.
+            for job, _index in self._runner.discard_queued():
+                future = self._sink.futures.pop(job, None)
+                if future is not None:
+                    Future.cancel(future)  # already off the queue
         self._runner.close()
         if wait:
             self._runner.join()

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Set up poolparty for development on this machine: one virtual
+# environment per CPython >= 3.12 found, at .venv/<major.minor>, with
+# poolparty built from this checkout and installed (plus test and bench
+# dependencies).  Idempotent; re-run after changing the C sources.
+#
+# CPythons looked for: pyenv's 3.12.x/3.13.x/3.14.x (newest of each),
+# /usr/bin/python3.1[2-9] (as .venv/X.Y-system when pyenv has the same
+# minor), and any listed in POOLPARTY_PYTHONS (space-separated paths).
+# Older CPythons are refused: they have no per-interpreter GIL.
+#
+# Environment: POOLPARTY_WERROR=ON builds with -Werror (CI does);
+# POOLPARTY_SANITIZE=address,undefined builds with sanitizers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Debian packages a fresh machine needs to build the C core (gcc and
+# headers for the pyenv CPythons are already there; the system
+# CPythons' headers are not).
+need_apt=()
+command -v gcc >/dev/null || need_apt+=(gcc)
+for sys_py in /usr/bin/python3.1[2-9]; do
+    [ -x "$sys_py" ] || continue
+    ver=$("$sys_py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    [ -f "/usr/include/python$ver/Python.h" ] || need_apt+=("python$ver-dev" "python$ver-venv")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "installing Debian packages: ${need_apt[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# name<TAB>path of each CPython to set up
+candidates() {
+    if command -v pyenv >/dev/null; then
+        for minor in 3.12 3.13 3.14; do
+            v=$(pyenv versions --bare 2>/dev/null | grep -E "^${minor//./\\.}\.[0-9]+$" | sort -V | tail -1 || true)
+            [ -n "$v" ] && printf '%s\t%s\n' "$minor" "$(pyenv prefix "$v")/bin/python$minor"
+        done
+    fi
+    for sys_py in /usr/bin/python3.1[2-9]; do
+        [ -x "$sys_py" ] || continue
+        printf '%s\t%s\n' "$("$sys_py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-system" "$sys_py"
+    done
+    for extra in ${POOLPARTY_PYTHONS:-}; do
+        printf '%s\t%s\n' "$("$extra" -c 'import sys, sysconfig; print("%d.%d" % sys.version_info[:2] + ("t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))')" "$extra"
+    done
+}
+
+made=()
+while IFS=$'\t' read -r name python; do
+    [ -x "$python" ] || continue
+    if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
+        log "skipping $python: poolparty needs CPython 3.12 or newer (per-interpreter GIL)"
+        continue
+    fi
+    # A system CPython whose minor pyenv does not have takes the plain name.
+    case "$name" in *-system)
+        [ -d ".venv/${name%-system}" ] || [[ " ${made[*]-} " == *" ${name%-system} "* ]] || name=${name%-system} ;;
+    esac
+    venv=".venv/$name"
+    if [ ! -x "$venv/bin/python" ]; then
+        log "creating $venv from $python"
+        "$python" -m venv "$venv"
+    fi
+    log "installing poolparty into $venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+        scikit-build-core cmake ninja 2>&1 | grep -v '^WARNING: Location' || true
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation \
+        -C cmake.define.POOLPARTY_WERROR="${POOLPARTY_WERROR:-OFF}" \
+        -C cmake.define.POOLPARTY_SANITIZE="${POOLPARTY_SANITIZE:-}" \
+        ".[test,bench]" 2>&1 | grep -v '^WARNING: Location' || true
+    (cd / && "$root/$venv/bin/python" -c 'import poolparty, poolparty._poolparty') \
+        || { log "FAILED: poolparty does not import in $venv"; exit 1; }
+    made+=("$name")
+done < <(candidates)
+
+if [ ${#made[@]} -eq 0 ]; then
+    log "no CPython >= 3.12 found: install one (e.g. pyenv install 3.13) or list it in POOLPARTY_PYTHONS"
+    exit 1
+fi
+log "ready: ${made[*]/#/.venv/}"

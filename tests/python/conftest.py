@@ -1,0 +1,215 @@
+"""Shared fixtures for the poolparty pool/executor tests.
+
+Set ``POOLPARTY_TEST_REFERENCE=1`` to run the same tests against the standard
+library (``multiprocessing`` spawn Pool and ``ProcessPoolExecutor``): this
+checks that the tests encode real multiprocessing / concurrent.futures
+semantics.  Tests marked ``poolparty_only`` are skipped in that mode, and so
+are tests marked ``reference_hangs`` (where the stdlib itself hangs).
+"""
+
+import concurrent.futures
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REFERENCE = os.environ.get("POOLPARTY_TEST_REFERENCE") == "1"
+DISPATCHES = ("reference",) if REFERENCE else ("queue", "call")
+
+# Default per-test timeout for tests that don't set one explicitly, so that a
+# hanging pool fails one test instead of stalling the suite.
+DEFAULT_TEST_TIMEOUT = 90
+# Upper bound when waiting for a subprocess in tests.
+SUBPROCESS_TIMEOUT = 60
+
+
+def usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "poolparty_only: behaviour specific to poolparty (skipped under "
+        "POOLPARTY_TEST_REFERENCE=1)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "reference_hangs(reason): the stdlib reference hangs here (skipped "
+        "under POOLPARTY_TEST_REFERENCE=1)",
+    )
+
+
+def _is_ours(item):
+    name = os.path.basename(str(item.fspath))
+    return name.startswith(("test_pool", "test_executor"))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not _is_ours(item):
+            continue
+        if REFERENCE and item.get_closest_marker("poolparty_only"):
+            item.add_marker(pytest.mark.skip(reason="poolparty-specific"))
+        if REFERENCE and item.get_closest_marker("reference_hangs"):
+            item.add_marker(
+                pytest.mark.skip(reason="multiprocessing hangs in this case")
+            )
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT))
+
+
+# --- factories ---------------------------------------------------------------
+
+def _poolparty():
+    import poolparty
+
+    return poolparty
+
+
+def build_pool(dispatch, *args, **kwargs):
+    """Construct a pool for ``dispatch`` with Pool's positional signature."""
+    if REFERENCE:
+        return multiprocessing.get_context("spawn").Pool(*args, **kwargs)
+    return _poolparty().SubinterpreterPool(*args, dispatch=dispatch, **kwargs)
+
+
+def build_executor(dispatch, *args, **kwargs):
+    if REFERENCE:
+        kwargs.setdefault("mp_context", multiprocessing.get_context("spawn"))
+        return concurrent.futures.ProcessPoolExecutor(*args, **kwargs)
+    return _poolparty().SubinterpreterPoolExecutor(
+        *args, dispatch=dispatch, **kwargs
+    )
+
+
+@pytest.fixture(params=DISPATCHES)
+def dispatch(request):
+    return request.param
+
+
+@pytest.fixture
+def make_pool(dispatch):
+    """Factory: make_pool(*args, **kwargs); processes defaults to 2.
+
+    Every pool built here is terminated and joined at teardown.
+    """
+    pools = []
+
+    def factory(*args, **kwargs):
+        if not args and "processes" not in kwargs:
+            kwargs["processes"] = 2
+        pool = build_pool(dispatch, *args, **kwargs)
+        pools.append(pool)
+        return pool
+
+    yield factory
+    for pool in pools:
+        pool.terminate()
+        pool.join()
+
+
+@pytest.fixture
+def pool(make_pool):
+    return make_pool(2)
+
+
+@pytest.fixture
+def make_executor(dispatch):
+    """Factory: make_executor(*args, **kwargs); max_workers defaults to 2."""
+    executors = []
+
+    def factory(*args, **kwargs):
+        if not args and "max_workers" not in kwargs:
+            kwargs["max_workers"] = 2
+        ex = build_executor(dispatch, *args, **kwargs)
+        executors.append(ex)
+        return ex
+
+    yield factory
+    for ex in executors:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def executor(make_executor):
+    return make_executor(2)
+
+
+# --- subprocess scripts --------------------------------------------------------
+
+def pool_factory_source(dispatch):
+    """Source defining ``make_pool(n)`` for a standalone script."""
+    if REFERENCE:
+        return textwrap.dedent(
+            """\
+            import multiprocessing
+
+            def make_pool(n):
+                return multiprocessing.get_context("spawn").Pool(n)
+            """
+        )
+    return textwrap.dedent(
+        f"""\
+        import poolparty
+
+        def make_pool(n):
+            return poolparty.SubinterpreterPool(n, dispatch={dispatch!r})
+        """
+    )
+
+
+@pytest.fixture
+def write_script(tmp_path, dispatch):
+    """Write a script whose header defines make_pool(n); return its path."""
+
+    def writer(body, name="script.py"):
+        path = tmp_path / name
+        path.write_text(pool_factory_source(dispatch) + "\n" + textwrap.dedent(body))
+        return path
+
+    return writer
+
+
+def run_script(path, *args, timeout=SUBPROCESS_TIMEOUT, cwd=None):
+    """Run a script with this interpreter; return CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, str(path), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or os.path.dirname(str(path)),
+    )
+
+
+# --- helpers for blocking tasks -------------------------------------------------
+
+def wait_until_exists(path, timeout=30.0):
+    """Poll (bounded) for a file created by a worker; fail the test if absent."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            pytest.fail("worker never created %s" % path)
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def gate(tmp_path, make_pool, make_executor):
+    """A 'release' file path that is always created at teardown.
+
+    Tasks blocked in tasks.wait_for_file/signal_and_wait on it are therefore
+    released even when the test fails.  Depending on the factories makes this
+    teardown run before the pools/executors are terminated, so their teardown
+    never waits on a blocked task.
+    """
+    release = tmp_path / "release"
+    yield str(release)
+    release.touch()

@@ -1,0 +1,216 @@
+"""Task functions executed by pool workers in the poolparty test suite.
+
+Workers are isolated subinterpreters (or, under POOLPARTY_TEST_REFERENCE=1,
+spawned processes), so this module imports only light, subinterpreter-safe
+standard-library modules at module level.  Every function here is importable
+by its qualified name so that it pickles by reference.
+
+Blocking helpers (``wait_for_file``, ``signal_and_wait``, ``rendezvous``) wait
+for a file system event with a bounded deadline, so a failing test never
+leaves a worker blocked forever.
+"""
+
+import os
+import sys
+import time
+
+# Per-interpreter state: every worker has its own copy of this module.
+_counter = 0
+_init_value = None
+
+DEFAULT_WAIT = 30.0
+_POLL = 0.005
+
+
+# --- plain computations -----------------------------------------------------
+
+def square(x):
+    return x * x
+
+
+def add(a, b=0):
+    return a + b
+
+
+def mul(a, b):
+    return a * b
+
+
+def identity(x):
+    return x
+
+
+def fib(n):
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
+def increment(x):
+    return x + 1
+
+
+# --- per-worker state -------------------------------------------------------
+
+def worker_token(_=None):
+    """Identify the worker: its process and its interpreter's module table."""
+    return (os.getpid(), id(sys.modules))
+
+
+def bump(_=None):
+    """Increment this interpreter's module-global counter and return it."""
+    global _counter
+    _counter += 1
+    return _counter
+
+
+def bump_token(_=None):
+    return (worker_token(), bump())
+
+
+def get_counter(_=None):
+    return _counter
+
+
+def getpid(_=None):
+    return os.getpid()
+
+
+def modules_id(_=None):
+    return id(sys.modules)
+
+
+def sys_path(_=None):
+    return list(sys.path)
+
+
+def getcwd(_=None):
+    return os.getcwd()
+
+
+def import_module(name):
+    __import__(name)
+    return name
+
+
+# --- initializers -----------------------------------------------------------
+
+def set_init_value(value):
+    global _init_value
+    _init_value = value
+
+
+def get_init_value(_=None):
+    return _init_value
+
+
+def failing_initializer(message):
+    raise RuntimeError(message)
+
+
+# --- exceptions -------------------------------------------------------------
+
+class CustomError(Exception):
+    """A picklable user-defined exception."""
+
+
+class UnpicklableAttrError(Exception):
+    """An exception carrying an attribute that cannot be pickled."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.payload = (i for i in range(3))  # generators cannot be pickled
+
+
+def raise_value_error(*args):
+    raise ValueError(*args)
+
+
+def raise_custom(message, code):
+    raise CustomError(message, code)
+
+
+def raise_local_class(message):
+    class LocalOnlyError(Exception):
+        pass
+
+    raise LocalOnlyError(message)
+
+
+def raise_unpicklable_attr(message):
+    raise UnpicklableAttrError(message)
+
+
+def fail_on(x, bad):
+    if x == bad:
+        raise ValueError("bad item", x)
+    return x * x
+
+
+def fail_on_item(x):
+    """Square x, but raise ValueError for 13."""
+    return fail_on(x, 13)
+
+
+def return_unpicklable(_=None):
+    return (i for i in range(3))
+
+
+def return_unpicklable_if(x, bad):
+    if x == bad:
+        return (i for i in range(3))
+    return x
+
+
+# --- blocking helpers (bounded, timing-free) --------------------------------
+
+def touch(path):
+    with open(path, "w"):
+        pass
+    return path
+
+
+def _wait_exists(paths, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        if all(os.path.exists(p) for p in paths):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_POLL)
+
+
+def wait_for_file(path, timeout=DEFAULT_WAIT):
+    """Block until ``path`` exists (or the deadline passes); report which."""
+    return _wait_exists([path], timeout)
+
+
+def signal_and_wait(started, release, value, timeout=DEFAULT_WAIT):
+    """Create ``started``, then block until ``release`` exists; return value."""
+    touch(started)
+    if not _wait_exists([release], timeout):
+        raise TimeoutError("release file never appeared: %s" % release)
+    return value
+
+
+def rendezvous(directory, me, count, timeout=DEFAULT_WAIT):
+    """Announce arrival ``me`` and wait until all ``count`` parties arrived.
+
+    Returns (me, everyone_arrived, worker_token()).  ``everyone_arrived`` can
+    only be True if ``count`` tasks were running at the same time.
+    """
+    touch(os.path.join(directory, "arrived-%d" % me))
+    others = [os.path.join(directory, "arrived-%d" % i) for i in range(count)]
+    return (me, _wait_exists(others, timeout), worker_token())
+
+
+def record_and_return(directory, value):
+    """Leave evidence that this task ran, then return value."""
+    touch(os.path.join(directory, "ran-%r" % (value,)))
+    return value
+
+
+def sleep_then_return(seconds, value):
+    time.sleep(seconds)
+    return value
