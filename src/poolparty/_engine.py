@@ -226,13 +226,17 @@ def _collect(engine, sink, lock):
 def _import_for_worker(engine, worker_id, payload):
     """Import a module in the main interpreter before a worker does.
 
-    See pp__engine_request_main_import in src/core/engine.c: on CPython
-    3.12 this keeps a refused single-phase extension module from crashing
-    the process at exit.  Whether the import works here does not matter;
-    the worker then imports (or is refused) on its own.
+    See _MainImportsFirst in _worker.py: on CPython 3.12 this keeps the
+    process from crashing at exit.  Whether the import works here does
+    not matter; the worker then imports (or is refused) on its own.  A
+    module already in sys.modules is not imported again -- it may be one
+    the main thread is importing right now, whose lock we must not wait
+    for while that thread waits for this pool.
     """
+    name = payload.decode("utf-8")
     try:
-        importlib.import_module(payload.decode("utf-8"))
+        if name not in sys.modules:
+            importlib.import_module(name)
     except BaseException:
         pass
     finally:

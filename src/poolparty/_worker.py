@@ -74,26 +74,25 @@ def _install_main(path, modname):
 
 
 class _MainImportsFirst:
-    """CPython 3.12 only: the main interpreter imports extension modules first.
+    """CPython 3.12 only: the main interpreter imports every module first.
 
-    3.12 frees memory twice at exit when a single-phase-init extension
-    module (such as _decimal) is first loaded by an isolated
-    subinterpreter, which refuses it.  Loaded first by the main
-    interpreter, the refusal is clean (and multi-phase modules load here
-    as usual).  This meta-path finder only looks; it never loads.
+    Two 3.12.1 bugs crash the process at exit after an isolated
+    subinterpreter is the first to import certain modules: a refused
+    single-phase-init extension module (_decimal, ...) is freed twice, and
+    modules such as hashlib, ssl and asyncio leave memory from the
+    subinterpreter's allocator to be freed by the main interpreter
+    ("free(): invalid pointer").  Both are avoided when the main
+    interpreter has imported the module before the worker does.  This
+    meta-path finder asks for that (a round trip to the pool's collector
+    thread, once per module per worker) and never loads anything itself.
     """
 
     def __init__(self):
         self.seen = set()
 
     def find_spec(self, name, path=None, target=None):
-        if name in self.seen:
-            return None
-        self.seen.add(name)
-        from importlib.machinery import ExtensionFileLoader, PathFinder
-
-        spec = PathFinder.find_spec(name, path)
-        if spec is not None and isinstance(spec.loader, ExtensionFileLoader):
+        if name not in self.seen:
+            self.seen.add(name)
             from . import _poolparty
 
             _poolparty.main_import(name)
