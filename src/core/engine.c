@@ -418,6 +418,15 @@ pp__engine_close(pp_engine *e)
     pthread_mutex_unlock(&e->mutex);
 }
 
+/* Raise SystemExit in the worker's running task.  Called with w->life
+ * held; needs no tstate. */
+static void
+interrupt_worker(PyInterpreterState *interp, void *arg)
+{
+    pp_worker *w = arg;
+    pp__interp_interrupt(interp, w->py_thread_id, PyExc_SystemExit);
+}
+
 /* Needs: no tstate. */
 pp_msg *
 pp__engine_terminate(pp_engine *e)
@@ -432,18 +441,39 @@ pp__engine_terminate(pp_engine *e)
     pp_msg *dropped = pp_queue_drain(e->tasks);
 
     /* Interrupt what is running.  A worker idle in next_task() gets the
-     * exception too but never runs Python again before it exits, so it
-     * is harmless there. */
+     * exception too but never runs Python again before it exits (and
+     * clears it before ending its interpreter), so it is harmless there. */
     for (uint32_t i = 0; i < e->nworkers; i++) {
-        pp_worker *w = &e->workers[i];
-        pthread_mutex_lock(&w->life);
-        if (w->interp != NULL) {
-            pp__interp_interrupt(w->interp, w->py_thread_id,
-                                 PyExc_SystemExit);
-        }
-        pthread_mutex_unlock(&w->life);
+        pp__engine_with_worker_interp(e, i, interrupt_worker,
+                                      &e->workers[i]);
     }
     return dropped;
+}
+
+/* Needs: no tstate.  See pp_internal.h. */
+int
+pp__engine_with_worker_interp(pp_engine *e, uint32_t worker,
+                              void (*fn)(PyInterpreterState *, void *),
+                              void *arg)
+{
+    if (worker >= e->nworkers) {
+        return PP_EINVAL;
+    }
+    pp_worker *w = &e->workers[worker];
+    int rc = PP_ENOTFOUND;
+    pthread_mutex_lock(&w->life);
+    if (w->interp != NULL) {
+        fn(w->interp, arg);
+        rc = PP_OK;
+    }
+    pthread_mutex_unlock(&w->life);
+    return rc;
+}
+
+uint32_t
+pp__engine_nworkers(pp_engine *e)
+{
+    return e->nworkers;
 }
 
 /* Any GIL or none. */

@@ -173,6 +173,39 @@ int pp__engine_request_main_import(const char *name, size_t size);
  * Needs: no tstate. */
 int pp__engine_answer_import(pp_engine *e, uint32_t worker);
 
+/* Call fn(interp, arg) with worker `worker`'s interpreter, holding the
+ * worker's life lock so that the interpreter cannot end meanwhile.  fn
+ * may attach to it (PyThreadState_New + PyEval_RestoreThread) but must
+ * delete its thread state before returning.  PP_OK, PP_ENOTFOUND when
+ * that worker has no live interpreter right now, PP_EINVAL for a bad
+ * index.  Needs: no tstate. */
+int pp__engine_with_worker_interp(pp_engine *e, uint32_t worker,
+                                  void (*fn)(PyInterpreterState *, void *),
+                                  void *arg);
+uint32_t pp__engine_nworkers(pp_engine *e);
+
+/* ---- GIL sampler ----------------------------------------------------- */
+
+/* Measures GIL contention the way gilknocker does for the main GIL: a
+ * native thread per interpreter repeatedly takes that interpreter's GIL
+ * and records how long each acquisition waited; contention is the total
+ * wait over the elapsed time.  It samples the main interpreter and, with
+ * an engine, each worker's own GIL. */
+typedef struct pp_gil_sampler pp_gil_sampler;
+
+/* Start sampling every `interval_ns`.  `engine` may be NULL (main GIL
+ * only); otherwise a reference is held until pp__gil_sampler_free.
+ * Needs: no tstate. */
+int pp__gil_sampler_start(pp_engine *engine, int64_t interval_ns,
+                          pp_gil_sampler **out);
+/* Stop the sampler threads and write the contention of the main GIL and
+ * of each worker (as fractions 0..1; a worker never sampled gets -1)
+ * into main_out and workers_out[nworkers].  Needs: no tstate. */
+void pp__gil_sampler_stop(pp_gil_sampler *s, double *main_out,
+                          double *workers_out);
+uint32_t pp__gil_sampler_nworkers(pp_gil_sampler *s);
+void pp__gil_sampler_free(pp_gil_sampler *s);
+
 /* Snapshot counters. */
 size_t pp__engine_pending(pp_engine *e);
 uint32_t pp__engine_live_workers(pp_engine *e);

@@ -12,6 +12,16 @@ typedef struct {
 
 #define ENGINE(op) (((EngineObject *)(op))->engine)
 
+pp_engine *
+pp__engine_from_object(pp_module_state *st, PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, st->engine_type) || ENGINE(obj) == NULL) {
+        PyErr_SetString(PyExc_TypeError, "expected a _poolparty.Engine");
+        return NULL;
+    }
+    return ENGINE(obj);
+}
+
 /* Engine(design, nworkers, maxtasks, sys_path, payload) */
 static PyObject *
 engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)

@@ -132,7 +132,8 @@ module_exec(PyObject *module)
         return -1;
     }
     if (pp__engine_type_add(module, st) < 0 ||
-        pp__interpreter_type_add(module, st) < 0) {
+        pp__interpreter_type_add(module, st) < 0 ||
+        pp__sampler_type_add(module, st) < 0) {
         return -1;
     }
 #define ADD_INT(name)                                                       \
@@ -164,6 +165,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     pp_module_state *st = PyModule_GetState(module);
     Py_VISIT(st->engine_type);
     Py_VISIT(st->interpreter_type);
+    Py_VISIT(st->sampler_type);
     Py_VISIT(st->core_error);
     return 0;
 }
@@ -174,6 +176,7 @@ module_clear(PyObject *module)
     pp_module_state *st = PyModule_GetState(module);
     Py_CLEAR(st->engine_type);
     Py_CLEAR(st->interpreter_type);
+    Py_CLEAR(st->sampler_type);
     Py_CLEAR(st->core_error);
     return 0;
 }

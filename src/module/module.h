@@ -9,6 +9,7 @@
 typedef struct {
     PyTypeObject *engine_type;
     PyTypeObject *interpreter_type;
+    PyTypeObject *sampler_type;
     PyObject *core_error; /* _poolparty.CoreError */
 } pp_module_state;
 
@@ -33,8 +34,13 @@ int pp__timeout_ns(PyObject *obj, int64_t *out);
  * New reference or NULL. */
 PyObject *pp__completion_tuple(const pp_msg *msg);
 
+/* The pp_engine behind an Engine object (borrowed), or NULL with a
+ * TypeError if `obj` is not one. */
+pp_engine *pp__engine_from_object(pp_module_state *st, PyObject *obj);
+
 /* Type creation, called from module exec. 0 or -1 with an exception. */
 int pp__engine_type_add(PyObject *module, pp_module_state *st);
 int pp__interpreter_type_add(PyObject *module, pp_module_state *st);
+int pp__sampler_type_add(PyObject *module, pp_module_state *st);
 
 #endif /* POOLPARTY_MODULE_H */

@@ -42,3 +42,13 @@ def set_signal_handler(_=None):
 
 def version(_=None):
     return sys.version_info[:2]
+
+
+def spin(seconds):
+    """Hold this interpreter's GIL, busy, for `seconds`."""
+    import time
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds

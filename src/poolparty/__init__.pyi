@@ -1,0 +1,9 @@
+from ._errors import BrokenInterpreterPool as BrokenInterpreterPool
+from ._errors import RemoteError as RemoteError
+from ._errors import TerminatedError as TerminatedError
+from .executor import SubinterpreterPoolExecutor as SubinterpreterPoolExecutor
+from .interpreter import Interpreter as Interpreter
+from .pool import SubinterpreterPool as SubinterpreterPool
+
+__version__: str
+__all__: list[str]
