@@ -149,6 +149,9 @@ class Runner:
         self.engine = _core.Engine(
             design, nworkers, maxtasks or 0, sys_path_blob(), payload
         )
+        # Set by terminate(): from then on a task that ends in SystemExit
+        # was (most likely) interrupted by us, and must not exit the caller.
+        self.terminating = False
         self._threads = []
         if design == _core.PP_DESIGN_CALL:
             for worker in range(nworkers):
@@ -162,7 +165,7 @@ class Runner:
                 self._threads.append(thread)
         self._collector = threading.Thread(
             target=_collect,
-            args=(self.engine, sink, self.lock),
+            args=(self,),
             name=f"{name}-collector",
             daemon=True,
         )
@@ -175,7 +178,13 @@ class Runner:
         self.engine.close()
 
     def terminate(self, reason):
-        """Drop queued tasks (each fails with ``reason()``), interrupt running ones."""
+        """Drop queued tasks (each fails with ``reason()``), interrupt running ones.
+
+        Interrupted tasks fail with ``reason()`` too, their SystemExit as
+        its ``__cause__``.
+        """
+        self.reason = reason
+        self.terminating = True
         dropped = self.engine.terminate()
         with self.lock:
             for job, index in dropped:
@@ -199,8 +208,9 @@ class Runner:
             self._collector.join()
 
 
-def _collect(engine, sink, lock):
+def _collect(runner):
     """The collector thread: completions from C to the sink."""
+    engine, sink, lock = runner.engine, runner.sink, runner.lock
     broken = False
     while True:
         batch = engine.collect()
@@ -217,6 +227,10 @@ def _collect(engine, sink, lock):
                         _break(engine, sink, decode_error(payload))
                     continue
                 ok, value = decode(kind, payload)
+                if not ok and runner.terminating and isinstance(value, SystemExit):
+                    interrupted = runner.reason()
+                    interrupted.__cause__ = value
+                    ok, value = False, interrupted
                 try:
                     sink.deliver(job, index, ok, value)
                 except Exception:
@@ -282,7 +296,7 @@ def _stop(runner, on_exit):
 
     if on_exit == "terminate":
         runner.terminate(lambda: TerminatedError(
-            "the pool was shut down before this task ran"))
+            "the pool was terminated before this task finished"))
     else:
         runner.close()
     runner.join()

@@ -214,3 +214,14 @@ def record_and_return(directory, value):
 def sleep_then_return(seconds, value):
     time.sleep(seconds)
     return value
+
+
+def wait_then_touch(started, marker, timeout=20.0):
+    """Create ``started``, wait ``timeout`` seconds for a file that never
+    appears (polling, so the task stays interruptible between bytecodes),
+    then create ``marker``.  ``marker`` only exists if the task ran to its
+    end."""
+    touch(started)
+    _wait_exists([marker + ".never"], timeout)
+    touch(marker)
+    return True

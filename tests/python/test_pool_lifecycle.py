@@ -1,9 +1,11 @@
 """Construction, close/join/terminate and the context manager."""
 
+import os
+
 import pytest
 
 import tasks
-from conftest import usable_cpus
+from conftest import usable_cpus, wait_until_exists
 
 
 # --- construction --------------------------------------------------------------------
@@ -139,6 +141,61 @@ def test_terminate_with_queued_work_returns(pool):
     del pending, more
 
 
+def test_terminate_stops_running_tasks(pool, tmp_path):
+    # Pool.terminate() stops the workers without completing outstanding
+    # work: a task that is still running when terminate() is called never
+    # reaches its end (its marker file is never created).
+    started = [str(tmp_path / ("started-%d" % i)) for i in range(2)]
+    markers = [str(tmp_path / ("finished-%d" % i)) for i in range(2)]
+    pending = [
+        pool.apply_async(tasks.wait_then_touch, (started[i], markers[i], 20.0))
+        for i in range(2)
+    ]
+    for path in started:
+        wait_until_exists(path)
+    pool.terminate()
+    pool.join()
+    assert [os.path.exists(m) for m in markers] == [False, False]
+    del pending
+
+
+@pytest.mark.poolparty_only
+def test_terminate_fails_pending_results_instead_of_hanging(pool, tmp_path):
+    # multiprocessing leaves such results pending forever; poolparty makes
+    # every one of them ready with an ordinary exception (queued tasks with
+    # poolparty.TerminatedError).  A BaseException such as SystemExit must not
+    # escape into the caller: it would end the caller's program.
+    started = [str(tmp_path / ("started-%d" % i)) for i in range(2)]
+    running = [
+        pool.apply_async(
+            tasks.wait_then_touch, (started[i], str(tmp_path / ("m%d" % i)), 20.0)
+        )
+        for i in range(2)
+    ]
+    for path in started:
+        wait_until_exists(path)
+    queued = [pool.apply_async(tasks.square, (i,)) for i in range(10)]
+    mapped = pool.map_async(tasks.square, range(100), 5)
+    pool.terminate()
+    pool.join()
+    for result in running + queued + [mapped]:
+        assert result.ready()
+        assert not result.successful()
+        try:
+            result.get(timeout=0)
+        except Exception:
+            pass
+        except BaseException as exc:
+            pytest.fail("get() raised %r, a BaseException, into the caller" % (exc,))
+        else:
+            pytest.fail("get() returned after terminate()")
+    import poolparty
+
+    for result in queued:
+        with pytest.raises(poolparty.TerminatedError):
+            result.get(timeout=0)
+
+
 def test_terminate_idle_pool(pool):
     assert pool.apply(tasks.square, (5,)) == 25
     pool.terminate()
@@ -164,3 +221,14 @@ def test_context_manager_exit_on_exception(pool):
             raise KeyError("leaving the block")
     with pytest.raises(ValueError):
         pool.map(tasks.square, [1])
+
+
+def test_pool_cannot_be_pickled(pool):
+    import pickle
+
+    with pytest.raises(NotImplementedError):
+        pickle.dumps(pool)
+    # nor passed to a task
+    with pytest.raises(NotImplementedError):
+        pool.apply(tasks.identity, (pool,))
+    assert pool.apply(tasks.square, (6,)) == 36
