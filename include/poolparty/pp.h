@@ -48,11 +48,20 @@ const char *pp_strerror(int code);
 
 /* ---- messages ----------------------------------------------------- */
 
-/* What a task message asks a worker to do with its pickle. */
+/* What a task message asks a worker to do.  A task's data is two
+ * pickles back to back: the function (func_size bytes), then its
+ * arguments. */
 typedef enum {
-    PP_TASK_CALL = 1,    /* (func, args, kwargs)  -> func(*args, **kwargs) */
-    PP_TASK_MAP = 2,     /* (func, items)         -> [func(x) for x]      */
-    PP_TASK_STARMAP = 3, /* (func, items)         -> [func(*x) for x]     */
+    PP_TASK_CALL = 1,    /* func; (args, kwargs)  -> func(*args, **kwargs) */
+    PP_TASK_MAP = 2,     /* func; items           -> [func(x) for x]      */
+    PP_TASK_STARMAP = 3, /* func; items           -> [func(*x) for x]     */
+    PP_TASK_KIND_MASK = 0xff,
+    /* The function is pickled by reference (a module-level function,
+     * builtin or class): a worker may keep the object it unpickled for
+     * the next task whose function pickle is the same bytes.  Without
+     * this flag every task unpickles its own copy, as multiprocessing
+     * does. */
+    PP_TASK_REUSE_FUNC = 0x100,
 } pp_task_kind;
 
 /* How a task ended; the kind of a completion message. */
@@ -78,6 +87,7 @@ typedef struct pp_msg {
     uint32_t kind;       /* pp_task_kind or pp_done_kind */
     uint32_t worker;     /* worker that produced a completion */
     size_t size;         /* bytes in data */
+    size_t func_size;    /* tasks: the function pickle's share of data */
     unsigned char data[];
 } pp_msg;
 
@@ -86,6 +96,11 @@ typedef struct pp_msg {
  * No GIL needed. */
 pp_msg *pp_msg_new(uint64_t job, uint64_t index, uint32_t kind,
                    const void *data, size_t size);
+/* A new task message whose data is `func` then `args` (copied).  NULL
+ * when out of memory.  No GIL needed. */
+pp_msg *pp_msg_new_task(uint64_t job, uint64_t index, uint32_t kind,
+                        const void *func, size_t func_size, const void *args,
+                        size_t args_size);
 /* Free a message (NULL is fine).  No GIL needed. */
 void pp_msg_free(pp_msg *msg);
 /* Free a whole NULL-terminated chain linked through `next`. */

@@ -190,6 +190,10 @@ release_objects(pp_interp *it)
     Py_CLEAR(it->dumps);
     Py_CLEAR(it->protocol);
     Py_CLEAR(it->encode_error);
+    Py_CLEAR(it->func);
+    PyMem_RawFree(it->func_pickle);
+    it->func_pickle = NULL;
+    it->func_pickle_size = 0;
 }
 
 /* Needs: no tstate.  See pp_internal.h. */
@@ -260,20 +264,69 @@ pp__interp_create(const pp_boot *boot, uint32_t worker, pp_interp **out,
 
 /* ---- running a task ------------------------------------------------ */
 
-/* func(*args, **kwargs) from an unpickled (func, args, kwargs) triple.
- * New reference or NULL with an exception.  Needs: sub GIL. */
+/* Unpickle `size` bytes at `data` in place (pickle copies out what it
+ * keeps, so the view is released before returning).  New reference or
+ * NULL with an exception.  Needs: sub GIL. */
 static PyObject *
-run_call(PyObject *spec)
+unpickle(pp_interp *it, const unsigned char *data, size_t size)
 {
-    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 3) {
-        PyErr_SetString(PyExc_TypeError,
-                        "poolparty: malformed task (expected a "
-                        "(func, args, kwargs) triple)");
+    PyObject *view = PyMemoryView_FromMemory((char *)data, (Py_ssize_t)size,
+                                             PyBUF_READ);
+    if (view == NULL) {
         return NULL;
     }
-    PyObject *func = PyTuple_GET_ITEM(spec, 0);
-    PyObject *args = PyTuple_GET_ITEM(spec, 1);
-    PyObject *kwargs = PyTuple_GET_ITEM(spec, 2);
+    PyObject *obj = PyObject_CallOneArg(it->loads, view);
+    /* Make sure nothing that kept the view can read the message after
+     * it is freed. */
+    PyObject *released = PyObject_CallMethod(view, "release", NULL);
+    if (released == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(released);
+    Py_DECREF(view);
+    return obj;
+}
+
+/* The task's function: the cached object when the task allows reuse and
+ * its pickle is the cached one's, else freshly unpickled (and cached if
+ * reusable).  New reference or NULL with an exception.  Needs: sub GIL. */
+static PyObject *
+task_function(pp_interp *it, const pp_msg *task)
+{
+    int reuse = (task->kind & PP_TASK_REUSE_FUNC) != 0;
+    if (reuse && it->func != NULL && it->func_pickle_size == task->func_size &&
+        memcmp(it->func_pickle, task->data, task->func_size) == 0) {
+        return Py_NewRef(it->func);
+    }
+    PyObject *func = unpickle(it, task->data, task->func_size);
+    if (func == NULL || !reuse) {
+        return func;
+    }
+    unsigned char *copy = PyMem_RawMalloc(task->func_size ? task->func_size
+                                                          : 1);
+    if (copy != NULL) {
+        memcpy(copy, task->data, task->func_size);
+        PyMem_RawFree(it->func_pickle);
+        it->func_pickle = copy;
+        it->func_pickle_size = task->func_size;
+        Py_XSETREF(it->func, Py_NewRef(func));
+    }
+    return func;
+}
+
+/* func(*args, **kwargs) from an unpickled (args, kwargs) pair.  New
+ * reference or NULL with an exception.  Needs: sub GIL. */
+static PyObject *
+run_call(PyObject *func, PyObject *spec)
+{
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "poolparty: malformed task (expected an "
+                        "(args, kwargs) pair)");
+        return NULL;
+    }
+    PyObject *args = PyTuple_GET_ITEM(spec, 0);
+    PyObject *kwargs = PyTuple_GET_ITEM(spec, 1);
     if (!PyTuple_Check(args) || (kwargs != Py_None && !PyDict_Check(kwargs))) {
         PyErr_SetString(PyExc_TypeError,
                         "poolparty: malformed task arguments");
@@ -285,17 +338,14 @@ run_call(PyObject *spec)
 /* [func(x) for x in items] or [func(*x) for x in items].  New reference
  * or NULL with an exception.  Needs: sub GIL. */
 static PyObject *
-run_map(PyObject *spec, int star)
+run_map(PyObject *func, PyObject *items, int star)
 {
-    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 2 ||
-        !PyList_Check(PyTuple_GET_ITEM(spec, 1))) {
+    if (!PyList_Check(items)) {
         PyErr_SetString(PyExc_TypeError,
-                        "poolparty: malformed task (expected a "
-                        "(func, items) pair)");
+                        "poolparty: malformed task (expected a list of "
+                        "items)");
         return NULL;
     }
-    PyObject *func = PyTuple_GET_ITEM(spec, 0);
-    PyObject *items = PyTuple_GET_ITEM(spec, 1);
     Py_ssize_t n = PyList_GET_SIZE(items);
     PyObject *results = PyList_New(n);
     if (results == NULL) {
@@ -329,29 +379,27 @@ run_map(PyObject *spec, int star)
 pp_msg *
 pp__interp_run(pp_interp *it, const pp_msg *task)
 {
-    PyObject *view = NULL, *spec = NULL, *result = NULL, *pickled = NULL;
+    PyObject *func = NULL, *spec = NULL, *result = NULL, *pickled = NULL;
     pp_msg *done = NULL;
 
-    /* The task's bytes are unpickled in place: pickle copies out what
-     * it keeps, so the view never outlives this call. */
-    view = PyMemoryView_FromMemory((char *)task->data,
-                                   (Py_ssize_t)task->size, PyBUF_READ);
-    if (view == NULL) {
+    func = task_function(it, task);
+    if (func == NULL) {
         goto error;
     }
-    spec = PyObject_CallOneArg(it->loads, view);
+    spec = unpickle(it, task->data + task->func_size,
+                    task->size - task->func_size);
     if (spec == NULL) {
         goto error;
     }
-    switch (task->kind) {
+    switch (task->kind & PP_TASK_KIND_MASK) {
     case PP_TASK_CALL:
-        result = run_call(spec);
+        result = run_call(func, spec);
         break;
     case PP_TASK_MAP:
-        result = run_map(spec, 0);
+        result = run_map(func, spec, 0);
         break;
     case PP_TASK_STARMAP:
-        result = run_map(spec, 1);
+        result = run_map(func, spec, 1);
         break;
     default:
         PyErr_Format(PyExc_ValueError, "poolparty: unknown task kind %u",
@@ -389,15 +437,7 @@ done:
     Py_XDECREF(pickled);
     Py_XDECREF(result);
     Py_XDECREF(spec);
-    if (view != NULL) {
-        /* Make sure nothing that kept the view can read freed memory. */
-        PyObject *released = PyObject_CallMethod(view, "release", NULL);
-        if (released == NULL) {
-            PyErr_Clear();
-        }
-        Py_XDECREF(released);
-        Py_DECREF(view);
-    }
+    Py_XDECREF(func);
     return done;
 }
 

@@ -27,9 +27,34 @@ pp_msg_new(uint64_t job, uint64_t index, uint32_t kind, const void *data,
     msg->kind = kind;
     msg->worker = 0;
     msg->size = size;
+    msg->func_size = 0;
     if (data != NULL && size > 0) {
         memcpy(msg->data, data, size);
     }
+    return msg;
+}
+
+/* NULL when out of memory or when the sizes would overflow.  Any thread,
+ * no lock. */
+pp_msg *
+pp_msg_new_task(uint64_t job, uint64_t index, uint32_t kind,
+                const void *func, size_t func_size, const void *args,
+                size_t args_size)
+{
+    if (func_size > SIZE_MAX - args_size) {
+        return NULL;
+    }
+    pp_msg *msg = pp_msg_new(job, index, kind, NULL, func_size + args_size);
+    if (msg == NULL) {
+        return NULL;
+    }
+    if (func_size) {
+        memcpy(msg->data, func, func_size);
+    }
+    if (args_size) {
+        memcpy(msg->data + func_size, args, args_size);
+    }
+    msg->func_size = func_size;
     return msg;
 }
 

@@ -56,6 +56,11 @@ typedef struct pp_interp {
     PyObject *dumps;              /* pickle.dumps          (sub GIL) */
     PyObject *protocol;           /* int 5                 (sub GIL) */
     PyObject *encode_error;       /* _worker.encode_error  (sub GIL) */
+    /* The last by-reference function unpickled here, kept with its
+     * pickle so that the tasks of one map() unpickle it once. */
+    PyObject *func;               /* (sub GIL) */
+    unsigned char *func_pickle;   /* PyMem_Raw; func_pickle_size bytes */
+    size_t func_pickle_size;
 } pp_interp;
 
 /* Create an isolated subinterpreter with its own GIL, set its sys.path,

@@ -84,13 +84,14 @@ engine_dealloc(PyObject *self)
     Py_DECREF(tp);
 }
 
-/* submit(job, index, kind, payload) -- the per-task hot path. */
+/* submit(job, index, kind, func_pickle, args_pickle) -- the per-task
+ * hot path. */
 static PyObject *
 engine_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError,
-                        "submit(job, index, kind, payload) takes 4 arguments");
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "submit(job, index, kind, "
+                                         "func_pickle, args_pickle)");
         return NULL;
     }
     uint64_t job, index, kind;
@@ -98,15 +99,9 @@ engine_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         pp__as_u64(args[2], &kind) < 0) {
         return NULL;
     }
-    Py_buffer payload;
-    if (PyObject_GetBuffer(args[3], &payload, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    pp_msg *task = pp_msg_new(job, index, (uint32_t)kind, payload.buf,
-                              (size_t)payload.len);
-    PyBuffer_Release(&payload);
+    pp_msg *task = pp__task_from_buffers(job, index, kind, args[3], args[4]);
     if (task == NULL) {
-        return PyErr_NoMemory();
+        return NULL;
     }
     int rc = pp__engine_submit(ENGINE(self), task);
     if (rc != PP_OK) {
@@ -298,7 +293,7 @@ engine_get_state(PyObject *self, void *Py_UNUSED(closure))
 
 static PyMethodDef engine_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))engine_submit, METH_FASTCALL,
-     "submit(job, index, kind, payload): queue one task (a pickle)."},
+     "submit(job, index, kind, func_pickle, args_pickle): queue one task."},
     {"collect", (PyCFunction)(void (*)(void))engine_collect, METH_FASTCALL,
      "collect(timeout=None): wait for completions and take all ready ones "
      "as (job, index, kind, worker, payload) tuples; [] on timeout, None "

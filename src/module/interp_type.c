@@ -129,27 +129,22 @@ acquire_open(InterpreterObject *self)
     return 0;
 }
 
-/* call(kind, payload) -> (done_kind, payload) */
+/* call(kind, func_pickle, args_pickle) -> (done_kind, payload) */
 static PyObject *
 interpreter_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "call(kind, payload)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "call(kind, func_pickle, args_pickle)");
         return NULL;
     }
     uint64_t kind;
     if (pp__as_u64(args[0], &kind) < 0) {
         return NULL;
     }
-    Py_buffer payload;
-    if (PyObject_GetBuffer(args[1], &payload, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    pp_msg *task = pp_msg_new(0, 0, (uint32_t)kind, payload.buf,
-                              (size_t)payload.len);
-    PyBuffer_Release(&payload);
+    pp_msg *task = pp__task_from_buffers(0, 0, kind, args[1], args[2]);
     if (task == NULL) {
-        return PyErr_NoMemory();
+        return NULL;
     }
     PyObject *result = NULL;
     if (acquire_open(SELF(self)) == 0) {
@@ -233,8 +228,8 @@ interpreter_get_id(PyObject *self, void *Py_UNUSED(closure))
 
 static PyMethodDef interpreter_methods[] = {
     {"call", (PyCFunction)(void (*)(void))interpreter_call, METH_FASTCALL,
-     "call(kind, payload) -> (done_kind, payload): run one pickled task "
-     "inside the interpreter."},
+     "call(kind, func_pickle, args_pickle) -> (done_kind, payload): run "
+     "one pickled task inside the interpreter."},
     {"exec", interpreter_exec, METH_O,
      "exec(source): run source in the interpreter's __main__."},
     {"close", interpreter_close, METH_NOARGS,

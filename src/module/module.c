@@ -78,6 +78,28 @@ pp__timeout_ns(PyObject *obj, int64_t *out)
     return 0;
 }
 
+pp_msg *
+pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
+                      PyObject *func, PyObject *args)
+{
+    Py_buffer fb, ab;
+    if (PyObject_GetBuffer(func, &fb, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args, &ab, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&fb);
+        return NULL;
+    }
+    pp_msg *task = pp_msg_new_task(job, index, (uint32_t)kind, fb.buf,
+                                   (size_t)fb.len, ab.buf, (size_t)ab.len);
+    PyBuffer_Release(&fb);
+    PyBuffer_Release(&ab);
+    if (task == NULL) {
+        PyErr_NoMemory();
+    }
+    return task;
+}
+
 PyObject *
 pp__completion_tuple(const pp_msg *msg)
 {
@@ -143,6 +165,7 @@ module_exec(PyObject *module)
     ADD_INT(PP_TASK_CALL)
     ADD_INT(PP_TASK_MAP)
     ADD_INT(PP_TASK_STARMAP)
+    ADD_INT(PP_TASK_REUSE_FUNC)
     ADD_INT(PP_DONE_OK)
     ADD_INT(PP_DONE_ERROR)
     ADD_INT(PP_DONE_UNPICKLABLE)

@@ -30,6 +30,11 @@ int pp__as_u64(PyObject *obj, uint64_t *out);
 /* Seconds (float, None or negative = forever) to nanoseconds (-1 =
  * forever).  0 or -1 with an exception. */
 int pp__timeout_ns(PyObject *obj, int64_t *out);
+/* A task message from two bytes-like objects (the function's pickle and
+ * the arguments').  NULL with an exception. */
+pp_msg *pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
+                              PyObject *func, PyObject *args);
+
 /* A tuple (job, index, kind, worker, payload bytes) for a completion.
  * New reference or NULL. */
 PyObject *pp__completion_tuple(const pp_msg *msg);

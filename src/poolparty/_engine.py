@@ -19,6 +19,7 @@ import pickle
 import sys
 import threading
 import traceback
+import types
 import weakref
 
 from . import _poolparty as _core
@@ -33,6 +34,7 @@ MAIN_IMPORT = _core.PP_DONE_MAIN_IMPORT
 TASK_CALL = _core.PP_TASK_CALL
 TASK_MAP = _core.PP_TASK_MAP
 TASK_STARMAP = _core.PP_TASK_STARMAP
+REUSE_FUNC = _core.PP_TASK_REUSE_FUNC
 
 # How often a waiting join() wakes to let Ctrl-C through; the C wait
 # itself cannot see signals.
@@ -109,6 +111,44 @@ def boot_payload(initializer, initargs):
     return pickle.dumps((path, modname, init), 5)
 
 
+# Functions pickled by reference (module-level functions, module-level
+# builtins, classes) always pickle to the same bytes: keep them, since
+# pickling a function by name costs more than a small task's arguments.
+_func_pickles = {}
+_FUNC_PICKLES_MAX = 256
+
+
+def _by_reference(func):
+    if isinstance(func, (types.FunctionType, type)):
+        return True
+    # A builtin bound to an object ([].append) pickles that object by value.
+    return isinstance(func, types.BuiltinFunctionType) and isinstance(
+        getattr(func, "__self__", None), types.ModuleType)
+
+
+def function_pickle(func):
+    """``(pickle, flag)`` for a task's function; the pickle may raise.
+
+    The flag is REUSE_FUNC when the pickle is by reference, telling the
+    worker that it may keep the unpickled function for the next task with
+    the same bytes; objects pickled by value (partials, callables with
+    state) are unpickled afresh for every task, as multiprocessing does.
+    """
+    key = id(func)
+    cached = _func_pickles.get(key)
+    if cached is not None and cached[0] is func:
+        return cached[1], REUSE_FUNC
+    data = pickle.dumps(func, 5)
+    if not _by_reference(func):
+        return data, 0
+    if len(_func_pickles) >= _FUNC_PICKLES_MAX:
+        _func_pickles.clear()
+    # The entry keeps the function alive, so no other object can take
+    # its id while the entry exists.
+    _func_pickles[key] = (func, data)
+    return data, REUSE_FUNC
+
+
 def decode(kind, payload):
     """``(ok, value)`` for a completion's kind and payload."""
     if kind == DONE_OK:
@@ -171,8 +211,8 @@ class Runner:
         )
         self._collector.start()
 
-    def submit(self, job, index, kind, payload):
-        self.engine.submit(job, index, kind, payload)
+    def submit(self, job, index, kind, func_pickle, args_pickle):
+        self.engine.submit(job, index, kind, func_pickle, args_pickle)
 
     def close(self):
         self.engine.close()

@@ -93,7 +93,7 @@ class SubinterpreterPoolExecutor(Executor):
         )
         self._finalizer = _engine.register_finalizer(self, self._runner, "drain")
 
-    def _submit(self, kind, spec):
+    def _submit(self, kind, func, args):
         future = _Future()
         with self._shutdown_lock:
             if self._sink.broken_error is not None:
@@ -103,18 +103,19 @@ class SubinterpreterPoolExecutor(Executor):
             job = next(self._jobs)
             future._pp_task = (self._runner.engine, job, self._sink.futures)
             try:
-                payload = pickle.dumps(spec, 5)
+                func_pickle, flag = _engine.function_pickle(func)
+                args_pickle = pickle.dumps(args, 5)
             except Exception as exc:
                 # As ProcessPoolExecutor: the future carries the error.
                 future.set_exception(exc)
                 return future
             self._sink.futures[job] = future
-            self._runner.submit(job, 0, kind, payload)
+            self._runner.submit(job, 0, kind | flag, func_pickle, args_pickle)
         return future
 
     def submit(self, fn, /, *args, **kwargs):
         """Schedule ``fn(*args, **kwargs)``; returns a Future."""
-        return self._submit(_engine.TASK_CALL, (fn, args, kwargs or None))
+        return self._submit(_engine.TASK_CALL, fn, (args, kwargs or None))
 
     submit.__doc__ = Executor.submit.__doc__
 
@@ -132,7 +133,7 @@ class SubinterpreterPoolExecutor(Executor):
         args = zip(*iterables)
         futures = []
         while chunk := list(itertools.islice(args, chunksize)):
-            futures.append(self._submit(_engine.TASK_STARMAP, (fn, chunk)))
+            futures.append(self._submit(_engine.TASK_STARMAP, fn, chunk))
 
         def results():
             try:

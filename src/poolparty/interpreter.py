@@ -49,8 +49,10 @@ class Interpreter:
 
     def call(self, func, /, *args, **kwargs):
         """Run ``func(*args, **kwargs)`` in the subinterpreter; return its result."""
-        payload = pickle.dumps((func, args, kwargs or None), 5)
-        kind, result = self._core.call(_engine.TASK_CALL, payload)
+        func_pickle, flag = _engine.function_pickle(func)
+        args_pickle = pickle.dumps((args, kwargs or None), 5)
+        kind, result = self._core.call(_engine.TASK_CALL | flag, func_pickle,
+                                       args_pickle)
         ok, value = _engine.decode(kind, result)
         if not ok:
             raise value

@@ -111,20 +111,23 @@ class SubinterpreterPool:
         if self._state != _RUN:
             raise ValueError("Pool not running")
 
-    def _submit(self, result, index, kind, spec):
+    def _submit(self, result, index, kind, func, args):
         """Pickle one task in the caller's thread and queue it.
 
-        A pickling error fails that task's result, as multiprocessing
-        does, so map() and get() raise it in the caller.
+        ``args`` is ``(args, kwargs)`` for a call, the list of items for a
+        map chunk.  A pickling error fails that task's result, as
+        multiprocessing does, so map() and get() raise it in the caller.
         """
         try:
-            payload = pickle.dumps(spec, 5)
+            func_pickle, flag = _engine.function_pickle(func)
+            args_pickle = pickle.dumps(args, 5)
         except Exception as exc:
             with self._runner.lock:
                 self._sink.deliver(result._job, index, False, exc)
             return
         try:
-            self._runner.submit(result._job, index, kind, payload)
+            self._runner.submit(result._job, index, kind | flag, func_pickle,
+                                args_pickle)
         except ValueError:
             with self._runner.lock:
                 self._sink.deliver(
@@ -148,8 +151,8 @@ class SubinterpreterPool:
             self, _guard(callback, "callback"),
             _guard(error_callback, "error_callback"),
         )
-        self._submit(result, 0, _engine.TASK_CALL,
-                     (func, tuple(args), dict(kwds) or None))
+        self._submit(result, 0, _engine.TASK_CALL, func,
+                     (tuple(args), dict(kwds) or None))
         return result
 
     def map(self, func, iterable, chunksize=None):
@@ -197,7 +200,7 @@ class SubinterpreterPool:
                 chunk = list(itertools.islice(items, chunksize))
                 if not chunk:
                     break
-                self._submit(result, index, kind, (func, chunk))
+                self._submit(result, index, kind, func, chunk)
         return result
 
     def imap(self, func, iterable, chunksize=1):
@@ -239,12 +242,12 @@ class SubinterpreterPool:
                         item = next(items, _END)
                         if item is _END:
                             break
-                        spec, kind = (func, (item,), None), _engine.TASK_CALL
+                        spec, kind = ((item,), None), _engine.TASK_CALL
                     else:
                         chunk = list(itertools.islice(items, chunksize))
                         if not chunk:
                             break
-                        spec, kind = (func, chunk), _engine.TASK_MAP
+                        spec, kind = chunk, _engine.TASK_MAP
                 except Exception as exc:
                     # The iterable itself raised: that position fails,
                     # and the iteration ends there (as multiprocessing).
@@ -252,7 +255,7 @@ class SubinterpreterPool:
                         self._sink.deliver(result._job, index, False, exc)
                     index += 1
                     break
-                self._submit(result, index, kind, spec)
+                self._submit(result, index, kind, func, spec)
                 index += 1
         finally:
             with self._runner.lock:

@@ -1,0 +1,244 @@
+"""The ways the suite runs a workload: one pool runner per mode.
+
+This module runs inside the cell process, on whatever interpreter the cell
+uses, including a free-threaded one.  So it imports only the standard
+library at module level; each mode imports its pool library (poolparty,
+loky, ...) when it opens a pool, and nowhere else.
+
+A runner opens its pool in its constructor, maps with chunksize=1 so every
+task travels on its own, and waits for all its workers in close().  The
+cell times construction, map and close together, as the original study did.
+"""
+
+import sys
+
+# The order here is the order of bars in the charts and rows in the table.
+DEFAULT_BUILD_MODES = (
+    "sequential",
+    "interp",
+    "interp2",
+    "thread",
+    "futures",
+    "subprocess",
+    "process-futures",
+    "interp-futures",
+    "loky",
+)
+FREE_THREADED_MODES = ("nogil-sequential", "nogil-thread", "nogil-futures")
+ALL_MODES = DEFAULT_BUILD_MODES + FREE_THREADED_MODES
+
+# Modes that ignore --workers: they run once, with one worker.
+SEQUENTIAL_MODES = ("sequential", "nogil-sequential")
+
+# Executors that start their workers only when the first task comes.
+LAZY_MODES = ("futures", "process-futures", "interp-futures", "loky",
+              "nogil-futures")
+
+DESCRIPTIONS = {
+    "sequential": "plain map() in the main thread",
+    "interp": 'poolparty.SubinterpreterPool(dispatch="queue").map',
+    "interp2": 'poolparty.SubinterpreterPool(dispatch="call").map',
+    "thread": "multiprocessing.pool.ThreadPool.map",
+    "futures": "concurrent.futures.ThreadPoolExecutor.map",
+    "subprocess": 'multiprocessing.get_context("spawn").Pool.map',
+    "process-futures": "concurrent.futures.ProcessPoolExecutor (spawn)",
+    "interp-futures": "concurrent.futures.InterpreterPoolExecutor (3.14+)",
+    "loky": "loky.get_reusable_executor().map",
+    "nogil-sequential": "sequential, on a free-threaded build",
+    "nogil-thread": "thread, on a free-threaded build",
+    "nogil-futures": "futures, on a free-threaded build",
+}
+
+
+def is_free_threaded():
+    """Return True when this interpreter was built with --disable-gil."""
+    import sysconfig
+
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+class SequentialRunner:
+    """No pool at all: map() in the calling thread."""
+
+    def __init__(self, workers):
+        self.pool = None
+
+    def map(self, fn, items):
+        return list(map(fn, items))
+
+    def close(self):
+        pass
+
+
+class PoolRunner:
+    """Any multiprocessing.pool.Pool look-alike: Pool, ThreadPool, ours."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def map(self, fn, items):
+        return self.pool.map(fn, items, chunksize=1)
+
+    def close(self):
+        # close() + join() rather than terminate(): the time to let every
+        # worker finish and exit belongs to the pool's cost.
+        self.pool.close()
+        self.pool.join()
+
+
+class ExecutorRunner:
+    """Any concurrent.futures.Executor."""
+
+    def __init__(self, executor, chunked=False):
+        self.pool = executor
+        self._chunked = chunked
+
+    def map(self, fn, items):
+        if self._chunked:
+            return list(self.pool.map(fn, items, chunksize=1))
+        return list(self.pool.map(fn, items))
+
+    def close(self):
+        self.pool.shutdown(wait=True)
+
+
+def _open_interp(workers, dispatch):
+    import poolparty
+
+    return PoolRunner(poolparty.SubinterpreterPool(workers, dispatch=dispatch))
+
+
+def _open_thread(workers):
+    from multiprocessing.pool import ThreadPool
+
+    return PoolRunner(ThreadPool(workers))
+
+
+def _open_futures(workers):
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ExecutorRunner(ThreadPoolExecutor(max_workers=workers))
+
+
+def _open_subprocess(workers):
+    import multiprocessing
+
+    return PoolRunner(multiprocessing.get_context("spawn").Pool(workers))
+
+
+def _open_process_futures(workers):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    spawn = multiprocessing.get_context("spawn")
+    return ExecutorRunner(
+        ProcessPoolExecutor(max_workers=workers, mp_context=spawn),
+        chunked=True,
+    )
+
+
+def _open_interp_futures(workers):
+    executor_type = _interpreter_pool_executor()
+    if executor_type is None:
+        raise RuntimeError(interp_futures_unavailable())
+    return ExecutorRunner(executor_type(max_workers=workers))
+
+
+def _open_loky(workers):
+    import loky
+
+    return ExecutorRunner(
+        loky.get_reusable_executor(max_workers=workers), chunked=True
+    )
+
+
+_OPENERS = {
+    "sequential": SequentialRunner,
+    "interp": lambda workers: _open_interp(workers, "queue"),
+    "interp2": lambda workers: _open_interp(workers, "call"),
+    "thread": _open_thread,
+    "futures": _open_futures,
+    "subprocess": _open_subprocess,
+    "process-futures": _open_process_futures,
+    "interp-futures": _open_interp_futures,
+    "loky": _open_loky,
+    "nogil-sequential": SequentialRunner,
+    "nogil-thread": _open_thread,
+    "nogil-futures": _open_futures,
+}
+
+
+def open_runner(mode, workers):
+    """Open the pool of MODE with WORKERS workers; the caller closes it."""
+    if mode not in _OPENERS:
+        raise ValueError(f"unknown mode {mode!r}")
+    if mode.startswith("nogil-") and not is_free_threaded():
+        raise RuntimeError(f"{mode} needs a free-threaded (nogil) Python")
+    return _OPENERS[mode](workers)
+
+
+def _interpreter_pool_executor():
+    """Return an InterpreterPoolExecutor class, or None when none exists."""
+    import concurrent.futures
+
+    found = getattr(concurrent.futures, "InterpreterPoolExecutor", None)
+    if found is not None:
+        return found
+    # backports-interpreters 0.3.0 ships only concurrent.interpreters;
+    # should a later release add the executor, this is where it would be.
+    try:
+        from backports.interpreters import InterpreterPoolExecutor
+    except ImportError:
+        return None
+    return InterpreterPoolExecutor
+
+
+def interp_futures_unavailable():
+    """Say why interp-futures cannot run on this Python."""
+    version = ".".join(map(str, sys.version_info[:2]))
+    try:
+        import backports.interpreters  # noqa: F401
+
+        backport = (
+            "the installed backports-interpreters provides "
+            "concurrent.interpreters but no InterpreterPoolExecutor"
+        )
+    except ImportError:
+        backport = (
+            "the PyPI backport backports-interpreters (0.3.0) provides "
+            "only concurrent.interpreters, not the executor"
+        )
+    return (
+        "concurrent.futures.InterpreterPoolExecutor is new in Python 3.14 "
+        f"and this is {version}; {backport}"
+    )
+
+
+def unavailable_reason(mode):
+    """Return why MODE cannot run on this interpreter, or None if it can.
+
+    Imports the mode's library, which is why the driver calls this in a
+    throw-away process: an extension that crashes on import takes only the
+    probe down.
+    """
+    free_threaded = is_free_threaded()
+    if mode.startswith("nogil-"):
+        if not free_threaded:
+            return "needs a free-threaded (nogil) Python"
+        return None
+    if free_threaded:
+        return "runs only on a default (GIL) build"
+    try:
+        if mode in ("interp", "interp2"):
+            import poolparty
+
+            if not hasattr(poolparty, "SubinterpreterPool"):
+                return "poolparty has no SubinterpreterPool"
+        elif mode == "loky":
+            import loky  # noqa: F401
+        elif mode == "interp-futures":
+            if _interpreter_pool_executor() is None:
+                return interp_futures_unavailable()
+    except Exception as exc:  # any import failure means "cannot run here"
+        return f"import failed: {type(exc).__name__}: {exc}"
+    return None
