@@ -12,7 +12,7 @@ import math
 from .modes import ALL_MODES, SEQUENTIAL_MODES
 
 PANELS = {
-    "gil": ("gil_contention_pct", "GIL contention, main interpreter (%)"),
+    "gil": ("gil_contention_pct", "GIL contention, worst GIL (%)"),
     "speedup": ("speedup", "speedup vs. sequential (x)"),
     "cpu": ("cpu_pct", "CPU (% of all cores)"),
     "memory": ("peak_rss_mb", "peak memory (MB, RSS of the tree)"),

@@ -1,10 +1,12 @@
 """GIL contention sampling for a cell.
 
 gil_sampler() is the one place where the suite chooses how GIL contention
-is measured.  Today it uses gilknocker, which sees only the main
-interpreter's GIL: a subinterpreter worker with its own GIL is invisible to
-it.  When poolparty's own sampler exists, it goes in gil_sampler(), which
-gets the pool so that it can reach the workers' GILs too.
+is measured.  By default it uses poolparty's sampler, written in C
+(src/core/gil_sampler.c): for every mode it samples the main
+interpreter's GIL, and for the interp modes each worker's own GIL too.
+gilknocker, which sees only the main GIL, is kept to cross-check it:
+POOLPARTY_BENCH_GIL=gilknocker selects it (see docs/bench.md for how
+closely the two agree).
 
 Every sampler has start() and stop(); stop() returns
     {"main": pct or None, "workers": [pct, ...] or None,
@@ -28,21 +30,53 @@ KNOCK_PAUSE_US = 1000
 KNOCK_STOP_TIMEOUT_S = 1.0
 
 
-def gil_sampler(pool=None):
+def gil_sampler(pool=None, source=None):
     """Return a sampler for the GIL contention of the current run.
 
-    POOL is the pool the run maps over (None for a sequential run).  The
-    lead's sampler for poolparty pools plugs in here.
+    POOL is the pool the run maps over (None for a sequential run); with a
+    poolparty pool, its workers' GILs are sampled too.  SOURCE is
+    "poolparty" or "gilknocker" (default: $POOLPARTY_BENCH_GIL, else
+    poolparty).
     """
+    import os
+
     from .modes import is_free_threaded
 
     if is_free_threaded():
         return NullSampler("free-threaded build: there is no GIL")
+    source = source or os.environ.get("POOLPARTY_BENCH_GIL", "poolparty")
+    if source == "poolparty":
+        try:
+            from poolparty.gil import GilSampler
+        except ImportError:
+            source = "gilknocker"
+        else:
+            return PoolpartySampler(GilSampler, pool)
     try:
         import gilknocker
     except ImportError:
         return NullSampler("gilknocker is not installed")
     return KnockerSampler(gilknocker)
+
+
+class PoolpartySampler:
+    """poolparty's C sampler: the main GIL, and a poolparty pool's workers'."""
+
+    def __init__(self, sampler_class, pool):
+        ours = pool is not None and hasattr(pool, "_runner")
+        self._sampler = sampler_class(pool if ours else None)
+
+    def start(self):
+        self._sampler.start()
+
+    def stop(self):
+        result = self._sampler.stop()
+        return {
+            "main": result["main"],
+            "workers": result["workers"],
+            "source": "poolparty",
+            "note": None,
+        }
 
 
 class NullSampler:

@@ -178,16 +178,22 @@ def open_runner(mode, workers):
 
 
 def _interpreter_pool_executor():
-    """Return an InterpreterPoolExecutor class, or None when none exists."""
+    """Return an InterpreterPoolExecutor class, or None when none exists.
+
+    CPython >= 3.14 has it in concurrent.futures.  On 3.13 the PyPI package
+    interpreters-pep-734 (the PEP 734 author's backport) provides the same
+    executor; it needs the _interpreters module, which 3.12 lacks.
+    (backports-interpreters 0.3.0 ships only concurrent.interpreters.)
+    """
     import concurrent.futures
 
     found = getattr(concurrent.futures, "InterpreterPoolExecutor", None)
     if found is not None:
         return found
-    # backports-interpreters 0.3.0 ships only concurrent.interpreters;
-    # should a later release add the executor, this is where it would be.
     try:
-        from backports.interpreters import InterpreterPoolExecutor
+        from interpreters_backport.concurrent.futures.interpreter import (
+            InterpreterPoolExecutor,
+        )
     except ImportError:
         return None
     return InterpreterPoolExecutor
@@ -196,18 +202,16 @@ def _interpreter_pool_executor():
 def interp_futures_unavailable():
     """Say why interp-futures cannot run on this Python."""
     version = ".".join(map(str, sys.version_info[:2]))
-    try:
-        import backports.interpreters  # noqa: F401
-
+    if sys.version_info < (3, 13):
         backport = (
-            "the installed backports-interpreters provides "
-            "concurrent.interpreters but no InterpreterPoolExecutor"
+            "its backport (PyPI interpreters-pep-734) needs the _interpreters "
+            "module, which CPython 3.12 does not have, and "
+            "backports-interpreters (0.3.0) provides only "
+            "concurrent.interpreters, not the executor"
         )
-    except ImportError:
-        backport = (
-            "the PyPI backport backports-interpreters (0.3.0) provides "
-            "only concurrent.interpreters, not the executor"
-        )
+    else:
+        backport = ("install its backport from PyPI: "
+                    "pip install interpreters-pep-734")
     return (
         "concurrent.futures.InterpreterPoolExecutor is new in Python 3.14 "
         f"and this is {version}; {backport}"

@@ -42,6 +42,13 @@ FAILED = "failed"
 UNAVAILABLE = "unavailable"
 
 
+def _worst_gil(gil):
+    """The most contended GIL of one run: the main one or a worker's."""
+    values = [gil.get("main")] + list(gil.get("workers") or [])
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
 def _median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -79,7 +86,7 @@ def aggregate(cell, runs, cores):
         peaks = [p for p in peaks if p]
         record["peak_rss_mb"] = max(peaks) / 2**20 if peaks else None
         record["gil_contention_pct"] = _median(
-            (run.get("gil") or {}).get("main") for run in good)
+            _worst_gil(run.get("gil") or {}) for run in good)
         record["gil_workers_pct"] = _median(
             statistics.fmean(w) if w else None
             for w in ((run.get("gil") or {}).get("workers") for run in good))

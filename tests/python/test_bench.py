@@ -1,0 +1,469 @@
+"""Tests for the benchmark driver (poolparty_bench, not its workloads).
+
+Fast, and independent of poolparty itself: argument parsing, folding
+repeats into records, speedups, JSON/CSV, the process-tree sampler on real
+child processes, a real cell, one tiny end-to-end run and the charts.
+"""
+
+import atexit
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..",
+                                   "src"))
+
+# Without an installed poolparty_bench, put a link to src/poolparty_bench on
+# the path, and not src/ itself: src/poolparty would shadow the built
+# extension for every other test in the session.
+if importlib.util.find_spec("poolparty_bench") is None:
+    _ROOT = tempfile.mkdtemp(prefix="test-bench-path-")
+    atexit.register(shutil.rmtree, _ROOT, True)
+    os.symlink(os.path.join(SRC, "poolparty_bench"),
+               os.path.join(_ROOT, "poolparty_bench"))
+    sys.path.insert(0, _ROOT)
+else:
+    _ROOT = None
+
+from poolparty_bench import (  # noqa: E402
+    cli, modes, proctree, pythons, results)
+
+psutil = pytest.importorskip("psutil")
+
+MB = 2**20
+
+
+@pytest.fixture
+def child_env(monkeypatch):
+    """Let child Pythons import poolparty_bench the way this test does."""
+    if _ROOT is not None:
+        path = os.environ.get("PYTHONPATH")
+        monkeypatch.setenv(
+            "PYTHONPATH", _ROOT + (os.pathsep + path if path else ""))
+    return dict(os.environ)
+
+
+# --------------------------------------------------------------- options --
+
+def test_defaults():
+    args = cli.parse_args([])
+    assert args.bench == list(cli.DEFAULT_BENCHES)
+    assert args.bench == ["fib", "fib2", "nbody", "nbody_no_share",
+                          "raytrace", "data_pass"]
+    assert args.mode == list(modes.ALL_MODES)
+    assert args.workers == sorted({os.cpu_count(), 16})
+    assert args.repeat == 3
+    assert args.scale is None
+    assert args.python == []
+    assert args.out == "bench-results"
+    assert not args.no_nogil
+
+
+def test_lists_and_repeatable_options():
+    args = cli.parse_args([
+        "--bench", "raytrace,fib,fib", "--mode", "interp,subprocess",
+        "--workers", "16,2,2", "--repeat", "5", "--scale", "0.5",
+        "--python", "/a/python", "--python", "/b/python",
+        "--nogil-python", "/c/python3.13t", "--out", "/tmp/x",
+    ])
+    assert args.bench == ["raytrace", "fib"]
+    assert args.mode == ["interp", "subprocess"]
+    assert args.workers == [2, 16]
+    assert args.repeat == 5
+    assert args.scale == 0.5
+    assert args.python == ["/a/python", "/b/python"]
+    assert args.nogil_python == "/c/python3.13t"
+    assert args.out == "/tmp/x"
+
+
+def test_all_benches():
+    assert cli.parse_args(["--bench", "all"]).bench == list(cli.ALL_BENCHES)
+    assert "overhead" in cli.ALL_BENCHES and "startup" in cli.ALL_BENCHES
+
+
+@pytest.mark.parametrize("argv", [
+    ["--bench", "nope"],
+    ["--mode", "interp,warp"],
+    ["--workers", "0"],
+    ["--workers", "two"],
+    ["--repeat", "0"],
+    ["--scale", "-1"],
+])
+def test_bad_options_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(argv)
+    assert exc.value.code == 2
+
+
+def test_scale_for():
+    args = cli.parse_args([])
+    assert cli.scale_for("fib", args) == cli.DEFAULT_SCALES["fib"]
+    assert cli.scale_for("startup", args) is None
+    args = cli.parse_args(["--scale", "1"])
+    assert all(cli.scale_for(b, args) == 1.0 for b in cli.DEFAULT_BENCHES)
+
+
+class FakeInterp:
+    def __init__(self, label, free_threaded):
+        self.label = label
+        self.free_threaded = free_threaded
+        self.build = "free-threaded" if free_threaded else "default"
+        self.path = f"/fake/{label}"
+
+
+def test_plan_cells():
+    default, nogil = FakeInterp("3.13.0", False), FakeInterp("3.13.0t", True)
+    args = cli.parse_args(["--bench", "fib,startup", "--workers", "2,16"])
+    cells = cli.plan_cells(args.bench, [default, nogil], args.mode,
+                           args.workers, args)
+    fib = [c for c in cells if c["bench"] == "fib"]
+    # Sequential modes run once, with one worker.
+    seq = [c for c in fib if c["mode"] in modes.SEQUENTIAL_MODES]
+    assert [(c["mode"], c["workers"]) for c in seq] == [
+        ("sequential", 1), ("nogil-sequential", 1)]
+    # The nogil-* modes go to the free-threaded Python, the others not.
+    for cell in fib:
+        on_nogil = cell["python"] == "3.13.0t"
+        assert cell["mode"].startswith("nogil-") == on_nogil
+    interp = [c["workers"] for c in fib if c["mode"] == "interp"]
+    assert interp == [2, 16]
+    assert len(fib) == 1 + 8 * 2 + 1 + 2 * 2
+    # startup has nothing to start in a sequential mode.
+    startup = [c for c in cells if c["bench"] == "startup"]
+    assert startup and not any(c["mode"] in modes.SEQUENTIAL_MODES
+                               for c in startup)
+    assert all(c["scale"] is None for c in startup)
+
+
+# ----------------------------------------------------------- aggregation --
+
+CELL = {"python": "3.13.0", "build": "default", "bench": "fib",
+        "mode": "thread", "workers": 2, "scale": 0.1,
+        "python_path": "/x/python"}
+
+
+def run(wall, cpu=None, peak_mb=100, gil=50.0, correct=True, tasks=64):
+    return {"wall_s": wall, "cpu_s": wall if cpu is None else cpu,
+            "tasks": tasks, "correct": correct,
+            "peak_rss_bytes": peak_mb * MB,
+            "gil": {"main": gil, "workers": None}}
+
+
+def test_aggregate_min_median_max():
+    runs = [run(3.0, gil=10.0, peak_mb=120), run(1.0, gil=30.0),
+            run(2.0, cpu=4.0, gil=20.0)]
+    rec = results.aggregate(CELL, runs, cores=2)
+    assert list(rec) == list(results.COLUMNS)
+    assert (rec["wall_s_min"], rec["wall_s_median"], rec["wall_s_max"]) == (
+        1.0, 2.0, 3.0)
+    assert rec["repeats"] == 3 and rec["tasks"] == 64
+    # cpu_s / (wall * cores): 50 %, 50 %, 100 % -> median 50 %
+    assert rec["cpu_pct"] == pytest.approx(50.0)
+    assert rec["peak_rss_mb"] == pytest.approx(120.0)
+    assert rec["gil_contention_pct"] == pytest.approx(20.0)
+    assert rec["us_per_task"] == pytest.approx(2.0e6 / 64)
+    assert rec["correct"] is True and rec["status"] == "ok"
+    assert rec["error"] is None and rec["speedup"] is None
+
+
+def test_aggregate_wrong_and_failed_repeats():
+    rec = results.aggregate(CELL, [run(1.0), run(1.2, correct=False)], 2)
+    assert rec["status"] == "ok" and rec["correct"] is False
+
+    rec = results.aggregate(CELL, [run(1.0), {"error": "boom"}, run(3.0)], 2)
+    assert rec["status"] == "failed" and rec["correct"] is False
+    assert rec["error"] == "boom"
+    assert rec["wall_s_median"] == 2.0  # from the repeats that ran
+
+    rec = results.aggregate(CELL, [{"error": "boom"}], 2)
+    assert rec["wall_s_median"] is None and rec["correct"] is False
+
+
+def test_no_gil_is_null_not_zero():
+    runs = [dict(run(1.0), gil={"main": None, "workers": None,
+                                "note": "free-threaded build: no GIL"})]
+    cell = dict(CELL, build="free-threaded", python="3.13.0t",
+                mode="nogil-thread")
+    rec = results.aggregate(cell, runs, 2)
+    assert rec["gil_contention_pct"] is None
+    assert "no GIL" in rec["note"]
+
+
+def _record(python, build, mode, median, bench="fib", workers=2):
+    cell = dict(CELL, python=python, build=build, mode=mode, bench=bench,
+                workers=workers)
+    return results.aggregate(cell, [run(median)], 2)
+
+
+def test_speedups():
+    recs = [
+        _record("3.13.0", "default", "sequential", 4.0, workers=1),
+        _record("3.13.0", "default", "interp", 1.0),
+        _record("3.12.1", "default", "sequential", 8.0, workers=1),
+        _record("3.12.1", "default", "thread", 8.0),
+        _record("3.13.0t", "free-threaded", "nogil-sequential", 5.0,
+                workers=1),
+        _record("3.13.0t", "free-threaded", "nogil-thread", 0.5),
+        _record("3.13.0", "default", "thread", 2.0, bench="raytrace"),
+    ]
+    results.add_speedups(recs, primary_python="3.13.0")
+    assert [r["speedup"] for r in recs] == [
+        1.0, 4.0,          # against its own sequential
+        1.0, 1.0,          # another default build: its own sequential
+        0.8, 8.0,          # free-threaded: the driver's sequential
+        None,              # no sequential run for raytrace
+    ]
+
+
+def test_unavailable_record():
+    rec = results.unavailable_record(dict(CELL, mode="interp-futures"),
+                                     "needs 3.14")
+    assert rec["status"] == "unavailable" and rec["correct"] is False
+    assert rec["error"] == "unavailable: needs 3.14"
+    assert rec["wall_s_median"] is None
+
+
+def test_json_and_csv(tmp_path):
+    recs = [_record("3.13.0", "default", "sequential", 2.0, workers=1),
+            _record("3.13.0", "default", "thread", 1.0)]
+    recs.append(results.unavailable_record(dict(CELL, mode="interp"), "x"))
+    results.add_speedups(recs, "3.13.0")
+    machine = {"cpu_count": 2, "pythons": []}
+    results.write_json(tmp_path / "r.json", machine, recs, {"repeat": 1})
+    results.write_csv(tmp_path / "r.csv", recs)
+
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["machine"] == machine and doc["run"] == {"repeat": 1}
+    assert doc["results"] == recs
+    for key in ("python", "build", "bench", "mode", "workers", "tasks",
+                "repeats", "wall_s_min", "wall_s_median", "wall_s_max",
+                "speedup", "cpu_pct", "peak_rss_mb", "gil_contention_pct",
+                "correct"):
+        assert key in doc["results"][0]
+
+    with open(tmp_path / "r.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(results.COLUMNS)
+    assert len(rows) == 3
+    assert float(rows[1]["speedup"]) == pytest.approx(2.0)
+    assert rows[2]["wall_s_median"] == "" and rows[2]["correct"] == "False"
+
+
+def test_machine_info():
+    info = results.machine_info([pythons.primary_interpreter()])
+    assert info["cpu_count"] == os.cpu_count()
+    assert info["pythons"][0]["primary"] is True
+    for key in ("cpu_model", "memory_gib", "os", "date"):
+        assert key in info
+
+
+def test_table():
+    recs = [_record("3.13.0", "default", "sequential", 2.0, workers=1),
+            _record("3.13.0", "default", "thread", 1.0,
+                    bench="overhead"),
+            results.unavailable_record(dict(CELL, mode="interp"), "why"),
+            results.unavailable_record(dict(CELL, mode="interp",
+                                            workers=16), "why")]
+    results.add_speedups(recs, "3.13.0")
+    text = results.format_table(recs)
+    assert "us/task" in text and "speedup" in text
+    assert "15625.0" in text  # 1 s / 64 tasks, in microseconds
+    # An unavailable mode is said once, not as rows.
+    assert text.count("unavailable: why") == 1
+
+
+# --------------------------------------------------------------- sampler --
+
+ALLOCATE = """
+import subprocess, sys, time
+size = int(sys.argv[1]) * 2**20
+child = None
+if len(sys.argv) > 2:
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[2],
+                              sys.argv[3]])
+block = b"x" * size  # written, so resident
+time.sleep(0.6)
+if child is not None:
+    child.wait()
+"""
+
+ALLOCATE_LEAF = """
+import sys, time
+block = b"y" * (int(sys.argv[1]) * 2**20)
+time.sleep(0.6)
+"""
+
+
+def test_sampler_sees_one_process_allocate():
+    out = proctree.run_sampled([sys.executable, "-c", ALLOCATE, "150"])
+    assert out.returncode == 0 and not out.timed_out
+    assert out.peak_rss_bytes >= 150 * MB
+    assert out.wall_s >= 0.6
+
+
+def test_sampler_adds_up_the_tree():
+    # 120 MB in the child and 120 MB in its own child, at the same time:
+    # the peak of the sum exceeds what either holds alone.
+    out = proctree.run_sampled(
+        [sys.executable, "-c", ALLOCATE, "120", ALLOCATE_LEAF, "120"])
+    assert out.returncode == 0
+    assert out.peak_rss_bytes >= 240 * MB
+    assert out.cpu_s > 0
+
+
+def test_sampler_kills_on_timeout():
+    out = proctree.run_sampled(
+        [sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.3)
+    assert out.timed_out and out.returncode != 0
+    assert out.wall_s < 10
+
+
+def test_tree_sampler_on_a_live_process():
+    proc = subprocess.Popen([sys.executable, "-c", ALLOCATE, "60"])
+    try:
+        sampler = proctree.ProcessTreeSampler(proc.pid)
+        for _ in range(5):
+            sampler.sample()
+            if sampler.peak_rss_bytes >= 60 * MB:
+                break
+            import time
+            time.sleep(0.1)
+        assert sampler.peak_rss_bytes >= 60 * MB
+    finally:
+        proc.wait()
+
+
+# ------------------------------------------------------------- real runs --
+
+def test_cell_reports_one_json_line(child_env):
+    done = subprocess.run(
+        pythons.cell_command(sys.executable, "--bench", "startup",
+                             "--mode", "thread", "--workers", "2"),
+        env=child_env, capture_output=True, text=True, timeout=60)
+    out = pythons.read_cell_output(done.stdout)
+    assert done.returncode == 0, done.stderr
+    assert out["tasks"] == 0 and out["correct"] is True
+    assert out["wall_s"] > 0 and out["cpu_s"] >= 0
+
+
+def test_cell_reports_errors(child_env):
+    done = subprocess.run(
+        pythons.cell_command(sys.executable, "--bench", "startup",
+                             "--mode", "nogil-thread", "--workers", "2"),
+        env=child_env, capture_output=True, text=True, timeout=60)
+    out = pythons.read_cell_output(done.stdout)
+    if modes.is_free_threaded():
+        pytest.skip("this Python is free-threaded")
+    assert done.returncode == 1
+    assert "free-threaded" in out["error"]
+
+
+def test_probe(child_env):
+    done = subprocess.run(
+        pythons.cell_command(sys.executable, "--probe", "interp-futures"),
+        env=child_env, capture_output=True, text=True, timeout=60)
+    out = pythons.read_cell_output(done.stdout)
+    if sys.version_info >= (3, 14):
+        assert out["unavailable"] is None
+    else:
+        assert "3.14" in out["unavailable"]
+
+
+def test_end_to_end(tmp_path, child_env, capsys):
+    pytest.importorskip("matplotlib")
+    out_dir = tmp_path / "out"
+    code = cli.main(["--bench", "fib,startup", "--mode", "sequential,thread",
+                     "--workers", "2", "--repeat", "2", "--scale", "0.001",
+                     "--out", str(out_dir)])
+    assert code == 0
+    doc = json.loads((out_dir / "results.json").read_text())
+    recs = {(r["bench"], r["mode"]): r for r in doc["results"]}
+    assert set(recs) == {("fib", "sequential"), ("fib", "thread"),
+                         ("startup", "thread")}
+    fib_seq = recs[("fib", "sequential")]
+    assert fib_seq["correct"] is True and fib_seq["repeats"] == 2
+    assert fib_seq["speedup"] == pytest.approx(1.0)
+    assert fib_seq["workers"] == 1 and fib_seq["tasks"] == 64
+    assert fib_seq["peak_rss_mb"] > 5
+    assert recs[("fib", "thread")]["speedup"] > 0
+    assert recs[("startup", "thread")]["tasks"] == 0
+    assert doc["machine"]["pythons"][0]["path"] == sys.executable
+    for name in ("results.csv", "fib.png", "fib.svg", "startup.png",
+                 "summary.png", "summary.svg"):
+        assert (out_dir / name).stat().st_size > 0
+    table = capsys.readouterr().out
+    assert "sequential" in table and "speedup" in table
+
+
+# ---------------------------------------------------------------- charts --
+
+def test_chart_bars_find_their_own_bench():
+    from poolparty_bench import charts
+
+    recs = [_record("3.13.0", "default", "sequential", 2.0, bench="fib",
+                    workers=1),
+            _record("3.13.0", "default", "sequential", 3.0, bench="nbody",
+                    workers=1),
+            _record("3.13.0", "default", "interp", 1.0, bench="fib",
+                    workers=16),
+            _record("3.13.0", "default", "interp", 1.5, bench="nbody",
+                    workers=16)]
+    index = charts.index_records(recs)
+    seq = ("sequential", "3.13.0")
+    # The one sequential record stands in every worker group.
+    assert charts.find_record(index, "fib", seq, 2)["wall_s_median"] == 2.0
+    assert charts.find_record(index, "fib", seq, 16)["wall_s_median"] == 2.0
+    assert charts.find_record(index, "nbody", seq, 2)["wall_s_median"] == 3.0
+    interp = ("interp", "3.13.0")
+    assert charts.find_record(index, "nbody", interp, 16)[
+        "wall_s_median"] == 1.5
+    assert charts.find_record(index, "nbody", interp, 2) is None
+    assert charts.groups(recs) == [16]
+
+
+def test_charts_from_synthetic_results(tmp_path):
+    pytest.importorskip("matplotlib")
+    from poolparty_bench import charts
+
+    recs = []
+    for bench in ("fib", "nbody"):
+        recs.append(_record("3.13.0", "default", "sequential", 4.0,
+                            bench=bench, workers=1))
+        recs.append(_record("3.13.0t", "free-threaded", "nogil-sequential",
+                            4.4, bench=bench, workers=1))
+        for workers in (2, 16):
+            for mode, wall in (("interp", 1.1), ("thread", 4.2),
+                               ("subprocess", 1.3)):
+                recs.append(_record("3.13.0", "default", mode, wall,
+                                    bench=bench, workers=workers))
+            wrong = _record("3.13.0t", "free-threaded", "nogil-thread", 9.0,
+                            bench=bench, workers=workers)
+            wrong["correct"] = False
+            wrong["gil_contention_pct"] = None
+            recs.append(wrong)
+            recs.append(results.unavailable_record(
+                dict(CELL, bench=bench, mode="interp-futures",
+                     workers=workers), "3.14"))
+    recs.append(_record("3.13.0", "default", "thread", 0.2,
+                        bench="overhead"))
+    results.add_speedups(recs, "3.13.0")
+
+    paths = charts.write_charts(recs, str(tmp_path), "test")
+    names = sorted(os.path.basename(p) for p in paths)
+    assert names == sorted(f"{stem}.{ext}"
+                           for stem in ("fib", "nbody", "overhead",
+                                        "summary")
+                           for ext in ("png", "svg"))
+    for path in paths:
+        data = open(path, "rb").read()
+        if path.endswith(".png"):
+            assert data.startswith(b"\x89PNG")
+        else:
+            assert b"<svg" in data[:500]
