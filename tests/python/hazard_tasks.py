@@ -52,3 +52,18 @@ def spin(seconds):
     while time.perf_counter() < end:
         pass
     return seconds
+
+
+def use_extension_inside_worker(_=None):
+    """Import poolparty's C extension inside the worker's interpreter."""
+    from poolparty import _poolparty
+
+    return [name for name in ("Engine", "Interpreter", "GilSampler")
+            if hasattr(_poolparty, name)]
+
+
+def create_nested_pool(_=None):
+    from poolparty import SubinterpreterPool
+
+    SubinterpreterPool(1)
+    return "created"
