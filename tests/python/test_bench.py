@@ -13,9 +13,15 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 
 import pytest
+
+if sysconfig.get_config_var("Py_GIL_DISABLED"):
+    pytest.skip("the suite's driver runs on a default (GIL) build; a "
+                "free-threaded one only runs the nogil-* cells",
+                allow_module_level=True)
 
 SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..",
                                    "src"))

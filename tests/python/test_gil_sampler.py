@@ -1,5 +1,6 @@
 """The C GIL sampler: idle GILs read near 0, busy ones high, per interpreter."""
 
+import sysconfig
 import time
 
 import pytest
@@ -10,12 +11,17 @@ from poolparty import SubinterpreterPool
 from poolparty.gil import GilSampler
 
 
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+needs_gil = pytest.mark.skipif(FREE_THREADED, reason="free-threaded: no GIL")
+
+
 def spin(seconds):
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
 
 
+@needs_gil
 def test_idle_main_gil_reads_low():
     with GilSampler() as sampler:
         time.sleep(0.3)
@@ -23,6 +29,7 @@ def test_idle_main_gil_reads_low():
     assert sampler.result["main"] < 30
 
 
+@needs_gil
 def test_busy_main_gil_reads_high():
     with GilSampler() as sampler:
         spin(0.4)
@@ -31,6 +38,7 @@ def test_busy_main_gil_reads_high():
     assert sampler.result["main"] > 40
 
 
+@needs_gil
 @pytest.mark.parametrize("dispatch", ["queue", "call"])
 def test_worker_gils_are_sampled_separately(dispatch):
     with SubinterpreterPool(2, dispatch=dispatch) as pool:
@@ -58,3 +66,11 @@ def test_stop_twice_is_an_error():
         _poolparty.GilSampler(None, 0)
     with pytest.raises(TypeError):
         _poolparty.GilSampler(object(), 0.001)
+
+
+@pytest.mark.skipif(not FREE_THREADED, reason="default build has a GIL")
+def test_free_threaded_build_reports_none_not_zero():
+    with SubinterpreterPool(2) as pool:
+        with GilSampler(pool) as sampler:
+            pool.map(hazard_tasks.spin, [0.1, 0.1], chunksize=1)
+    assert sampler.result == {"main": None, "workers": None, "worst": None}
