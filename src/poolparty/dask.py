@@ -5,16 +5,20 @@ a named one a task picks with ``dask.annotate(executor=NAME)``.  This
 module gives it one backed by a :class:`poolparty.SubinterpreterPoolExecutor`,
 so one worker process runs pure-Python tasks on every core::
 
+    import dask
     from distributed import Client, LocalCluster
-    from poolparty.dask import SubinterpreterWorkerPlugin
+    from poolparty.dask import DASK_CONFIG, SubinterpreterWorkerPlugin
 
-    with LocalCluster(processes=False, n_workers=1, threads_per_worker=2) as cluster, \\
+    with dask.config.set(DASK_CONFIG), \\
+            LocalCluster(processes=False, n_workers=1, threads_per_worker=2) as cluster, \\
             Client(cluster) as client:
         client.register_plugin(SubinterpreterWorkerPlugin())     # every worker
         print(client.gather(client.map(fib, [25] * 32)))
 
-or, from the command line, ``dask worker ADDRESS --nthreads 2 --preload
-poolparty.dask``.  See docs/dask.md.
+(DASK_CONFIG turns distributed's profiler off: it would crash the process,
+see its docstring), or, from the command line,
+``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False dask worker ADDRESS
+--nthreads 2 --preload poolparty.dask`` (docs/dask.md has the whole recipe).
 
 What crosses into a subinterpreter is the task's own function, its
 arguments and its dependencies' values, nothing of Dask's:
@@ -58,21 +62,30 @@ __all__ = [
 EXECUTOR_NAME = "subinterpreters"
 """The name tasks select with ``dask.annotate(executor=EXECUTOR_NAME)``."""
 
-DASK_CONFIG = {"distributed.worker.profile.enabled": False}
-"""Dask settings that workers using subinterpreters must start with.
+DASK_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.gil.enabled": False,
+}
+"""Dask settings for clusters and workers that use subinterpreters.
 
-distributed's profiler calls ``sys._current_frames()`` every 10 ms, and
-CPython (3.12, 3.13) makes that function walk the threads of *every*
-interpreter and create frame objects for frames running under other
-GILs: with subinterpreters running Python code, the process soon dies
-("double free or corruption", segmentation fault).  So the profiler must
-be off, before the cluster starts::
+Set them before the cluster or worker starts::
 
     with dask.config.set(poolparty.dask.DASK_CONFIG):
         cluster = LocalCluster(...)
 
-(for ``dask worker``: ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False``).
-poolparty.dask refuses to run tasks while the profiler runs.
+(for ``dask worker``: ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False``
+and ``DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__GIL__ENABLED=False``).
+
+- The profiler must be off.  It calls ``sys._current_frames()`` every
+  10 ms, and CPython (3.12, 3.13) makes that function walk the threads
+  of *every* interpreter and create frame objects for frames running
+  under other GILs: with subinterpreters running Python code, the process
+  soon dies ("double free or corruption", segmentation fault).
+  poolparty.dask refuses to run tasks while the profiler runs.
+- The GIL monitor had better be off.  When gilknocker is installed,
+  distributed polls the main GIL from a gilknocker thread, which measures
+  nothing of the subinterpreters' GILs and, when it outlives its stop(),
+  aborts the process at exit ("FATAL: exception not rethrown").
 """
 
 _MAIN_ONLY = frozenset({"dask", "distributed"})

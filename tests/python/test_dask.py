@@ -9,7 +9,11 @@ off: with it on, the process crashes; see test_refused_while_the_profiler_runs).
 """
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -234,15 +238,17 @@ def test_named_executor_selected_by_annotation(local_cluster):
     client.register_plugin(SubinterpreterWorkerPlugin(default=False))
     with dask.annotate(executor="subinterpreters"):
         submitted = client.submit(dask_tasks.fib_where, 20)
+        mapped = client.map(dask_tasks.fib_where, [5, 6])
         delayed = dask.delayed(dask_tasks.fib_where)(21)
     assert submitted.result() == (6765, "subinterpreter")
+    assert client.gather(mapped) == [(5, "subinterpreter"), (8, "subinterpreter")]
     assert client.compute(delayed).result() == (10946, "subinterpreter")
     # Without the annotation: the worker's threads, in the main interpreter.
     assert client.submit(dask_tasks.fib_where, 22).result() == (17711, "main")
     assert dask.delayed(dask_tasks.fib_where)(23).compute() == (28657, "main")
     (worker,) = cluster.workers.values()
     assert "ThreadPoolExecutor" in type(worker.executors["default"]).__name__
-    assert worker.executors["subinterpreters"].counts["subinterpreter"] == 2
+    assert worker.executors["subinterpreters"].counts["subinterpreter"] == 4
 
 
 def test_values_that_only_load_in_the_main_interpreter(local_cluster, caplog):
@@ -299,28 +305,35 @@ def test_unregistering_restores_the_threads(local_cluster):
 def test_refused_while_the_profiler_runs():
     # The profiler thread calls sys._current_frames(), which makes frame
     # objects for frames running in subinterpreters, under other GILs: the
-    # process crashes (see DASK_CONFIG).  So nothing is sent to them.
-    with dask.config.set({"distributed.worker.profile.enabled": True}), \
-            LocalCluster(processes=False, n_workers=1, threads_per_worker=1,
-                         **LOOPBACK) as cluster, \
-            Client(cluster) as client:
-        assert "Profile" in [t.name for t in threading.enumerate()]
-        with pytest.raises(ProfilerRunningError, match="DASK_CONFIG"):
-            client.register_plugin(SubinterpreterWorkerPlugin())
-        # An executor given to the worker directly fails each task instead.
-        (worker,) = cluster.workers.values()
-        executor = worker.executors["subinterpreters"] = DaskSubinterpreterExecutor(1)
-        with dask.annotate(executor="subinterpreters"):
-            future = client.submit(dask_tasks.fib_where, 5)
-        with pytest.raises(ProfilerRunningError):
-            future.result()
+    # process crashes (see DASK_CONFIG).  So nothing is sent to them.  (The
+    # executor below starts, and ends, while no profiler runs: starting and
+    # ending a subinterpreter runs Python code in it.)
+    executor = DaskSubinterpreterExecutor(1)
+    try:
+        assert executor.pool.submit(abs, -1).result() == 1  # started; now idle
+        with dask.config.set({**DASK_CONFIG, "distributed.worker.profile.enabled": True}), \
+                LocalCluster(processes=False, n_workers=1, threads_per_worker=1,
+                             **LOOPBACK) as cluster, \
+                Client(cluster) as client:
+            assert "Profile" in [t.name for t in threading.enumerate()]
+            with pytest.raises(ProfilerRunningError, match="DASK_CONFIG"):
+                client.register_plugin(SubinterpreterWorkerPlugin())
+            # An executor given to the worker directly fails each task instead.
+            (worker,) = cluster.workers.values()
+            worker.executors["subinterpreters"] = executor
+            with dask.annotate(executor="subinterpreters"):
+                future = client.submit(dask_tasks.fib_where, 5)
+            with pytest.raises(ProfilerRunningError):
+                future.result()
+            del worker.executors["subinterpreters"]
+        # The profiler thread ends with its event loop.
+        for thread in threading.enumerate():
+            if thread.name == "Profile":
+                thread.join(10)
+        assert "Profile" not in [t.name for t in threading.enumerate()]
         assert executor.counts == {"subinterpreter": 0, "main": 0}
-    assert executor.shut_down  # the worker shut it down
-    # The profiler thread ends with its event loop.
-    for thread in threading.enumerate():
-        if thread.name == "Profile":
-            thread.join(10)
-    assert "Profile" not in [t.name for t in threading.enumerate()]
+    finally:
+        executor.shutdown()
 
 
 # --- worker processes --------------------------------------------------------------
@@ -355,3 +368,73 @@ def test_worker_processes_on_loopback():
 async def _poolparty_leftovers_after_teardown(dask_worker):
     await dask_worker.plugin_remove("poolparty-subinterpreters")
     return poolparty_threads(), interpreters()
+
+
+@pytest.mark.timeout(180)
+def test_dask_worker_command_line_with_preload(tmp_path):
+    """The docs' recipe: `dask scheduler`, `dask worker --preload poolparty.dask`."""
+    dask_cli = os.path.join(os.path.dirname(sys.executable), "dask")
+    if not os.path.exists(dask_cli):
+        pytest.skip("no `dask` command next to this Python")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(
+        os.environ,
+        DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED="False",
+        DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__GIL__ENABLED="False",
+        PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]),
+    )
+    scheduler_file = tmp_path / "scheduler.json"
+    loopback = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
+    logs, procs = [], []
+
+    def start(*args, name):
+        log = open(tmp_path / f"{name}.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [dask_cli, *args, *loopback, "--scheduler-file", str(scheduler_file)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path))
+
+    try:
+        start("scheduler", name="scheduler")
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.1)
+        start("worker", "--nthreads", "2", "--nworkers", "1",
+              "--preload", "poolparty.dask", name="worker")
+        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+            results = client.gather(
+                client.map(dask_tasks.fib_where, [18] * 4, pure=False))
+            assert results == [(2584, "subinterpreter")] * 4
+            (probe,) = client.run(probe_worker).values()
+            assert probe[0] == "DaskSubinterpreterExecutor"
+            assert probe[1] == {"subinterpreter": 4, "main": 0}
+    finally:
+        for proc in reversed(procs):  # the worker first: it closes gracefully
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for log in logs:
+            log.close()
+    worker_log = (tmp_path / "worker.log").read_text()
+    assert "Removing Worker plugin poolparty-subinterpreters" in worker_log
+
+
+@pytest.mark.timeout(180)
+def test_benchmark_example_runs(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(root, "examples", "dask_bench.py"),
+         "--n", "15", "--tasks", "8", "--repeat", "1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=150,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = [line.split() for line in proc.stdout.splitlines()
+             if line.split()[-1:] in (["True"], ["False"])]
+    assert {row[0]: row[-1] for row in table} == {   # the results were right
+        "threads": "True", "processes": "True", "poolparty": "True"}
+    assert "'subinterpreter': 16, 'main': 0" in proc.stdout
