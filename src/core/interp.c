@@ -147,10 +147,15 @@ prepare(pp_interp *it, const pp_boot *boot)
         goto done;
     }
     it->encode_error = PyObject_GetAttrString(worker, "encode_error");
-    if (it->encode_error == NULL) {
+    it->call_in_frame = PyObject_GetAttrString(worker, "call_in_frame");
+    it->map_in_frame = PyObject_GetAttrString(worker, "map_in_frame");
+    if (it->encode_error == NULL || it->call_in_frame == NULL ||
+        it->map_in_frame == NULL) {
         goto done;
     }
-    pickle = PyImport_ImportModule("pickle");
+    /* The C pickler itself: `pickle` would also import re and more,
+     * which every worker's start-up would pay for. */
+    pickle = PyImport_ImportModule("_pickle");
     if (pickle == NULL) {
         goto done;
     }
@@ -190,6 +195,8 @@ release_objects(pp_interp *it)
     Py_CLEAR(it->dumps);
     Py_CLEAR(it->protocol);
     Py_CLEAR(it->encode_error);
+    Py_CLEAR(it->call_in_frame);
+    Py_CLEAR(it->map_in_frame);
     Py_CLEAR(it->func);
     PyMem_RawFree(it->func_pickle);
     it->func_pickle = NULL;
@@ -317,7 +324,7 @@ task_function(pp_interp *it, const pp_msg *task)
 /* func(*args, **kwargs) from an unpickled (args, kwargs) pair.  New
  * reference or NULL with an exception.  Needs: sub GIL. */
 static PyObject *
-run_call(PyObject *func, PyObject *spec)
+run_call(pp_interp *it, PyObject *func, PyObject *spec)
 {
     if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 2) {
         PyErr_SetString(PyExc_TypeError,
@@ -332,19 +339,30 @@ run_call(PyObject *func, PyObject *spec)
                         "poolparty: malformed task arguments");
         return NULL;
     }
+    if (PyCFunction_Check(func)) {
+        /* eval(), exec(), globals(), vars()... need a Python frame to
+         * call them from, as they have in a multiprocessing worker. */
+        return PyObject_CallFunctionObjArgs(it->call_in_frame, func, args,
+                                            kwargs, NULL);
+    }
     return PyObject_Call(func, args, kwargs == Py_None ? NULL : kwargs);
 }
 
 /* [func(x) for x in items] or [func(*x) for x in items].  New reference
  * or NULL with an exception.  Needs: sub GIL. */
 static PyObject *
-run_map(PyObject *func, PyObject *items, int star)
+run_map(pp_interp *it, PyObject *func, PyObject *items, int star)
 {
     if (!PyList_Check(items)) {
         PyErr_SetString(PyExc_TypeError,
                         "poolparty: malformed task (expected a list of "
                         "items)");
         return NULL;
+    }
+    if (PyCFunction_Check(func)) {
+        /* As in run_call: builtins get a Python frame to run in. */
+        return PyObject_CallFunctionObjArgs(it->map_in_frame, func, items,
+                                            star ? Py_True : Py_False, NULL);
     }
     Py_ssize_t n = PyList_GET_SIZE(items);
     PyObject *results = PyList_New(n);
@@ -393,13 +411,13 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
     }
     switch (task->kind & PP_TASK_KIND_MASK) {
     case PP_TASK_CALL:
-        result = run_call(func, spec);
+        result = run_call(it, func, spec);
         break;
     case PP_TASK_MAP:
-        result = run_map(func, spec, 0);
+        result = run_map(it, func, spec, 0);
         break;
     case PP_TASK_STARMAP:
-        result = run_map(func, spec, 1);
+        result = run_map(it, func, spec, 1);
         break;
     default:
         PyErr_Format(PyExc_ValueError, "poolparty: unknown task kind %u",

@@ -56,6 +56,8 @@ typedef struct pp_interp {
     PyObject *dumps;              /* pickle.dumps          (sub GIL) */
     PyObject *protocol;           /* int 5                 (sub GIL) */
     PyObject *encode_error;       /* _worker.encode_error  (sub GIL) */
+    PyObject *call_in_frame;      /* _worker.call_in_frame (sub GIL) */
+    PyObject *map_in_frame;       /* _worker.map_in_frame  (sub GIL) */
     /* The last by-reference function unpickled here, kept with its
      * pickle so that the tasks of one map() unpickle it once. */
     PyObject *func;               /* (sub GIL) */

@@ -36,9 +36,18 @@ def __getattr__(name):
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'poolparty' has no attribute {name!r}")
-    import importlib
+    import sys
 
-    value = getattr(importlib.import_module(f"poolparty.{module}"), name)
+    worker = sys.modules.get("poolparty._worker")
+    if worker is not None and worker.IN_WORKER and name in worker.REFUSED:
+        # A worker running the user's main script meets its
+        # `from poolparty import SubinterpreterPool`: the class cannot be
+        # used there, so it need not cost multiprocessing's imports.
+        value = worker.REFUSED[name]
+    else:
+        import importlib
+
+        value = getattr(importlib.import_module(f"poolparty.{module}"), name)
     globals()[name] = value
     return value
 

@@ -64,12 +64,7 @@ def check_dispatch(dispatch):
 
 def refuse_in_worker():
     if _worker.IN_WORKER:
-        raise RuntimeError(
-            "a poolparty pool cannot be created inside a poolparty worker. "
-            "If this happens while the worker runs your main script, put "
-            "the code that creates the pool under "
-            "`if __name__ == '__main__':`."
-        )
+        raise RuntimeError(_worker._REFUSAL)
 
 
 def sys_path_blob():

@@ -10,12 +10,36 @@ that imported hashlib, ssl or asyncio makes the process abort at exit,
 and everything imported here is paid for by every worker's start-up.
 """
 
-import pickle
 import sys
+
+# The C pickler itself: the pure-Python `pickle` module would also import
+# re, struct and more into every worker.
+import _pickle as pickle
 
 # Set while a worker runs inside a poolparty subinterpreter: creating a
 # pool from inside a worker is refused (see poolparty._engine).
 IN_WORKER = False
+
+_REFUSAL = (
+    "a poolparty pool cannot be created inside a poolparty worker. If this "
+    "happens while the worker runs your main script, put the code that "
+    "creates the pool under `if __name__ == '__main__':`."
+)
+
+
+def _refused(name):
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError(_REFUSAL)
+
+    return type(name, (), {"__init__": __init__, "__module__": "poolparty",
+                           "__doc__": "Unavailable inside a worker."})
+
+
+# What `from poolparty import ...` gives inside a worker (see
+# poolparty.__getattr__): stand-ins that refuse, instead of the real
+# classes and the imports they would cost every worker's start-up.
+REFUSED = {name: _refused(name) for name in
+           ("SubinterpreterPool", "SubinterpreterPoolExecutor", "Interpreter")}
 
 
 class _LazyMain(type(sys)):
@@ -116,6 +140,24 @@ def bootstrap(payload):
     if init_pickle is not None:
         initializer, initargs = pickle.loads(init_pickle)
         initializer(*initargs)
+
+
+def call_in_frame(func, args, kwargs):
+    """Call a builtin from a Python frame (the C core uses this for builtins).
+
+    eval(), exec(), globals(), locals() and vars() look at the frame that
+    called them; called straight from C there is none, and CPython raises
+    SystemError.  In a multiprocessing worker there is one, so there is
+    one here too.
+    """
+    return func(*args, **(kwargs or {}))
+
+
+def map_in_frame(func, items, star):
+    """``[func(x) for x in items]`` (``func(*x)`` if star), for builtins."""
+    if star:
+        return [func(*item) for item in items]
+    return [func(item) for item in items]
 
 
 def _with_hint(exc):

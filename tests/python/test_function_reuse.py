@@ -48,3 +48,12 @@ def test_a_function_changing_between_tasks_is_not_confused(pool):
     # Alternate two functions on one worker: each task runs its own.
     results = [pool.apply(f, (-3,)) for f in (abs, str, abs, str)]
     assert results == [3, "-3", 3, "-3"]
+
+
+def test_builtins_that_need_a_frame_work_as_in_multiprocessing(pool):
+    # eval() and friends look at their caller's frame; a multiprocessing
+    # worker has one, and so must ours.
+    assert pool.map(eval, ["1 + 1", "2 * 3"]) == [2, 6]
+    assert pool.apply(eval, ("40 + 2",)) == 42
+    assert pool.starmap(eval, [("x * 2", {"x": 21})]) == [42]
+    assert pool.apply(exec, ("y = 1",)) is None
