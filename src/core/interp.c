@@ -198,6 +198,7 @@ release_objects(pp_interp *it)
     Py_CLEAR(it->call_in_frame);
     Py_CLEAR(it->map_in_frame);
     Py_CLEAR(it->func);
+    pp__buf_fini(&it->out);
     PyMem_RawFree(it->func_pickle);
     it->func_pickle = NULL;
     it->func_pickle_size = 0;
@@ -277,6 +278,9 @@ pp__interp_create(const pp_boot *boot, uint32_t worker, pp_interp **out,
 static PyObject *
 unpickle(pp_interp *it, const unsigned char *data, size_t size)
 {
+    if (pp__codec_is(data, size)) {
+        return pp__codec_decode(data, size);
+    }
     PyObject *view = PyMemoryView_FromMemory((char *)data, (Py_ssize_t)size,
                                              PyBUF_READ);
     if (view == NULL) {
@@ -425,6 +429,25 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
     }
     if (result == NULL) {
         goto error;
+    }
+    /* Plain data goes through the codec, which keeps shared references
+     * shared; anything else through pickle. */
+    int encoded = pp__codec_encode(result, &it->out);
+    if (encoded < 0) {
+        goto error;
+    }
+    if (encoded == 0) {
+        done = pp_msg_new(task->job, task->index, PP_DONE_OK, it->out.data,
+                          it->out.size);
+        /* Keep a worker's buffer from holding on to one huge result. */
+        if (it->out.capacity > (1u << 20)) {
+            pp__buf_fini(&it->out);
+        }
+        if (done == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        goto done;
     }
     pickled = PyObject_CallFunctionObjArgs(it->dumps, result, it->protocol,
                                            NULL);

@@ -16,6 +16,7 @@
 #include <Python.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <string.h>
 
 #include "poolparty/pp.h"
 
@@ -38,6 +39,37 @@ typedef struct pp_boot {
 int pp__boot_init(pp_boot *boot, const char *sys_path, size_t sys_path_size,
                   const void *payload, size_t payload_size);
 void pp__boot_fini(pp_boot *boot);
+
+/* ---- the plain-data codec (codec.c) -------------------------------- */
+
+/* Opening bytes of a codec payload; pickle's start with 0x80 and the
+ * core's plain-text errors with ASCII, so the three never mix up. */
+#define PP_CODEC_MAGIC "\xb5pp1"
+
+/* A growable raw byte buffer; {0} is an empty one. */
+typedef struct {
+    unsigned char *data;
+    size_t size, capacity;
+} pp_buf;
+void pp__buf_fini(pp_buf *b);
+
+/* Encode obj into out (replacing its contents).  0 on success; 1 when
+ * obj holds something the codec does not do (the caller uses pickle
+ * instead), no exception set; -1 with MemoryError.  Needs: the GIL of
+ * obj's interpreter. */
+int pp__codec_encode(PyObject *obj, pp_buf *out);
+
+/* Decode a payload made by pp__codec_encode.  New reference, or NULL
+ * with an exception.  Needs: the GIL of the receiving interpreter. */
+PyObject *pp__codec_decode(const unsigned char *data, size_t size);
+
+/* 1 if data starts with PP_CODEC_MAGIC. */
+static inline int
+pp__codec_is(const unsigned char *data, size_t size)
+{
+    return size >= sizeof(PP_CODEC_MAGIC) - 1 &&
+           memcmp(data, PP_CODEC_MAGIC, sizeof(PP_CODEC_MAGIC) - 1) == 0;
+}
 
 /* One own-GIL subinterpreter and the Python objects that run tasks in
  * it.
@@ -63,6 +95,7 @@ typedef struct pp_interp {
     PyObject *func;               /* (sub GIL) */
     unsigned char *func_pickle;   /* PyMem_Raw; func_pickle_size bytes */
     size_t func_pickle_size;
+    pp_buf out;                   /* reused for encoding results */
 } pp_interp;
 
 /* Create an isolated subinterpreter with its own GIL, set its sys.path,

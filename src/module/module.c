@@ -130,7 +130,45 @@ module_main_import(PyObject *module, PyObject *arg)
     Py_RETURN_TRUE;
 }
 
+/* encode(obj) -> bytes, or None when obj is not plain data (use pickle).
+ * Runs under the calling interpreter's GIL. */
+static PyObject *
+module_encode(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    pp_buf buf = {0};
+    PyObject *result = NULL;
+    int rc = pp__codec_encode(obj, &buf);
+    if (rc == 0) {
+        result = PyBytes_FromStringAndSize((const char *)buf.data,
+                                           (Py_ssize_t)buf.size);
+    }
+    else if (rc > 0) {
+        result = Py_NewRef(Py_None);
+    }
+    pp__buf_fini(&buf);
+    return result;
+}
+
+/* decode(buffer) -> obj, for a payload made by encode(). */
+static PyObject *
+module_decode(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *obj = pp__codec_decode(view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return obj;
+}
+
 static PyMethodDef module_methods[] = {
+    {"encode", module_encode, METH_O,
+     "encode(obj) -> bytes, or None if obj is not plain data (None, bool, "
+     "int, float, str, bytes, tuple, list, dict): shared references stay "
+     "shared."},
+    {"decode", module_decode, METH_O,
+     "decode(data) -> the object encode() encoded."},
     {"main_import", module_main_import, METH_O,
      "main_import(name): from a pool worker, have the main interpreter "
      "import module `name` first (works around a CPython 3.12 crash); "

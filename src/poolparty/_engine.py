@@ -144,10 +144,21 @@ def function_pickle(func):
     return data, REUSE_FUNC
 
 
+_CODEC_MAGIC = b"\xb5pp1"
+
+
+def dumps(obj):
+    """Bytes for ``obj``: the core's codec for plain data, else pickle."""
+    data = _core.encode(obj)
+    return data if data is not None else pickle.dumps(obj, 5)
+
+
 def decode(kind, payload):
     """``(ok, value)`` for a completion's kind and payload."""
     if kind == DONE_OK:
         try:
+            if payload[:4] == _CODEC_MAGIC:
+                return True, _core.decode(payload)
             return True, pickle.loads(payload)
         except Exception as exc:
             return False, exc

@@ -104,7 +104,7 @@ class SubinterpreterPoolExecutor(Executor):
             future._pp_task = (self._runner.engine, job, self._sink.futures)
             try:
                 func_pickle, flag = _engine.function_pickle(func)
-                args_pickle = pickle.dumps(args, 5)
+                args_pickle = _engine.dumps(args)
             except Exception as exc:
                 # As ProcessPoolExecutor: the future carries the error.
                 future.set_exception(exc)

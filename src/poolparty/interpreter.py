@@ -50,7 +50,7 @@ class Interpreter:
     def call(self, func, /, *args, **kwargs):
         """Run ``func(*args, **kwargs)`` in the subinterpreter; return its result."""
         func_pickle, flag = _engine.function_pickle(func)
-        args_pickle = pickle.dumps((args, kwargs or None), 5)
+        args_pickle = _engine.dumps((args, kwargs or None))
         kind, result = self._core.call(_engine.TASK_CALL | flag, func_pickle,
                                        args_pickle)
         ok, value = _engine.decode(kind, result)

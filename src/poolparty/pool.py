@@ -120,7 +120,7 @@ class SubinterpreterPool:
         """
         try:
             func_pickle, flag = _engine.function_pickle(func)
-            args_pickle = pickle.dumps(args, 5)
+            args_pickle = _engine.dumps(args)
         except Exception as exc:
             with self._runner.lock:
                 self._sink.deliver(result._job, index, False, exc)
