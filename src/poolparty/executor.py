@@ -1,7 +1,6 @@
 """SubinterpreterPoolExecutor: a concurrent.futures.Executor on own-GIL subinterpreters."""
 
 import itertools
-import pickle
 import threading
 import time
 from concurrent.futures import Executor, Future

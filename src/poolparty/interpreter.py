@@ -1,6 +1,5 @@
 """poolparty.Interpreter: one own-GIL subinterpreter you call into directly."""
 
-import pickle
 
 from . import _engine
 from . import _poolparty as _core

@@ -1,7 +1,6 @@
 """SubinterpreterPool: multiprocessing.pool.Pool's API on own-GIL subinterpreters."""
 
 import itertools
-import pickle
 import threading
 from multiprocessing.pool import (
     ApplyResult,
