@@ -347,10 +347,5 @@ static PyType_Spec engine_spec = {
 int
 pp__engine_type_add(PyObject *module, pp_module_state *st)
 {
-    st->engine_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &engine_spec, NULL);
-    if (st->engine_type == NULL) {
-        return -1;
-    }
-    return PyModule_AddType(module, st->engine_type);
+    return pp__add_type(module, &engine_spec, &st->engine_type);
 }

@@ -264,10 +264,5 @@ static PyType_Spec interpreter_spec = {
 int
 pp__interpreter_type_add(PyObject *module, pp_module_state *st)
 {
-    st->interpreter_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &interpreter_spec, NULL);
-    if (st->interpreter_type == NULL) {
-        return -1;
-    }
-    return PyModule_AddType(module, st->interpreter_type);
+    return pp__add_type(module, &interpreter_spec, &st->interpreter_type);
 }

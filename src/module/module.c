@@ -176,6 +176,16 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+int
+pp__add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot)
+{
+    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, NULL);
+    if (*slot == NULL) {
+        return -1;
+    }
+    return PyModule_AddType(module, *slot);
+}
+
 /* ---- module lifecycle ---------------------------------------------- */
 
 static int

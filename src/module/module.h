@@ -43,6 +43,10 @@ PyObject *pp__completion_tuple(const pp_msg *msg);
  * TypeError if `obj` is not one. */
 pp_engine *pp__engine_from_object(pp_module_state *st, PyObject *obj);
 
+/* Create a heap type from `spec` for `module`, store it in *slot and
+ * add it to the module.  0 or -1 with an exception. */
+int pp__add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot);
+
 /* Type creation, called from module exec. 0 or -1 with an exception. */
 int pp__engine_type_add(PyObject *module, pp_module_state *st);
 int pp__interpreter_type_add(PyObject *module, pp_module_state *st);

@@ -164,10 +164,5 @@ static PyType_Spec sampler_spec = {
 int
 pp__sampler_type_add(PyObject *module, pp_module_state *st)
 {
-    st->sampler_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &sampler_spec, NULL);
-    if (st->sampler_type == NULL) {
-        return -1;
-    }
-    return PyModule_AddType(module, st->sampler_type);
+    return pp__add_type(module, &sampler_spec, &st->sampler_type);
 }

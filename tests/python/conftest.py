@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import textwrap
 
 import pytest
@@ -213,3 +214,14 @@ def gate(tmp_path, make_pool, make_executor):
     release = tmp_path / "release"
     yield str(release)
     release.touch()
+
+
+def run_clients(client, n_threads, timeout=100):
+    """Run client(k) for k in range(n_threads) on as many threads at once,
+    and wait (bounded) for all of them to finish."""
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    assert not any(thread.is_alive() for thread in threads), "a client hung"

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 import tasks
-from conftest import usable_cpus, wait_until_exists
+from conftest import run_clients, usable_cpus, wait_until_exists
 
 PICKLING_ERRORS = (pickle.PicklingError, TypeError, AttributeError)
 
@@ -352,10 +352,6 @@ def test_threads_submitting_to_one_executor(executor):
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=100)
+    run_clients(client, n_threads)
     assert errors == []
     assert outcomes == {k: True for k in range(n_threads)}

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 import tasks
-from conftest import REFERENCE, build_pool
+from conftest import REFERENCE, build_pool, run_clients
 
 # Spawning processes is far slower than creating subinterpreters; the
 # reference run only checks semantics, so it builds fewer pools.
@@ -68,12 +68,7 @@ def test_threads_submitting_to_one_pool(pool):
         except BaseException as exc:  # report in the main thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=100)
-    assert not any(t.is_alive() for t in threads)
+    run_clients(client, n_threads)
     assert errors == []
     assert outcomes == {k: True for k in range(n_threads)}
 
@@ -101,11 +96,7 @@ def test_threads_mixing_failures_and_successes(pool):
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=100)
+    run_clients(client, n_threads)
     assert errors == []
     expected = {(k, i) for k in range(n_threads) for i in range(20) if (i + k) % 3}
     assert set(good) == expected and len(good) == len(expected)
