@@ -42,6 +42,13 @@ FAILED = "failed"
 UNAVAILABLE = "unavailable"
 
 
+def _mean_sampled(values):
+    """Mean of the workers' figures that were sampled (a worker that never
+    ran while the sampler looked has None), or None."""
+    values = [v for v in values or () if v is not None]
+    return statistics.fmean(values) if values else None
+
+
 def _worst_gil(gil):
     """The most contended GIL of one run: the main one or a worker's."""
     values = [gil.get("main")] + list(gil.get("workers") or [])
@@ -88,8 +95,8 @@ def aggregate(cell, runs, cores):
         record["gil_contention_pct"] = _median(
             _worst_gil(run.get("gil") or {}) for run in good)
         record["gil_workers_pct"] = _median(
-            statistics.fmean(w) if w else None
-            for w in ((run.get("gil") or {}).get("workers") for run in good))
+            _mean_sampled((run.get("gil") or {}).get("workers"))
+            for run in good)
         if record["tasks"]:
             record["us_per_task"] = 1e6 * median / record["tasks"]
         # Say why the GIL was not measured; a measured figure needs no note.

@@ -192,6 +192,15 @@ def test_aggregate_wrong_and_failed_repeats():
     assert rec["wall_s_median"] is None and rec["correct"] is False
 
 
+def test_worker_gils_worst_and_mean_skip_unsampled_workers():
+    # With many workers and a short run, a worker may never be sampled.
+    runs = [dict(run(1.0), gil={"main": 5.0, "workers": [80.0, None, 60.0]}),
+            dict(run(1.0), gil={"main": 7.0, "workers": [None, None, None]})]
+    rec = results.aggregate(dict(CELL, mode="interp"), runs, cores=2)
+    assert rec["gil_contention_pct"] == pytest.approx((80.0 + 7.0) / 2)
+    assert rec["gil_workers_pct"] == pytest.approx(70.0)
+
+
 def test_no_gil_is_null_not_zero():
     runs = [dict(run(1.0), gil={"main": None, "workers": None,
                                 "note": "free-threaded build: no GIL"})]
