@@ -288,13 +288,18 @@ unpickle(pp_interp *it, const unsigned char *data, size_t size)
     }
     PyObject *obj = PyObject_CallOneArg(it->loads, view);
     /* Make sure nothing that kept the view can read the message after
-     * it is freed. */
+     * it is freed -- with loads()'s exception, if any, set aside: calling
+     * into Python with it set would replace it with a SystemError. */
+    PyObject *exc = obj == NULL ? PyErr_GetRaisedException() : NULL;
     PyObject *released = PyObject_CallMethod(view, "release", NULL);
     if (released == NULL) {
         PyErr_Clear();
     }
     Py_XDECREF(released);
     Py_DECREF(view);
+    if (exc != NULL) {
+        PyErr_SetRaisedException(exc);
+    }
     return obj;
 }
 

@@ -154,13 +154,17 @@ def dumps(obj):
 
 
 def decode(kind, payload):
-    """``(ok, value)`` for a completion's kind and payload."""
+    """``(ok, value)`` for a completion's kind and payload.
+
+    Whatever unpickling raises -- even SystemExit from a hostile
+    ``__reduce__`` -- fails this one task instead of the collector.
+    """
     if kind == DONE_OK:
         try:
             if payload[:4] == _CODEC_MAGIC:
                 return True, _core.decode(payload)
             return True, pickle.loads(payload)
-        except Exception as exc:
+        except BaseException as exc:
             return False, exc
     return False, decode_error(payload)
 
@@ -191,7 +195,10 @@ class Runner:
         self.sink = sink
         # Serialises delivery: the collector and terminate() both finish
         # results, and result objects are not thread-safe on their own.
-        self.lock = threading.Lock()
+        # Re-entrant: a callback run by the collector (or a pool's
+        # finalizer, when the collector drops the last reference) may call
+        # terminate(), which takes it again on the same thread.
+        self.lock = threading.RLock()
         self.engine = _core.Engine(
             design, nworkers, maxtasks or 0, sys_path_blob(), payload
         )
@@ -279,7 +286,10 @@ def _collect(runner):
                     ok, value = False, interrupted
                 try:
                     sink.deliver(job, index, ok, value)
-                except Exception:
+                except BaseException:
+                    # A callback (Future done-callbacks let BaseException
+                    # through) must not kill the collector: every later
+                    # result would hang.
                     report_callback_error("result delivery")
 
 

@@ -25,7 +25,7 @@ def _guard(callback, what):
     def guarded(value):
         try:
             callback(value)
-        except Exception:
+        except BaseException:  # even SystemExit: it runs on the collector
             _engine.report_callback_error(what)
 
     return guarded
@@ -235,7 +235,15 @@ class SubinterpreterPool:
         index = 0
         try:
             items = iter(iterable)
-            while self._state != _TERMINATE:
+            while True:
+                if self._state == _TERMINATE:
+                    # Say where the results stop, rather than end the
+                    # iteration short as if the input had ended there.
+                    with self._runner.lock:
+                        self._sink.deliver(result._job, index, False,
+                                           self._not_running_error())
+                    index += 1
+                    break
                 try:
                     if chunksize == 1:
                         item = next(items, _END)
