@@ -13,6 +13,7 @@ pool never blocks interpreter exit; the finalizer below stops them
 first.
 """
 
+import atexit
 import importlib
 import os
 import pickle
@@ -344,15 +345,51 @@ def register_finalizer(owner, runner, on_exit):
     ``on_exit`` is ``"terminate"`` (multiprocessing.Pool's behaviour) or
     ``"drain"`` (concurrent.futures': let queued work finish).
     """
-    return weakref.finalize(owner, _stop, runner, on_exit)
+    finalizer = weakref.finalize(owner, _stop, runner, on_exit)
+    # At exit our own hook runs these (see _stop_all_at_exit), so that it
+    # knows it is exit time; weakref's would not say.
+    finalizer.atexit = False
+    _finalizers[:] = [f for f in _finalizers if f.alive]
+    _finalizers.append(finalizer)
+    return finalizer
+
+
+_finalizers = []
+_exiting = False
+
+
+@atexit.register
+def _stop_all_at_exit():
+    global _exiting
+    _exiting = True
+    for finalizer in reversed(_finalizers):
+        # Not finalizer(): weakref's own exit hook, which runs first, has
+        # switched calling finalizers off by now.  detach() still hands
+        # back the callback of a pool that is alive.
+        detached = finalizer.detach()
+        if detached is not None:
+            _owner, func, args, _kwargs = detached
+            func(*args)
 
 
 def _stop(runner, on_exit):
     from ._errors import TerminatedError
 
+    def reason():
+        return TerminatedError("the pool was terminated before this task finished")
+
     if on_exit == "terminate":
-        runner.terminate(lambda: TerminatedError(
-            "the pool was terminated before this task finished"))
+        runner.terminate(reason)
     else:
         runner.close()
-    runner.join()
+    while True:
+        try:
+            runner.join()
+            return
+        except KeyboardInterrupt:
+            if not _exiting:
+                raise
+            # Ctrl-C while the interpreter waits at exit: leaving now would
+            # let CPython finalize under a running subinterpreter, which
+            # crashes it.  Interrupt the tasks instead, and keep waiting.
+            runner.terminate(reason)

@@ -32,7 +32,6 @@ sys.path[:0] = [{HERE!r}]
 import poolparty
 import reliability_tasks as rt
 """
-PY312 = sys.version_info < (3, 13)
 
 
 def _script(tmp_path, body, name="script.py"):
@@ -249,12 +248,6 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.xfail(PY312, strict=True, reason=(
-    "BUG (CPython 3.12): Ctrl-C while the interpreter waits at exit for a "
-    "running task aborts the process with 'Fatal Python error: "
-    "PyInterpreterState_Delete: remaining subinterpreters': the "
-    "KeyboardInterrupt ends poolparty's atexit join early, and 3.12 "
-    "cannot finalize with a subinterpreter still running"))
 @pytest.mark.parametrize("kind", ["executor-draining", "pool-blocked-in-c"])
 def test_ctrl_c_while_exiting_with_a_running_task(tmp_path, dispatch, kind):
     script = _script(tmp_path, CTRL_C_AT_EXIT)

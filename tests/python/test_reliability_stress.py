@@ -10,6 +10,7 @@ import gc
 import multiprocessing
 import os
 import random
+import sysconfig
 import threading
 import time
 import warnings
@@ -158,6 +159,8 @@ def test_a_million_executor_futures_keep_memory_flat(request, dispatch):
 # two workers costs ~4-5 MB of RSS for good.  The bound is per pool and
 # generous; what must not grow at all are threads and file descriptors.
 PER_POOL_RSS = 10 * MB
+if sysconfig.get_config_var("Py_GIL_DISABLED"):
+    PER_POOL_RSS = 25 * MB  # 3.13t: ~10 MB per pool of two (mimalloc heaps)
 
 
 def _many_pools(request, dispatch, n):
