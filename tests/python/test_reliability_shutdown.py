@@ -26,6 +26,10 @@ pytestmark = [
 ]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Under ASan (scripts/sanitize.sh) the sys._current_frames() crash below is
+# not certain: with PYTHONMALLOC=malloc the freed frames may survive.
+UNDER_SANITIZER = any(lib in os.environ.get("LD_PRELOAD", "")
+                      for lib in ("libasan", "libtsan"))
 HEADER = f"""\
 import os, sys, time
 sys.path[:0] = [{HERE!r}]
@@ -368,7 +372,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=not UNDER_SANITIZER, reason=(
     "CPython 3.12.1/3.13.0 BUG, documented in docs/reliability.md: "
     "sys._current_frames() while subinterpreters run Python builds frame "
     "objects for frames running under other GILs and the process dies "
