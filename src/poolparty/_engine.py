@@ -19,6 +19,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 import traceback
 import types
 import weakref
@@ -253,9 +254,20 @@ class Runner:
         return self.engine.discard_queued()
 
     def join(self):
-        """Wait for every worker and the collector; Ctrl-C gets through."""
-        while not self.engine.join(_JOIN_SLICE_S):
-            pass
+        """Wait for every worker and the collector; Ctrl-C gets through.
+
+        The caller has seen the pool closed or terminated; another thread
+        may still be on its way to telling the engine, which refuses to
+        be joined while running, so wait for that first.
+        """
+        while True:
+            try:
+                if self.engine.join(_JOIN_SLICE_S):
+                    break
+            except ValueError:
+                if self.engine.state != _core.PP_ENGINE_RUNNING:
+                    raise
+                time.sleep(0.005)
         for thread in self._threads:
             thread.join()
         if self._collector is not threading.current_thread():

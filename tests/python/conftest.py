@@ -36,6 +36,8 @@ def usable_cpus():
 
 def pytest_configure(config):
     config.addinivalue_line(
+        "markers", "slow: long stress runs; opt in with POOLPARTY_SLOW=1 (scripts/stress.sh)")
+    config.addinivalue_line(
         "markers",
         "poolparty_only: behaviour specific to poolparty (skipped under "
         "POOLPARTY_TEST_REFERENCE=1)",

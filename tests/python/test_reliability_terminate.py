@@ -125,15 +125,54 @@ def test_task_in_a_short_sleep_is_terminated_when_the_sleep_returns(pool, tmp_pa
     assert not os.path.exists(after)
 
 
+def _recording(fn, errors):
+    def run():
+        try:
+            fn()
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+    return run
+
+
 def test_terminate_from_two_threads_at_once(pool, tmp_path):
     started = str(tmp_path / "started")
     result = pool.apply_async(rt.spin_until, (started, started + ".end", 120))
     wait_until_exists(started)
-    stoppers = [_in_thread(_terminate_and_join, pool) for _ in range(2)]
+    errors = []
+    stoppers = [_in_thread(_recording(lambda: _terminate_and_join(pool), errors))
+                for _ in range(2)]
     for stopper in stoppers:
         _assert_returns(stopper, "a concurrent terminate(); join()")
+    # No assert on `errors` here: about 1 run in 200 the second join()
+    # raises ValueError -- the race test_join_while_another_thread_is_terminating
+    # pins down.
     with pytest.raises(_terminated_error()):
         result.get(0)
+
+
+def test_join_while_another_thread_is_terminating(pool):
+    runner = pool._runner
+    real_terminate = runner.terminate
+    inside, proceed = threading.Event(), threading.Event()
+
+    def held_terminate(*args):
+        if not inside.is_set():  # hold the first call only
+            inside.set()
+            proceed.wait(BOUND)
+        return real_terminate(*args)
+
+    runner.terminate = held_terminate
+    errors = []
+    first = _in_thread(_recording(pool.terminate, errors))
+    # the pool says TERMINATE and its finalizer has run, but the engine
+    # has not been told yet
+    assert inside.wait(BOUND)
+    second = _in_thread(_recording(lambda: _terminate_and_join(pool), errors))
+    second.join(0.5)  # it may wait for the first; it must not fail
+    proceed.set()
+    _assert_returns(first, "the first terminate()")
+    _assert_returns(second, "the second terminate(); join()")
+    assert errors == []
 
 
 def test_terminate_while_threads_submit_loses_nothing(pool):
@@ -194,15 +233,11 @@ def test_terminate_during_imap_of_a_long_generator(pool):
     _assert_returns(_in_thread(lambda: outcome.append(_drain(iterator))),
                     "iterating what is left after terminate()")
     kind, exc, n = outcome[0]
-    assert n < 1_000_000 - 1  # it did stop early
-    if kind == "raised":
-        assert isinstance(exc, (_terminated_error(), _remote_error())), exc
-
-
-def _remote_error():
-    import poolparty
-
-    return poolparty.RemoteError
+    if kind == "complete":
+        # only if everything finished before terminate(): never short
+        assert n + 1 == 1_000_000
+    else:
+        assert isinstance(exc, _terminated_error()), exc
 
 
 def test_terminate_during_imap_never_truncates_silently():
@@ -214,6 +249,8 @@ def test_terminate_during_imap_never_truncates_silently():
         assert next(iterator) == 1
         _terminate_and_join(pool)
         kind, exc, n = _drain(iterator)
+        if kind == "complete" and n + 1 == 1_000_000:
+            continue  # everything finished before terminate(): nothing missing
         assert kind == "raised", (
             f"attempt {attempt}: iteration ended normally after {n + 1} "
             f"of 1,000,000 items")
