@@ -66,6 +66,22 @@ def test_a_list_that_contains_itself():
     assert back[0] == 1 and back[1] is back
 
 
+def test_lists_far_longer_than_their_encoding():
+    # Past 2**22 items a list is built as its items arrive, not at the
+    # length it claims: this path must keep values, sharing and cycles.
+    many = 2**22 + 3
+    shared = 1.5
+    back = core.decode(core.encode([shared] * many + ["end"]))
+    assert len(back) == many + 1 and back[-1] == "end"
+    assert back[0] == 1.5 and all(item is back[0] for item in back[:many])
+    cycle = []
+    cycle.extend([cycle] * many)
+    back = core.decode(core.encode(cycle))
+    assert len(back) == many and back[0] is back and back[-1] is back
+    back = core.decode(core.encode(tuple([None] * many)))
+    assert type(back) is tuple and len(back) == many
+
+
 @pytest.mark.parametrize("value", [
     2**63, -2**63 - 1,                    # beyond 64 bits
     "lone \udc80 surrogate",

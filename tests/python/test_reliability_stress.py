@@ -190,8 +190,12 @@ def _many_pools(request, dispatch, n):
                     f"{vgrew / MB:+.1f} MB; threads/tasks/fds {after} vs {baseline}")
     assert after == baseline
     assert grew < n * PER_POOL_RSS
-    # 16 MB worker stacks left mapped (unjoined threads) would show here
-    assert vgrew < n * PER_POOL_RSS + 256 * MB
+    # 16 MB worker stacks left mapped (unjoined threads) would show here;
+    # a free-threaded CPython's mimalloc keeps reserving address space for
+    # each new interpreter's heaps (about 40-70 MB each on 3.13.5t), so
+    # there only the thread and RSS checks above apply.
+    if not sysconfig.get_config_var("Py_GIL_DISABLED"):
+        assert vgrew < n * PER_POOL_RSS + 256 * MB
 
 
 @pytest.mark.timeout(120)
