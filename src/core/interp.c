@@ -7,9 +7,108 @@
  * where a bare swap between own-GIL interpreters does not. */
 #include "pp_internal.h"
 
+#include <pthread.h>
 #include <string.h>
 
 static const char NOMEM_TEXT[] = "poolparty: out of memory in a worker";
+
+/* ---- the process-wide interpreter lifecycle lock ----------------- */
+
+/* CPython 3.12 and 3.13 write runtime-wide state while an interpreter
+ * is created or ended -- the static builtin types' per-interpreter
+ * slots and counts, type flags, version tags (python/cpython#127108,
+ * #129824, #131485) -- without a lock of their own.  Two threads doing
+ * it at once intermittently fail creation with "Failed to import
+ * encodings module" (seen here on 3.13.0 while one worker of a
+ * maxtasksperchild pool was replaced as another ended).  So every
+ * Py_NewInterpreterFromConfig and Py_EndInterpreter in the process that
+ * goes through poolparty takes this lock.  It is a leaf lock: its holder
+ * never waits for another lock or for a GIL other than the one of the
+ * interpreter it creates or ends. */
+static pthread_mutex_t lifecycle_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Creation failures that survive the lock (a race with code running in
+ * another interpreter) are transient: try a few times before giving
+ * up.  A persistent cause fails every attempt the same way. */
+#define CREATE_ATTEMPTS 3
+
+/* Needs: no tstate. */
+static PyStatus
+new_interpreter_locked(PyThreadState **tstate,
+                       const PyInterpreterConfig *config)
+{
+    pthread_mutex_lock(&lifecycle_lock);
+    PyStatus status = Py_NewInterpreterFromConfig(tstate, config);
+    pthread_mutex_unlock(&lifecycle_lock);
+    return status;
+}
+
+/* Joins the threading.Thread threads a task left running in this
+ * interpreter, so that Py_EndInterpreter, which would wait for them
+ * itself, does not wait while holding lifecycle_lock and so keep every
+ * other pool in the process from starting or stopping.  Best effort:
+ * Py_EndInterpreter still joins whatever this missed.  Needs: sub GIL. */
+static void
+join_leftover_threads(void)
+{
+    PyObject *name = PyUnicode_FromString("threading");
+    if (name == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject *threading = PyImport_GetModule(name);
+    Py_DECREF(name);
+    if (threading == NULL) {
+        /* Never imported: no thread to wait for. */
+        PyErr_Clear();
+        return;
+    }
+    PyObject *threads = PyObject_CallMethod(threading, "enumerate", NULL);
+    PyObject *current = PyObject_CallMethod(threading, "current_thread",
+                                            NULL);
+    /* The interpreter's "main" Thread object (whichever thread first
+     * imported threading) is only marked done by the finalization itself:
+     * joining it here would wait forever. */
+    PyObject *main = PyObject_CallMethod(threading, "main_thread", NULL);
+    if (threads != NULL && current != NULL && main != NULL &&
+        PyList_Check(threads)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(threads); i++) {
+            PyObject *thread = PyList_GET_ITEM(threads, i);
+            if (thread == current || thread == main) {
+                continue;
+            }
+            PyObject *daemon = PyObject_GetAttrString(thread, "daemon");
+            int is_daemon = daemon == NULL ? 1 : PyObject_IsTrue(daemon);
+            Py_XDECREF(daemon);
+            if (is_daemon == 0) {
+                PyObject *res = PyObject_CallMethod(thread, "join", NULL);
+                Py_XDECREF(res);
+            }
+            PyErr_Clear();
+        }
+    }
+    PyErr_Clear();
+    Py_XDECREF(threads);
+    Py_XDECREF(current);
+    Py_XDECREF(main);
+    Py_DECREF(threading);
+}
+
+/* Ends the interpreter of `ts`, its last thread state.  Needs: that
+ * interpreter's GIL through `ts`.  Waits for the lock with the GIL
+ * released, so that the interpreter's own threads can run meanwhile. */
+static void
+end_interpreter_locked(PyThreadState *ts)
+{
+    join_leftover_threads();
+    if (pthread_mutex_trylock(&lifecycle_lock) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&lifecycle_lock);
+        Py_END_ALLOW_THREADS
+    }
+    Py_EndInterpreter(ts);
+    pthread_mutex_unlock(&lifecycle_lock);
+}
 
 /* ---- boot -------------------------------------------------------- */
 
@@ -233,7 +332,14 @@ pp__interp_create(const pp_boot *boot, uint32_t worker, pp_interp **out,
         .gil = PyInterpreterConfig_OWN_GIL,
     };
     PyThreadState *tstate = NULL;
-    PyStatus status = Py_NewInterpreterFromConfig(&tstate, &config);
+    PyStatus status;
+    for (int attempt = 0; attempt < CREATE_ATTEMPTS; attempt++) {
+        tstate = NULL;
+        status = new_interpreter_locked(&tstate, &config);
+        if (!PyStatus_Exception(status) && tstate != NULL) {
+            break;
+        }
+    }
     if (PyStatus_Exception(status) || tstate == NULL) {
         if (failure) {
             char buffer[512];
@@ -517,17 +623,58 @@ leave(PyThreadState *ts, int temporary)
     }
 }
 
+/* The main-interpreter thread state this thread set aside to run in a
+ * subinterpreter (pp__interp_call, pp__interp_exec), or NULL: what
+ * pp__interp_import_in_main switches back to. */
+static _Thread_local PyThreadState *set_aside_main = NULL;
+
 /* Needs: main GIL.  See pp_internal.h. */
 pp_msg *
 pp__interp_call(pp_interp *it, const pp_msg *task)
 {
     int temporary;
+    PyThreadState *outer = set_aside_main;
     PyThreadState *caller = PyEval_SaveThread();
+    set_aside_main = caller;
     PyThreadState *ts = enter(it, &temporary);
     pp_msg *done = pp__interp_run(it, task);
     leave(ts, temporary);
+    set_aside_main = outer;
     PyEval_RestoreThread(caller);
     return done;
+}
+
+/* Needs: sub GIL.  See pp_internal.h. */
+int
+pp__interp_import_in_main(const char *name, size_t size)
+{
+    PyThreadState *main_ts = set_aside_main;
+    if (main_ts == NULL) {
+        return PP_ENOTFOUND;
+    }
+    PyThreadState *sub_ts = PyEval_SaveThread();
+    PyEval_RestoreThread(main_ts);
+    /* The main tstate was set aside in the middle of a call: keep
+     * whatever it had raised out of the way of the import. */
+    PyObject *pending = PyErr_GetRaisedException();
+    PyObject *modname = PyUnicode_DecodeUTF8(name, (Py_ssize_t)size, NULL);
+    if (modname != NULL) {
+        /* A module already in sys.modules may be one that another main
+         * thread is importing right now while it waits for this call:
+         * waiting for its import lock would deadlock. */
+        PyObject *known = PyImport_GetModule(modname);
+        if (known == NULL && !PyErr_Occurred()) {
+            PyObject *module = PyImport_Import(modname);
+            Py_XDECREF(module);
+        }
+        Py_XDECREF(known);
+        Py_DECREF(modname);
+    }
+    PyErr_Clear();
+    PyErr_SetRaisedException(pending);
+    PyEval_SaveThread();
+    PyEval_RestoreThread(sub_ts);
+    return PP_OK;
 }
 
 /* Needs: main GIL.  See pp_internal.h. */
@@ -535,7 +682,9 @@ int
 pp__interp_exec(pp_interp *it, const char *source, pp_msg **failure)
 {
     int temporary, rc = PP_OK;
+    PyThreadState *outer = set_aside_main;
     PyThreadState *caller = PyEval_SaveThread();
+    set_aside_main = caller;
     PyThreadState *ts = enter(it, &temporary);
 
     PyObject *main_module = PyImport_AddModule("__main__"); /* borrowed */
@@ -556,6 +705,7 @@ pp__interp_exec(pp_interp *it, const char *source, pp_msg **failure)
     }
     Py_XDECREF(res);
     leave(ts, temporary);
+    set_aside_main = outer;
     PyEval_RestoreThread(caller);
     return rc;
 }
@@ -573,7 +723,7 @@ pp__interp_destroy_attached(pp_interp *it)
     PyThreadState_SetAsyncExc(PyThread_get_thread_ident(), NULL);
     /* Py_EndInterpreter joins the interpreter's non-daemon threads
      * and then insists on being its last thread state. */
-    Py_EndInterpreter(it->home);
+    end_interpreter_locked(it->home);
     PyMem_RawFree(it);
 }
 
@@ -594,7 +744,7 @@ pp__interp_destroy(pp_interp *it)
     release_objects(it);
     PyThreadState_Clear(it->home);
     PyThreadState_Delete(it->home);
-    Py_EndInterpreter(ts);
+    end_interpreter_locked(ts);
     PyMem_RawFree(it);
 }
 

@@ -125,6 +125,14 @@ pp_msg *pp__interp_call(pp_interp *it, const pp_msg *task);
  * Needs: main GIL (like pp__interp_call). */
 int pp__interp_exec(pp_interp *it, const char *source, pp_msg **failure);
 
+/* From a thread that came into a subinterpreter through pp__interp_call
+ * or pp__interp_exec: import module `name` in the main interpreter (whose
+ * thread state this thread set aside), unless it is already in the main
+ * interpreter's sys.modules; whether the import works does not matter.
+ * PP_OK once done, PP_ENOTFOUND when this thread did not come from the
+ * main interpreter.  Needs: sub GIL; returns with it. */
+int pp__interp_import_in_main(const char *name, size_t size);
+
 /* End the interpreter and free `it`.  Needs: sub GIL of `it`, attached
  * through its home thread state, on the home thread.  Returns with no
  * tstate. */

@@ -109,8 +109,9 @@ pp__completion_tuple(const pp_msg *msg)
                          (Py_ssize_t)msg->size);
 }
 
-/* main_import(name) -> bool: from inside a pool worker, have the main
- * interpreter import `name` first; False (nothing done) elsewhere.
+/* main_import(name) -> bool: from inside a pool worker or a
+ * poolparty.Interpreter call, have the main interpreter import `name`
+ * first; False (nothing done) elsewhere.
  * Runs under the calling (sub)interpreter's GIL. */
 static PyObject *
 module_main_import(PyObject *module, PyObject *arg)
@@ -121,6 +122,11 @@ module_main_import(PyObject *module, PyObject *arg)
         return NULL;
     }
     int rc = pp__engine_request_main_import(name, (size_t)size);
+    if (rc == PP_ENOTFOUND) {
+        /* Not a pool worker: a poolparty.Interpreter call, which can
+         * switch back to the main interpreter itself. */
+        rc = pp__interp_import_in_main(name, (size_t)size);
+    }
     if (rc == PP_ENOTFOUND) {
         Py_RETURN_FALSE;
     }

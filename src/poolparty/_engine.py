@@ -67,6 +67,27 @@ def check_dispatch(dispatch):
 def refuse_in_worker():
     if _worker.IN_WORKER:
         raise RuntimeError(_worker._REFUSAL)
+    _ready_shared_static_types()
+
+
+def _ready_shared_static_types():
+    """Have this (the main) interpreter import ``_datetime`` first.
+
+    On 3.13 ``_datetime`` is the one extension whose types are static,
+    shared by every interpreter, and readied by whichever imports it first.
+    When that is a subinterpreter, the types' shared tuples live in its
+    allocator and are freed when it ends; subinterpreters importing it at
+    the same time race on the same fields (python/cpython#136421, #136423).
+    Both crash the process ("free(): invalid pointer", seen here on 3.13.0
+    with four threads churning subinterpreters that import ``datetime``).
+    Readied once by the main interpreter, they are never torn down early.
+    3.12 refuses ``_datetime`` in subinterpreters, so nothing to do there.
+    """
+    if sys.version_info >= (3, 13) and "_datetime" not in sys.modules:
+        try:
+            import _datetime  # noqa: F401
+        except ImportError:  # pragma: no cover - a build without it
+            pass
 
 
 def sys_path_blob():
@@ -204,6 +225,7 @@ class Runner:
         self.engine = _core.Engine(
             design, nworkers, maxtasks or 0, sys_path_blob(), payload
         )
+        _unjoined.add(self)
         # Set by terminate(): from then on a task that ends in SystemExit
         # was (most likely) interrupted by us, and must not exit the caller.
         self.terminating = False
@@ -268,6 +290,7 @@ class Runner:
                 if self.engine.state != _core.PP_ENGINE_RUNNING:
                     raise
                 time.sleep(0.005)
+        _unjoined.discard(self)
         for thread in self._threads:
             thread.join()
         if self._collector is not threading.current_thread():
@@ -368,6 +391,14 @@ def register_finalizer(owner, runner, on_exit):
 
 _finalizers = []
 _exiting = False
+# Runners whose workers may still hold subinterpreters.  A finalizer that
+# another thread is running right now (a pool collected by the collector
+# thread's garbage collection, say) is already dead for detach(), yet its
+# workers are still ending their interpreters: exit must wait for those
+# too, or CPython finalizes with subinterpreters alive and aborts
+# ("PyInterpreterState_Delete: remaining subinterpreters", seen here about
+# once in a hundred exits of a script that dropped a busy pool).
+_unjoined = set()
 
 
 @atexit.register
@@ -382,6 +413,11 @@ def _stop_all_at_exit():
         if detached is not None:
             _owner, func, args, _kwargs = detached
             func(*args)
+    for runner in list(_unjoined):
+        # Being stopped by another thread, or closed and not yet joined:
+        # wait for its workers (join also waits out a terminate() that is
+        # on its way).
+        _stop(runner, None)
 
 
 def _stop(runner, on_exit):
@@ -392,7 +428,7 @@ def _stop(runner, on_exit):
 
     if on_exit == "terminate":
         runner.terminate(reason)
-    else:
+    elif on_exit == "drain":
         runner.close()
     while True:
         try:

@@ -107,8 +107,10 @@ class _MainImportsFirst:
     subinterpreter's allocator to be freed by the main interpreter
     ("free(): invalid pointer").  Both are avoided when the main
     interpreter has imported the module before the worker does.  This
-    meta-path finder asks for that (a round trip to the pool's collector
-    thread, once per module per worker) and never loads anything itself.
+    meta-path finder asks for that (in a pool, a round trip to the
+    collector thread; in a poolparty.Interpreter call, a switch back to the
+    main interpreter on the calling thread; once per module per worker)
+    and never loads anything itself.
     """
 
     def __init__(self):

@@ -222,3 +222,7 @@ class RefusesUnpicklingInWorker:
 
     def __call__(self, x):
         return x
+
+
+def sleep_then_star(pair):
+    return sleep_then(*pair)

@@ -101,3 +101,60 @@ def test_no_crash_at_exit_after_worker_imports(tmp_path, name, dispatch):
     assert "clean exit" in proc.stdout
     for sign in ("free()", "double free", "Fatal Python error", "Segmentation"):
         assert sign not in proc.stderr
+
+
+INTERPRETER_SCRIPT = textwrap.dedent("""\
+    import poolparty
+    with poolparty.Interpreter() as interp:
+        try:
+            interp.exec("import {name}")
+        except ImportError as exc:
+            print("refused", exc)
+    print("clean exit")
+""")
+
+
+@pytest.mark.parametrize("name", CRASHED_312)
+def test_no_crash_at_exit_after_interpreter_imports(tmp_path, name):
+    if name == "_testsinglephase":
+        pytest.importorskip("_testsinglephase")
+    script = tmp_path / "hazard.py"
+    script.write_text(INTERPRETER_SCRIPT.format(name=name))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "clean exit" in proc.stdout
+
+
+# On 3.13.0, subinterpreters that import datetime while others start and
+# end crashed the process within seconds ("free(): invalid pointer",
+# "double free or corruption", segfaults in Py_EndInterpreter) unless the
+# main interpreter had imported _datetime first (python/cpython#136421).
+CHURN_SCRIPT = textwrap.dedent("""\
+    import sys, threading
+    import poolparty
+    assert "_datetime" not in sys.modules or sys.version_info < (3, 13)
+
+    def churn():
+        for _ in range({rounds}):
+            with poolparty.Interpreter() as interp:
+                interp.exec("import datetime, calendar")
+        with poolparty.SubinterpreterPool(2, maxtasksperchild=1) as pool:
+            assert pool.map(len, ["ab"] * 8, 1) == [2] * 8
+
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print("clean exit")
+""")
+
+
+def test_concurrent_subinterpreters_importing_datetime_do_not_crash(tmp_path):
+    script = tmp_path / "churn.py"
+    script.write_text(CHURN_SCRIPT.format(rounds=25))
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", str(script)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "clean exit" in proc.stdout
