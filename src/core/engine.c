@@ -23,6 +23,7 @@ typedef struct pp_worker {
     unsigned long py_thread_id; /* life: the worker thread's ident */
     pthread_cond_t answered;    /* signalled under life */
     int import_answered;        /* life */
+    int imports_cut;            /* life: terminate() stopped the waiting */
 } pp_worker;
 
 /* The worker this thread is, if it is one; lets code running inside a
@@ -271,15 +272,23 @@ pp__engine_request_main_import(const char *name, size_t size)
     }
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&w->life);
+    int cut = w->imports_cut;
     w->import_answered = 0;
     pthread_mutex_unlock(&w->life);
-    complete(w->engine, w, request);
-    pthread_mutex_lock(&w->life);
-    while (!w->import_answered) {
-        pthread_cond_wait(&w->answered, &w->life);
+    if (!cut) {
+        complete(w->engine, w, request);
+        request = NULL;
+        /* terminate() cuts the wait short: the collector may be blocked
+         * (in a callback) or gone, and the worker must get back to its
+         * pending SystemExit. */
+        pthread_mutex_lock(&w->life);
+        while (!w->import_answered && !w->imports_cut) {
+            pthread_cond_wait(&w->answered, &w->life);
+        }
+        pthread_mutex_unlock(&w->life);
     }
-    pthread_mutex_unlock(&w->life);
     Py_END_ALLOW_THREADS
+    pp_msg_free(request);
     return PP_OK;
 }
 
@@ -446,6 +455,15 @@ pp__engine_terminate(pp_engine *e)
     for (uint32_t i = 0; i < e->nworkers; i++) {
         pp__engine_with_worker_interp(e, i, interrupt_worker,
                                       &e->workers[i]);
+    }
+    /* A worker waiting for a main-first import (3.12) would otherwise
+     * wait for the collector, which may be stuck in a callback. */
+    for (uint32_t i = 0; i < e->nworkers; i++) {
+        pp_worker *w = &e->workers[i];
+        pthread_mutex_lock(&w->life);
+        w->imports_cut = 1;
+        pthread_cond_broadcast(&w->answered);
+        pthread_mutex_unlock(&w->life);
     }
     return dropped;
 }

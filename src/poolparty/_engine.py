@@ -65,9 +65,47 @@ def check_dispatch(dispatch):
 
 
 def refuse_in_worker():
+    """Called before every pool or Interpreter is made (main interpreter)."""
     if _worker.IN_WORKER:
         raise RuntimeError(_worker._REFUSAL)
     _ready_shared_static_types()
+    _watch_forks()
+
+
+# Open poolparty.Interpreter objects (pools are in _unjoined, below).
+live_interpreters = weakref.WeakSet()
+_fork_hook_registered = False
+
+
+def _watch_forks():
+    global _fork_hook_registered
+    if not _fork_hook_registered and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=_warn_before_fork)
+        _fork_hook_registered = True
+
+
+def _warn_before_fork():
+    """os.fork() with live subinterpreters: the child will die.
+
+    CPython 3.12 and 3.13 crash the child inside os.fork() itself, before
+    any Python code (or a hook of ours) runs there (python/cpython#101437;
+    measured: SIGABRT "PyThreadState_Get" on 3.13.0, SIGSEGV or a deadlock
+    on 3.12.1).  This is the last moment anyone can be told.
+    """
+    pools, interpreters = len(_unjoined), len(live_interpreters)
+    if pools or interpreters:
+        import warnings
+
+        warnings.warn(
+            f"os.fork() with {pools} poolparty pool(s) and {interpreters} "
+            f"Interpreter(s) alive: CPython {sys.version_info[0]}."
+            f"{sys.version_info[1]} crashes the child process in fork() "
+            f"when any subinterpreter exists (python/cpython#101437). "
+            f"Close and join pools before forking, or use multiprocessing's "
+            f"'spawn' or 'forkserver' start method (subprocess is fine).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _ready_shared_static_types():

@@ -32,6 +32,7 @@ class Interpreter:
             self._core = _core.Interpreter(
                 _engine.sys_path_blob(), _engine.boot_payload(None, ())
             )
+            _engine.live_interpreters.add(self)
             return
         except _core.CoreError as exc:
             error = _remote(exc)
@@ -69,6 +70,7 @@ class Interpreter:
     def close(self):
         """End the subinterpreter (waits for a running call).  Idempotent."""
         self._core.close()
+        _engine.live_interpreters.discard(self)
 
     def __enter__(self):
         return self

@@ -363,10 +363,20 @@ def test_fork_child_using_the_inherited_pool_gets_a_clear_error(tmp_path):
     assert "child error" in proc.stdout and "child exit 0\n" in proc.stdout, proc.stdout
 
 
+def test_fork_with_a_live_pool_warns_in_the_parent(tmp_path, dispatch):
+    # The child's crash cannot be prevented; the parent is told, at the
+    # os.fork() call, what will happen and what to do instead.
+    proc = _fork(tmp_path, dispatch, "idle", "simple")
+    assert "RuntimeWarning: os.fork() with 1 poolparty pool(s)" in proc.stderr
+    assert "Close and join pools before forking" in proc.stderr
+    assert "pid = os.fork()" in proc.stderr  # points at the caller's line
+
+
 def test_fork_after_the_pool_is_joined_is_fine(tmp_path, dispatch):
     proc = _fork(tmp_path, dispatch, "joined", "simple")
     assert proc.stdout.splitlines() == ["child 42", "child exit 0", "parent done"]
     assert "Fatal Python error" not in proc.stderr
+    assert "RuntimeWarning" not in proc.stderr
 
 
 def test_subprocess_with_a_live_pool_is_fine(pool):

@@ -13,6 +13,8 @@ Waits are bounded (helper threads joined with a timeout), never timed.
 """
 
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -267,3 +269,46 @@ def test_executor_shutdown_cancels_queued_and_finishes_running(make_executor, tm
     open(release, "w").close()
     assert running.result(BOUND) == "done"
     _assert_returns(_in_thread(executor.shutdown), "shutdown(wait=True)")
+
+
+IMPORT_WAIT_SCRIPT = """\
+import sys, threading, time
+sys.path[:0] = [{here!r}]
+import poolparty
+import hazard_tasks
+
+if __name__ == "__main__":
+    pool = poolparty.SubinterpreterPool(1, dispatch=sys.argv[1])
+    release = threading.Event()
+    # The collector runs callbacks: this one holds it until the worker has
+    # ended, so nobody is left to answer the worker's import request.
+    pool.apply_async(hazard_tasks.version, callback=lambda _: release.wait(60))
+    pending = pool.apply_async(hazard_tasks.import_module, ("colorsys",))
+    time.sleep(0.3)  # the worker is now waiting for the main interpreter
+    threading.Thread(target=pool.terminate, daemon=True).start()
+    ended = pool._runner.engine
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if ended.join(0.05):
+                break
+        except ValueError:  # terminate() has not reached the engine yet
+            time.sleep(0.01)
+    else:
+        print("worker still waiting", flush=True)
+    release.set()
+    pool.join()
+    print("joined", flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13),
+                    reason="main-first imports happen on 3.12 only")
+def test_terminate_frees_a_worker_waiting_for_a_main_first_import(tmp_path,
+                                                                  dispatch):
+    script = tmp_path / "import_wait.py"
+    script.write_text(IMPORT_WAIT_SCRIPT.format(here=os.path.dirname(__file__)))
+    proc = subprocess.run([sys.executable, str(script), dispatch],
+                          capture_output=True, text=True, timeout=90)
+    assert proc.stdout == "joined\n", (proc.stdout, proc.stderr[-2000:])
+    assert "Fatal Python error" not in proc.stderr
