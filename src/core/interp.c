@@ -64,20 +64,30 @@ join_leftover_threads(void)
         return;
     }
     PyObject *threads = PyObject_CallMethod(threading, "enumerate", NULL);
-    PyObject *current = PyObject_CallMethod(threading, "current_thread",
-                                            NULL);
     /* The interpreter's "main" Thread object (whichever thread first
      * imported threading) is only marked done by the finalization itself:
-     * joining it here would wait forever. */
+     * joining it here would wait forever.  This thread is skipped by its
+     * ident: threading.current_thread() would make a _DummyThread for it,
+     * whose clean-up then fails noisily at finalization ("Exception
+     * ignored in: _DeleteDummyThreadOnDel.__del__"). */
     PyObject *main = PyObject_CallMethod(threading, "main_thread", NULL);
-    if (threads != NULL && current != NULL && main != NULL &&
+    PyObject *self_ident = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
+    if (threads != NULL && main != NULL && self_ident != NULL &&
         PyList_Check(threads)) {
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(threads); i++) {
             PyObject *thread = PyList_GET_ITEM(threads, i);
-            if (thread == current || thread == main) {
+            if (thread == main) {
                 continue;
             }
-            PyObject *daemon = PyObject_GetAttrString(thread, "daemon");
+            PyObject *ident = PyObject_GetAttrString(thread, "ident");
+            int is_self = ident == NULL
+                              ? -1
+                              : PyObject_RichCompareBool(ident, self_ident,
+                                                         Py_EQ);
+            Py_XDECREF(ident);
+            PyObject *daemon = is_self == 0
+                                   ? PyObject_GetAttrString(thread, "daemon")
+                                   : NULL;
             int is_daemon = daemon == NULL ? 1 : PyObject_IsTrue(daemon);
             Py_XDECREF(daemon);
             if (is_daemon == 0) {
@@ -88,9 +98,23 @@ join_leftover_threads(void)
         }
     }
     PyErr_Clear();
+    /* A task that made a threading.Thread on this thread made a
+     * _DummyThread for it too (3.13: a subinterpreter's "main" Thread has
+     * the main interpreter's main-thread ident), kept alive by a
+     * thread-local whose __del__ would run only when this thread state is
+     * cleared, after threading's globals are gone: "Exception ignored in:
+     * _DeleteDummyThreadOnDel.__del__ ... TypeError".  Drop it now, while
+     * threading still works. */
+    PyObject *info = PyObject_GetAttrString(threading, "_thread_local_info");
+    if (info != NULL &&
+        PyObject_DelAttrString(info, "_track_dummy_thread_ref") < 0) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(info);
+    PyErr_Clear();
     Py_XDECREF(threads);
-    Py_XDECREF(current);
     Py_XDECREF(main);
+    Py_XDECREF(self_ident);
     Py_DECREF(threading);
 }
 

@@ -116,6 +116,46 @@ def test_interpreter_exit_while_another_thread_stops_the_pool(tmp_path, dispatch
     assert proc.stdout == "EXITING\n"
 
 
+WORKERS_WITH_THREADING = """\
+import concurrent.futures
+import threading
+
+
+def noop(x):
+    return x
+
+
+def leave_a_thread(seconds):
+    threading.Thread(target=time.sleep, args=(seconds,)).start()
+    return seconds
+
+
+if __name__ == "__main__":
+    with poolparty.SubinterpreterPool(2, dispatch=sys.argv[1]) as pool:
+        print(pool.map(noop, range(4)), flush=True)
+    executor = poolparty.SubinterpreterPoolExecutor(2, dispatch=sys.argv[1])
+    print(executor.submit(noop, 5).result(), flush=True)
+    executor.shutdown()
+    pool = poolparty.SubinterpreterPool(1, dispatch=sys.argv[1])
+    pool.apply(leave_a_thread, (0.3,))
+    pool.close()
+    started = time.monotonic()
+    pool.join()  # ending the interpreter waits for the task's thread
+    print("waited", time.monotonic() - started >= 0.2, flush=True)
+"""
+
+
+def test_workers_that_imported_threading_end_quietly(tmp_path, dispatch):
+    # Ending a worker joins the threads its tasks left behind.  On 3.13 a
+    # task that makes a Thread also makes a _DummyThread for the worker's
+    # own thread (so did our join code once, through current_thread()),
+    # whose clean-up failed at the interpreter's finalization: "Exception
+    # ignored in: <function _DeleteDummyThreadOnDel.__del__ ...>".
+    proc = _run(_script(tmp_path, WORKERS_WITH_THREADING), dispatch)
+    _assert_clean(proc)
+    assert proc.stdout.splitlines() == ["[0, 1, 2, 3]", "5", "waited True"]
+
+
 # --- garbage collection of an unclosed pool ---------------------------------------
 
 def _thread_counts():
