@@ -439,6 +439,11 @@ def spin(n):
 
 if __name__ == "__main__":
     with poolparty.SubinterpreterPool(2) as pool:
+        # Let both workers finish starting: the hazard documented here is
+        # about tasks running.  (While a worker is still being created it
+        # crashes too, elsewhere: in Py_NewInterpreterFromConfig, seen
+        # under ASan now that workers start one at a time.)
+        time.sleep(2)
         result = pool.map_async(spin, [3_000_000] * 8, 1)
         calls = 0
         while not result.ready():
@@ -462,7 +467,7 @@ def test_sys_current_frames_while_tasks_run_does_not_crash(tmp_path):
     # In a subprocess, so that only the subprocess dies.
     script = tmp_path / "current_frames.py"
     script.write_text(textwrap.dedent(f"""\
-        import sys
+        import sys, time
         sys.path[:0] = [{HERE!r}]
         import poolparty
     """) + CURRENT_FRAMES)
