@@ -438,32 +438,61 @@ made(decoder *d, PyObject *obj)
 
 static PyObject *decode_value(decoder *d, int depth);
 
-/* Fill items[0..n) (new references), expanding REPEATs. */
+/* Fill (*items)[0..n) with new references, expanding REPEATs.  The
+ * array holds *capacity slots and is grown with PyMem_Realloc only when an
+ * item would not fit, never past n: a caller that passes capacity n (a
+ * list's own storage) never sees it moved.  On failure every slot filled
+ * is cleared back to NULL.  Needs: the GIL. */
 static int
-decode_items(decoder *d, PyObject **items, Py_ssize_t n, int depth)
+decode_items(decoder *d, PyObject ***items, size_t *capacity, Py_ssize_t n,
+             int depth)
 {
     Py_ssize_t i = 0;
     while (i < n) {
-        if (d->pos < d->end && *d->pos == T_REPEAT && i > 0) {
+        uint64_t k = 1;
+        int repeat = d->pos < d->end && *d->pos == T_REPEAT && i > 0;
+        if (repeat) {
             d->pos++;
-            uint64_t k;
             if (get_varint(d, &k) < 0 || k > (uint64_t)(n - i)) {
                 corrupt();
-                return -1;
+                goto fail;
             }
-            PyObject *previous = items[i - 1];
+        }
+        if ((size_t)i + k > *capacity) {
+            size_t want = *capacity * 2 > (size_t)i + k ? *capacity * 2
+                                                        : (size_t)i + k;
+            if (want > (size_t)n) {
+                want = (size_t)n;
+            }
+            PyObject **bigger = PyMem_Realloc(*items, want * sizeof(**items));
+            if (bigger == NULL) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            *items = bigger;
+            *capacity = want;
+        }
+        PyObject **slots = *items;
+        if (repeat) {
+            PyObject *previous = slots[i - 1];
             for (uint64_t j = 0; j < k; j++) {
-                items[i++] = Py_NewRef(previous);
+                slots[i++] = Py_NewRef(previous);
             }
             continue;
         }
         PyObject *item = decode_value(d, depth + 1);
         if (item == NULL) {
-            return -1;
+            goto fail;
         }
-        items[i++] = item;
+        slots[i++] = item;
     }
     return 0;
+
+fail:
+    while (i > 0) {
+        Py_CLEAR((*items)[--i]);
+    }
+    return -1;
 }
 
 /* Lists up to this many items are allocated at the length they claim
@@ -491,52 +520,11 @@ decode_item_array(decoder *d, Py_ssize_t n, int depth)
         PyErr_NoMemory();
         return NULL;
     }
-    Py_ssize_t i = 0;
-    while (i < n) {
-        uint64_t k = 1;
-        int repeat = d->pos < d->end && *d->pos == T_REPEAT && i > 0;
-        if (repeat) {
-            d->pos++;
-            if (get_varint(d, &k) < 0 || k > (uint64_t)(n - i)) {
-                corrupt();
-                goto fail;
-            }
-        }
-        if ((size_t)i + k > capacity) {
-            size_t want = capacity * 2 > (size_t)i + k ? capacity * 2
-                                                       : (size_t)i + k;
-            if (want > (size_t)n) {
-                want = (size_t)n;
-            }
-            PyObject **bigger = PyMem_Realloc(items, want * sizeof(*items));
-            if (bigger == NULL) {
-                PyErr_NoMemory();
-                goto fail;
-            }
-            items = bigger;
-            capacity = want;
-        }
-        if (repeat) {
-            PyObject *previous = items[i - 1];
-            for (uint64_t j = 0; j < k; j++) {
-                items[i++] = Py_NewRef(previous);
-            }
-            continue;
-        }
-        PyObject *item = decode_value(d, depth + 1);
-        if (item == NULL) {
-            goto fail;
-        }
-        items[i++] = item;
+    if (decode_items(d, &items, &capacity, n, depth) < 0) {
+        PyMem_Free(items);
+        return NULL;
     }
     return items;
-
-fail:
-    while (i > 0) {
-        Py_DECREF(items[--i]);
-    }
-    PyMem_Free(items);
-    return NULL;
 }
 
 static PyObject *
@@ -600,7 +588,9 @@ decode_value(decoder *d, int depth)
                 Py_XDECREF(obj);
                 return NULL;
             }
-            if (decode_items(d, PySequence_Fast_ITEMS(obj), (Py_ssize_t)n,
+            PyObject **slots = PySequence_Fast_ITEMS(obj);
+            size_t capacity = (size_t)n;
+            if (decode_items(d, &slots, &capacity, (Py_ssize_t)n,
                              depth) < 0) {
                 Py_DECREF(obj);
                 return NULL;
