@@ -122,6 +122,10 @@ void pp_queue_free(pp_queue *q);
 /* Append msg; the queue owns it on PP_OK.  PP_ECLOSED if closed (the
  * caller keeps ownership). */
 int pp_queue_push(pp_queue *q, pp_msg *msg);
+/* Append a chain of `count` messages linked by ->next (FIFO order);
+ * the queue owns them all on PP_OK.  PP_ECLOSED if closed (the caller
+ * keeps them). */
+int pp_queue_push_chain(pp_queue *q, pp_msg *first, size_t count);
 /* Pop the oldest message into *out, waiting up to timeout_ns
  * (negative: forever; 0: don't wait).  PP_OK, PP_ETIMEDOUT, or
  * PP_ECLOSED once the queue is closed *and* empty. */

@@ -404,6 +404,22 @@ pp__engine_submit(pp_engine *e, pp_msg *task)
     return rc;
 }
 
+/* Any GIL or none.  The chain is `count` tasks linked by ->next; the
+ * engine owns them on PP_OK, the caller keeps them otherwise. */
+int
+pp__engine_submit_chain(pp_engine *e, pp_msg *first, size_t count)
+{
+    pthread_mutex_lock(&e->mutex);
+    pp_engine_state next;
+    int rc = pp_engine_transition(e->state, PP_EV_SUBMIT, &next);
+    if (rc == PP_OK) {
+        rc = pp_queue_push_chain(e->tasks, first, count) == PP_OK ? PP_OK
+                                                                 : PP_ESTATE;
+    }
+    pthread_mutex_unlock(&e->mutex);
+    return rc;
+}
+
 /* Needs: no tstate. */
 int
 pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,

@@ -176,6 +176,8 @@ void pp__engine_decref(pp_engine *e);
 /* Queue a task; the engine owns it on PP_OK.  PP_ESTATE when the engine
  * no longer accepts work (caller keeps the message).  Any GIL or none. */
 int pp__engine_submit(pp_engine *e, pp_msg *task);
+/* The same for `count` tasks linked by ->next, queued in one step. */
+int pp__engine_submit_chain(pp_engine *e, pp_msg *first, size_t count);
 
 /* Wait up to timeout_ns for completions and take all that are ready.
  * PP_OK, PP_ETIMEDOUT, or PP_ECLOSED once every worker has exited and

@@ -94,6 +94,44 @@ done:
     return rc;
 }
 
+/* Takes q->mutex.  One lock round and one wake-up for a whole batch:
+ * a map's chunks are queued together instead of paying both per chunk. */
+int
+pp_queue_push_chain(pp_queue *q, pp_msg *first, size_t count)
+{
+    if (first == NULL || count == 0) {
+        return PP_OK;
+    }
+    pp_msg *last = first;
+    while (last->next != NULL) {
+        last = last->next;
+    }
+    int rc = PP_OK;
+    pthread_mutex_lock(&q->mutex);
+    if (q->closed) {
+        rc = PP_ECLOSED;
+        goto done;
+    }
+    if (q->tail == NULL) {
+        q->head = first;
+    }
+    else {
+        q->tail->next = first;
+    }
+    q->tail = last;
+    q->length += count;
+    /* Several messages may satisfy several waiters. */
+    if (count > 1) {
+        pthread_cond_broadcast(&q->nonempty);
+    }
+    else {
+        pthread_cond_signal(&q->nonempty);
+    }
+done:
+    pthread_mutex_unlock(&q->mutex);
+    return rc;
+}
+
 /* Absolute CLOCK_MONOTONIC deadline `timeout_ns` from now. */
 static struct timespec
 deadline_after(int64_t timeout_ns)

@@ -208,6 +208,11 @@ def function_pickle(func):
 _CODEC_MAGIC = b"\xb5pp1"
 
 
+def pickle_dumps(obj):
+    """The pickle fallback of the codec (the C core calls it for chunks)."""
+    return pickle.dumps(obj, 5)
+
+
 def dumps(obj):
     """Bytes for ``obj``: the core's codec for plain data, else pickle."""
     data = _core.encode(obj)

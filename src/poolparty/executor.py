@@ -3,7 +3,7 @@
 import itertools
 import threading
 import time
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, InvalidStateError
 
 from . import _engine
 
@@ -29,7 +29,30 @@ class _Future(Future):
         if not engine.cancel(job, 0):
             return False  # a worker has it (or its result is on the way)
         futures.pop(job, None)
-        return super().cancel()
+        cancel_unrun(self)
+        return True
+
+
+def cancel_unrun(future):
+    """Cancel a future whose task will never run, and tell its waiters.
+
+    Future.cancel() alone leaves it CANCELLED, which wait() and
+    as_completed() do not count as finished: the stdlib executors move it
+    on to CANCELLED_AND_NOTIFIED (waking those waiters) when a worker
+    dequeues it; no worker will see this one, so it is done here.
+    """
+    if Future.cancel(future):
+        _notify_cancelled(future)
+
+
+def _notify_cancelled(future):
+    with future._condition:
+        if future._state != "CANCELLED":
+            return  # not cancelled, or its waiters were told already
+    try:
+        future.set_running_or_notify_cancel()
+    except RuntimeError:
+        pass  # another thread told them in between
 
 
 class _Sink:
@@ -39,12 +62,18 @@ class _Sink:
 
     def deliver(self, job, index, ok, value):
         future = self.futures.pop(job, None)
-        if future is None or not future.set_running_or_notify_cancel():
+        if future is None:
             return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        # The future is PENDING: our cancel() only succeeds by taking the
+        # task off the queue, and then no result comes.  Only a direct
+        # Future.cancel() call can have got in first.
+        try:
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        except InvalidStateError:
+            _notify_cancelled(future)
 
     def broken(self, error):
         if self.broken_error is None:
@@ -91,25 +120,30 @@ class SubinterpreterPoolExecutor(Executor):
             name=f"SubinterpreterPoolExecutor-{id(self):x}",
         )
         self._finalizer = _engine.register_finalizer(self, self._runner, "drain")
+        self._engine = self._runner.engine
+        self._engine_submit = self._engine.submit
+        self._futures = self._sink.futures
 
     def _submit(self, kind, func, args):
         future = _Future()
+        try:
+            func_pickle, flag = _engine.function_pickle(func)
+            args_pickle = _engine.dumps(args)
+        except Exception as exc:
+            func_pickle, pickling_error = None, exc
         with self._shutdown_lock:
             if self._sink.broken_error is not None:
                 raise _engine.broken_again(self._sink.broken_error)
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            job = next(self._jobs)
-            future._pp_task = (self._runner.engine, job, self._sink.futures)
-            try:
-                func_pickle, flag = _engine.function_pickle(func)
-                args_pickle = _engine.dumps(args)
-            except Exception as exc:
+            if func_pickle is None:
                 # As ProcessPoolExecutor: the future carries the error.
-                future.set_exception(exc)
+                future.set_exception(pickling_error)
                 return future
-            self._sink.futures[job] = future
-            self._runner.submit(job, 0, kind | flag, func_pickle, args_pickle)
+            job = next(self._jobs)
+            future._pp_task = (self._engine, job, self._futures)
+            self._futures[job] = future
+            self._engine_submit(job, 0, kind | flag, func_pickle, args_pickle)
         return future
 
     def submit(self, fn, /, *args, **kwargs):
@@ -158,7 +192,7 @@ class SubinterpreterPoolExecutor(Executor):
             for job, _index in self._runner.discard_queued():
                 future = self._sink.futures.pop(job, None)
                 if future is not None:
-                    Future.cancel(future)  # already off the queue
+                    cancel_unrun(future)  # already off the queue
         self._runner.close()
         if wait:
             self._runner.join()

@@ -194,13 +194,38 @@ class SubinterpreterPool:
             _guard(error_callback, "error_callback"),
         )
         if chunksize:
-            items = iter(iterable)
-            for index in itertools.count():
-                chunk = list(itertools.islice(items, chunksize))
-                if not chunk:
-                    break
-                self._submit(result, index, kind, func, chunk)
+            self._submit_map(result, kind, func, iterable, chunksize)
         return result
+
+    def _submit_map(self, result, kind, func, items, chunksize):
+        """Queue a whole map at once: chunks are cut, encoded and queued in C.
+
+        As in _submit, a chunk that cannot be pickled fails its part of
+        the result (so map() raises that error) instead of raising here.
+        """
+        job = result._job
+        chunks = -(-len(items) // chunksize)
+        try:
+            func_pickle, flag = _engine.function_pickle(func)
+        except Exception as exc:
+            failures, refused_from = [(index, exc) for index in range(chunks)], None
+        else:
+            failures, refused_from = self._runner.engine.submit_map(
+                job, kind | flag, func_pickle, items, chunksize,
+                _engine.pickle_dumps,
+            )
+        if not failures and refused_from is None:
+            return
+        with self._runner.lock:
+            failed = set()
+            for index, exc in failures:
+                failed.add(index)
+                self._sink.deliver(job, index, False, exc)
+            if refused_from is not None:
+                error = self._not_running_error()
+                for index in range(refused_from, chunks):
+                    if index not in failed:
+                        self._sink.deliver(job, index, False, error)
 
     def imap(self, func, iterable, chunksize=1):
         """Like :meth:`map`, but lazily: returns an iterator of results in order.

@@ -10,6 +10,10 @@ library, the workloads and the suite's stdlib-only modules are imported.
 It prints one line, MARKER followed by a JSON object:
 
     wall_s    construction + map + shutdown of the pool, in seconds
+    map_s     the map alone, in seconds: the per-task time.  For the overhead
+              bench it follows a warm-up map of a few tasks (part of wall_s),
+              so that it is the cost of a task on a started pool, also for
+              executors that start their workers at the first task.
     cpu_s     user + system CPU time over that span, of this process (all its
               threads and interpreters) and of its children that exited
     sampler_s time spent starting and stopping the GIL sampler, taken out
@@ -106,7 +110,13 @@ def run_workload(bench, mode, workers, scale, sample_gil=True):
                 sampler = NullSampler("not sampled (--no-gil)")
             sampler.start()
         try:
+            if bench == "overhead":
+                warm_up = inputs[:2 * max(1, workers)]
+                if runner.map(workload.task, warm_up) != warm_up:
+                    raise RuntimeError("the warm-up map returned wrong results")
+            map_t0 = time.perf_counter()
             results = runner.map(workload.task, inputs)
+            map_s = time.perf_counter() - map_t0
         finally:
             with aside:
                 gil = sampler.stop()
@@ -119,6 +129,7 @@ def run_workload(bench, mode, workers, scale, sample_gil=True):
         "wall_s": wall,
         "cpu_s": cpu,
         "sampler_s": aside.wall,
+        "map_s": map_s,
         "tasks": len(inputs),
         "correct": bool(workload.check(inputs, results)),
         "gil": gil,

@@ -271,7 +271,7 @@ def probe_unavailable(cells, log_fn=log):
     from . import pythons
     import subprocess
 
-    needs_probe = ("interp", "interp2", "interp-futures", "loky")
+    needs_probe = ("interp", "interp2", "interp-executor", "interp-futures", "loky")
     reasons = {}
     seen = set()
     for cell in cells:

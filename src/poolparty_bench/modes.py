@@ -21,6 +21,7 @@ DEFAULT_BUILD_MODES = (
     "futures",
     "subprocess",
     "process-futures",
+    "interp-executor",
     "interp-futures",
     "loky",
 )
@@ -42,6 +43,7 @@ DESCRIPTIONS = {
     "futures": "concurrent.futures.ThreadPoolExecutor.map",
     "subprocess": 'multiprocessing.get_context("spawn").Pool.map',
     "process-futures": "concurrent.futures.ProcessPoolExecutor (spawn)",
+    "interp-executor": "poolparty.SubinterpreterPoolExecutor.map (a submit per task)",
     "interp-futures": "concurrent.futures.InterpreterPoolExecutor (3.14+)",
     "loky": "loky.get_reusable_executor().map",
     "nogil-sequential": "sequential, on a free-threaded build",
@@ -108,6 +110,12 @@ def _open_interp(workers, dispatch):
     return PoolRunner(poolparty.SubinterpreterPool(workers, dispatch=dispatch))
 
 
+def _open_interp_executor(workers):
+    import poolparty
+
+    return ExecutorRunner(poolparty.SubinterpreterPoolExecutor(workers))
+
+
 def _open_thread(workers):
     from multiprocessing.pool import ThreadPool
 
@@ -160,6 +168,7 @@ _OPENERS = {
     "futures": _open_futures,
     "subprocess": _open_subprocess,
     "process-futures": _open_process_futures,
+    "interp-executor": _open_interp_executor,
     "interp-futures": _open_interp_futures,
     "loky": _open_loky,
     "nogil-sequential": SequentialRunner,
@@ -233,7 +242,7 @@ def unavailable_reason(mode):
     if free_threaded:
         return "runs only on a default (GIL) build"
     try:
-        if mode in ("interp", "interp2"):
+        if mode in ("interp", "interp2", "interp-executor"):
             import poolparty
 
             if not hasattr(poolparty, "SubinterpreterPool"):

@@ -87,6 +87,56 @@ test_queue_fifo(void)
     pp_queue_free(q);
 }
 
+/* A chain lands after what was queued, in order, counted; a closed
+ * queue refuses it whole and leaves it to the caller. */
+static void
+test_queue_push_chain(void)
+{
+    pp_queue *q;
+    ASSERT_EQ(pp_queue_new(&q), PP_OK);
+    ASSERT_EQ(pp_queue_push_chain(q, NULL, 0), PP_OK);
+    ASSERT_EQ(pp_queue_push(q, msg(0, 0)), PP_OK);
+    pp_msg *first = NULL, *last = NULL;
+    for (uint64_t i = 1; i <= 5; i++) {
+        pp_msg *m = msg(i, i);
+        if (last == NULL) {
+            first = m;
+        }
+        else {
+            last->next = m;
+        }
+        last = m;
+    }
+    ASSERT_EQ(pp_queue_push_chain(q, first, 5), PP_OK);
+    ASSERT_EQ(pp_queue_length(q), 6);
+    /* The tail moved to the chain's end: a push lands after it. */
+    ASSERT_EQ(pp_queue_push(q, msg(6, 6)), PP_OK);
+    for (uint64_t i = 0; i <= 6; i++) {
+        pp_msg *m;
+        ASSERT_EQ(pp_queue_pop(q, 0, &m), PP_OK);
+        ASSERT_EQ(m->job, i);
+        pp_msg_free(m);
+    }
+    ASSERT_EQ(pp_queue_length(q), 0);
+    /* Into an empty queue, then refused once closed. */
+    first = msg(7, 0);
+    first->next = msg(7, 1);
+    ASSERT_EQ(pp_queue_push_chain(q, first, 2), PP_OK);
+    pp_queue_close(q);
+    pp_msg *refused = msg(8, 0);
+    refused->next = msg(8, 1);
+    ASSERT_EQ(pp_queue_push_chain(q, refused, 2), PP_ECLOSED);
+    pp_msg_free_chain(refused); /* still the caller's */
+    pp_msg *chain;
+    size_t count = 0;
+    ASSERT_EQ(pp_queue_pop_all(q, 0, &chain, &count), PP_OK);
+    ASSERT_EQ(count, 2);
+    ASSERT_EQ(chain->index, 0);
+    ASSERT_EQ(chain->next->index, 1);
+    pp_msg_free_chain(chain);
+    pp_queue_free(q);
+}
+
 static void
 test_queue_timeout(void)
 {
@@ -311,6 +361,7 @@ static const struct {
 } TESTS[] = {
     {"msg", test_msg},
     {"queue_fifo", test_queue_fifo},
+    {"queue_push_chain", test_queue_push_chain},
     {"queue_timeout", test_queue_timeout},
     {"queue_close", test_queue_close},
     {"queue_remove", test_queue_remove},

@@ -140,7 +140,7 @@ def test_plan_cells():
         assert cell["mode"].startswith("nogil-") == on_nogil
     interp = [c["workers"] for c in fib if c["mode"] == "interp"]
     assert interp == [2, 16]
-    assert len(fib) == 1 + 8 * 2 + 1 + 2 * 2
+    assert len(fib) == 1 + 9 * 2 + 1 + 2 * 2
     # startup has nothing to start in a sequential mode.
     startup = [c for c in cells if c["bench"] == "startup"]
     assert startup and not any(c["mode"] in modes.SEQUENTIAL_MODES
@@ -177,6 +177,16 @@ def test_aggregate_min_median_max():
     assert rec["us_per_task"] == pytest.approx(2.0e6 / 64)
     assert rec["correct"] is True and rec["status"] == "ok"
     assert rec["error"] is None and rec["speedup"] is None
+
+
+def test_us_per_task_comes_from_the_map_alone_when_measured():
+    # The wall includes starting and stopping the pool; the per-task
+    # figure is the map's median time over the tasks.
+    runs = [dict(run(3.0), map_s=0.5), dict(run(1.0), map_s=0.1),
+            dict(run(2.0), map_s=0.2)]
+    rec = results.aggregate(dict(CELL, bench="overhead"), runs, cores=2)
+    assert rec["wall_s_median"] == 2.0
+    assert rec["us_per_task"] == pytest.approx(0.2e6 / 64)
 
 
 def test_aggregate_wrong_and_failed_repeats():
@@ -366,6 +376,21 @@ def test_cell_reports_one_json_line(child_env):
     assert done.returncode == 0, done.stderr
     assert out["tasks"] == 0 and out["correct"] is True
     assert out["wall_s"] > 0 and out["cpu_s"] >= 0
+
+
+@pytest.mark.parametrize("mode", ["interp", "interp-executor"])
+def test_overhead_cell_times_the_map_on_a_started_pool(child_env, mode):
+    done = subprocess.run(
+        pythons.cell_command(sys.executable, "--bench", "overhead",
+                             "--mode", mode, "--workers", "2",
+                             "--scale", "0.01", "--no-gil"),
+        env=child_env, capture_output=True, text=True, timeout=120)
+    out = pythons.read_cell_output(done.stdout)
+    assert done.returncode == 0, done.stderr
+    assert out["tasks"] == 200 and out["correct"] is True
+    # The map alone: shorter than the wall, which also starts the pool,
+    # warms it up and stops it.
+    assert 0 < out["map_s"] < out["wall_s"]
 
 
 def test_cell_reports_errors(child_env):

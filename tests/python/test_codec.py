@@ -2,6 +2,7 @@
 and a clean fallback (None) for anything it does not handle."""
 
 import math
+import sys
 import pickle
 
 import pytest
@@ -116,3 +117,16 @@ def test_results_through_the_pool_keep_sharing_and_fall_back():
         big = pool.apply(bytes, (10_000_000,))
         assert len(big) == 10_000_000 and not any(big[:100])
         assert pickle.loads(pickle.dumps(shared)) == shared
+
+
+def test_repeated_item_holds_one_reference_per_slot():
+    # REPEATs add their references in one step: the count must still be
+    # exact, or the object leaks (too many) or is freed while in use.
+    value = core.decode(core.encode([2.5e300] * 3))[0]
+    decoded = core.decode(core.encode([1.5e300] * 1000 + [(1, 2)] * 3))
+    item = decoded[0]
+    base = sys.getrefcount(value)  # one decoded object in one variable
+    assert sys.getrefcount(item) == base + 1000
+    assert decoded[-1] is decoded[-3]
+    del decoded
+    assert sys.getrefcount(item) == base

@@ -288,6 +288,34 @@ def test_cancel_running_future_returns_false(make_executor, gate, tmp_path):
     assert running.result(timeout=60) == "ran"
 
 
+@pytest.mark.parametrize("how", ["cancel()", "shutdown(cancel_futures=True)"])
+def test_cancelled_futures_finish_for_wait_and_as_completed(
+        make_executor, gate, tmp_path, how):
+    # wait() and as_completed() count a future as finished only once its
+    # waiters were told (CANCELLED_AND_NOTIFIED); a cancelled future whose
+    # task never reaches a worker must still get there, or they block.
+    ex = make_executor(1)
+    started = str(tmp_path / "started")
+    blocker = ex.submit(tasks.signal_and_wait, started, gate, "blocker")
+    wait_until_exists(started)
+    queued = [ex.submit(tasks.square, i) for i in range(5)]
+    if how == "cancel()":
+        assert all(f.cancel() for f in queued)
+    else:
+        ex.shutdown(wait=False, cancel_futures=True)
+    assert all(f.cancelled() for f in queued)
+    done, not_done = concurrent.futures.wait(queued, timeout=10)
+    assert done == set(queued) and not not_done
+    assert set(concurrent.futures.as_completed(queued, timeout=10)) == set(queued)
+    # The running one still blocks wait(FIRST_COMPLETED) over all of them
+    # only until a cancelled one counts: that is at once.
+    done, _ = concurrent.futures.wait([blocker] + queued, timeout=10,
+                                      return_when=concurrent.futures.FIRST_COMPLETED)
+    assert done and blocker not in done
+    open(gate, "w").close()
+    assert blocker.result(timeout=60) == "blocker"
+
+
 # --- failing initializer ----------------------------------------------------------------
 
 @pytest.mark.timeout(120)

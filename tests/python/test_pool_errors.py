@@ -204,3 +204,40 @@ def test_failing_initializer_raises_in_caller(make_pool, call):
         else:
             pool.apply(tasks.square, (3,))
     assert "initializer exploded 5150" in _chain_text(excinfo.value)
+
+
+# --- a whole map queued at once (Engine.submit_map) -----------------------------------------
+
+class _InterruptsPickling:
+    """Pickling it raises KeyboardInterrupt, as a Ctrl-C in the middle of map()."""
+
+    def __reduce__(self):
+        raise KeyboardInterrupt
+
+
+def test_pickling_error_in_one_chunk_of_many_fails_the_map(pool):
+    # More chunks than one lock round takes (64), an unpicklable item in
+    # the middle: map raises its error, and nothing is lost or hung.
+    items = list(range(300))
+    items[150] = threading.Lock()
+    with pytest.raises(PICKLING_ERRORS):
+        pool.map(tasks.identity, items, chunksize=1)
+    assert pool.map(tasks.identity, range(300), chunksize=1) == list(range(300))
+
+
+@pytest.mark.parametrize("chunksize", [1, 7, 1000])
+def test_keyboard_interrupt_while_pickling_propagates_and_pool_stays_usable(
+        pool, chunksize):
+    items = [1] * 100 + [_InterruptsPickling()] + [2] * 100
+    with pytest.raises(KeyboardInterrupt):
+        pool.map(tasks.identity, items, chunksize=chunksize)
+    assert_pool_still_works(pool)
+
+
+def test_map_after_the_engine_stopped_fails_every_chunk(pool):
+    # The race where terminate() (from another thread) stops the engine
+    # between map()'s state check and its queueing: the map must fail with
+    # a clear error, not hang waiting for chunks that were refused.
+    pool._runner.engine.close()
+    with pytest.raises(Exception, match="stopped before this task was queued"):
+        pool.map(tasks.identity, range(200), chunksize=1)
