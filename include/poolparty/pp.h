@@ -140,6 +140,9 @@ int pp_queue_pop_all(pp_queue *q, int64_t timeout_ns, pp_msg **out,
 void pp_queue_close(pp_queue *q);
 /* Remove and return every queued message as a chain (NULL if none). */
 pp_msg *pp_queue_drain(pp_queue *q);
+/* Remove every queued message of this job; returns them as a chain in
+ * FIFO order (NULL if none). */
+pp_msg *pp_queue_remove_job(pp_queue *q, uint64_t job);
 /* Remove the queued message with this (job, index) into *out.
  * PP_OK or PP_ENOTFOUND (it was never queued or a worker took it). */
 int pp_queue_remove(pp_queue *q, uint64_t job, uint64_t index,

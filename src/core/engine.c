@@ -527,6 +527,13 @@ pp__engine_cancel(pp_engine *e, uint64_t job, uint64_t index)
     return rc;
 }
 
+/* Any GIL or none.  The removed tasks, as a chain the caller frees. */
+pp_msg *
+pp__engine_cancel_job(pp_engine *e, uint64_t job)
+{
+    return pp_queue_remove_job(e->tasks, job);
+}
+
 /* Needs: no tstate. */
 int
 pp__engine_join(pp_engine *e, int64_t timeout_ns)

@@ -201,6 +201,9 @@ pp_msg *pp__engine_discard(pp_engine *e);
 /* Remove a queued, not yet started task.  PP_OK (the task will never
  * run) or PP_ENOTFOUND. */
 int pp__engine_cancel(pp_engine *e, uint64_t job, uint64_t index);
+/* Remove every queued, not yet started task of a job; returns them as
+ * a chain for the caller to free (NULL if none). */
+pp_msg *pp__engine_cancel_job(pp_engine *e, uint64_t job);
 
 /* Wait up to timeout_ns for every worker to exit.  PP_OK or
  * PP_ETIMEDOUT; PP_ESTATE if the engine was never told to stop.

@@ -267,6 +267,46 @@ pp_queue_remove(pp_queue *q, uint64_t job, uint64_t index, pp_msg **out)
     return rc;
 }
 
+/* Takes q->mutex.  One pass, however many of the job's messages are
+ * queued: closing a long map early removes them all at once. */
+pp_msg *
+pp_queue_remove_job(pp_queue *q, uint64_t job)
+{
+    pp_msg *removed = NULL, *removed_tail = NULL;
+    pthread_mutex_lock(&q->mutex);
+    pp_msg *prev = NULL;
+    pp_msg *m = q->head;
+    while (m != NULL) {
+        pp_msg *next = m->next;
+        if (m->job != job) {
+            prev = m;
+            m = next;
+            continue;
+        }
+        if (prev == NULL) {
+            q->head = next;
+        }
+        else {
+            prev->next = next;
+        }
+        if (q->tail == m) {
+            q->tail = prev;
+        }
+        q->length--;
+        m->next = NULL;
+        if (removed_tail == NULL) {
+            removed = m;
+        }
+        else {
+            removed_tail->next = m;
+        }
+        removed_tail = m;
+        m = next;
+    }
+    pthread_mutex_unlock(&q->mutex);
+    return removed;
+}
+
 /* Takes q->mutex. */
 size_t
 pp_queue_length(pp_queue *q)

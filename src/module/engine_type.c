@@ -407,6 +407,17 @@ engine_cancel(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                            PP_OK);
 }
 
+/* cancel_job(job) -> [(job, index), ...] of the queued tasks removed. */
+static PyObject *
+engine_cancel_job(PyObject *self, PyObject *arg)
+{
+    uint64_t job;
+    if (pp__as_u64(arg, &job) < 0) {
+        return NULL;
+    }
+    return dropped_list(pp__engine_cancel_job(ENGINE(self), job));
+}
+
 /* join(timeout=None) -> True once every worker has exited. */
 static PyObject *
 engine_join(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -506,6 +517,9 @@ static PyMethodDef engine_methods[] = {
      "running tasks and the workers carry on."},
     {"cancel", (PyCFunction)(void (*)(void))engine_cancel, METH_FASTCALL,
      "cancel(job, index): remove a queued task; True if it will not run."},
+    {"cancel_job", engine_cancel_job, METH_O,
+     "cancel_job(job): remove every queued task of a job; returns their "
+     "(job, index) pairs."},
     {"join", (PyCFunction)(void (*)(void))engine_join, METH_FASTCALL,
      "join(timeout=None): wait for all workers to exit; False on timeout."},
     {"answer_import", engine_answer_import, METH_O,

@@ -3,7 +3,8 @@
 import itertools
 import threading
 import time
-from concurrent.futures import Executor, Future, InvalidStateError
+import weakref
+from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 
 from . import _engine
 
@@ -55,14 +56,61 @@ def _notify_cancelled(future):
         pass  # another thread told them in between
 
 
+class _MapResults:
+    """The chunks of one Executor.map, as they complete, taken in order.
+
+    Written by the collector thread, read by the thread iterating the
+    map (a generator: one thread at a time).
+    """
+
+    __slots__ = ("_cond", "_done", "_waiting_for", "__weakref__")
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._done = {}
+        self._waiting_for = None
+
+    def put(self, index, ok, value):
+        # Lock-free unless the reader waits for this very chunk: the
+        # reader announces it under the lock and only then checks _done,
+        # so either it sees this entry or we see its announcement.
+        self._done[index] = (ok, value)
+        if index == self._waiting_for:
+            with self._cond:
+                self._cond.notify()
+
+    def take(self, index, timeout):
+        """``(ok, value)`` of chunk ``index``; TimeoutError after ``timeout`` s."""
+        done = self._done.pop(index, None)
+        if done is not None:
+            return done
+        with self._cond:
+            if index not in self._done:
+                self._waiting_for = index
+                try:
+                    if not self._cond.wait_for(lambda: index in self._done,
+                                               timeout):
+                        raise TimeoutError
+                finally:
+                    self._waiting_for = None
+            return self._done.pop(index)
+
+
 class _Sink:
     def __init__(self):
         self.futures = {}
+        # The results of maps still being iterated.  Weak: a map's
+        # iterator dropped unstarted never runs its finally, and its
+        # results must not pile up here.
+        self.maps = weakref.WeakValueDictionary()
         self.broken_error = None
 
     def deliver(self, job, index, ok, value):
         future = self.futures.pop(job, None)
         if future is None:
+            results = self.maps.get(job)
+            if results is not None:
+                results.put(index, ok, value)
             return
         # The future is PENDING: our cancel() only succeeds by taking the
         # task off the queue, and then no result comes.  Only a direct
@@ -155,33 +203,63 @@ class SubinterpreterPoolExecutor(Executor):
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         """Like ``map(fn, *iterables)``, computed by the workers.
 
-        Items are sent ``chunksize`` at a time (one task per chunk);
-        results are yielded in order.  ``timeout`` (seconds, for the
-        whole iteration, from this call) raises TimeoutError when
-        exceeded; the remaining chunks are then cancelled.
+        Items are sent ``chunksize`` at a time (one task per chunk), all
+        queued by one call into the core; results are yielded in order.
+        ``timeout`` (seconds, for the whole iteration, from this call)
+        raises TimeoutError when exceeded.  When the iteration ends early
+        (an exception, a timeout, or the iterator closed) the chunks not
+        yet started are cancelled.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
-        args = zip(*iterables)
-        futures = []
-        while chunk := list(itertools.islice(args, chunksize)):
-            futures.append(self._submit(_engine.TASK_STARMAP, fn, chunk))
+        items = list(zip(*iterables))
+        chunks = -(-len(items) // chunksize)
+        results = _MapResults()
+        try:
+            func_pickle, flag = _engine.function_pickle(fn)
+        except Exception as exc:
+            func_pickle, pickling_error = None, exc
+        with self._shutdown_lock:
+            if self._sink.broken_error is not None:
+                raise _engine.broken_again(self._sink.broken_error)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            job = next(self._jobs)
+            self._sink.maps[job] = results
+        if func_pickle is None:
+            # As ProcessPoolExecutor: the error comes out of the iteration.
+            failures, refused_from = [(0, pickling_error)], None
+        else:
+            # Outside the lock: pickling the items runs their Python code.
+            failures, refused_from = self._engine.submit_map(
+                job, _engine.TASK_STARMAP | flag, func_pickle, items,
+                chunksize, _engine.pickle_dumps)
+        for index, exc in failures:
+            results.put(index, False, exc)
+        if refused_from is not None:
+            # shutdown() or a broken pool got in since the check above.
+            error = self._sink.broken_error or RuntimeError(
+                "the executor was shut down before this chunk was queued")
+            failed = {index for index, _exc in failures}
+            for index in range(refused_from, chunks):
+                if index not in failed:
+                    results.put(index, False, error)
+        return self._map_results(job, results, chunks, end_time)
 
-        def results():
-            try:
-                futures.reverse()
-                while futures:
-                    future = futures.pop()
-                    if end_time is None:
-                        yield from future.result()
-                    else:
-                        yield from future.result(end_time - time.monotonic())
-            finally:
-                for future in futures:
-                    future.cancel()
-
-        return results()
+    def _map_results(self, job, results, chunks, end_time):
+        try:
+            for index in range(chunks):
+                if end_time is None:
+                    ok, value = results.take(index, None)
+                else:
+                    ok, value = results.take(index, end_time - time.monotonic())
+                if not ok:
+                    raise value
+                yield from value
+        finally:
+            self._engine.cancel_job(job)
+            self._sink.maps.pop(job, None)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """No more submissions; optionally cancel queued futures; optionally wait."""
@@ -189,10 +267,14 @@ class SubinterpreterPoolExecutor(Executor):
             self._shutdown = True
         if cancel_futures:
             # Only what never reached a worker, as ThreadPoolExecutor does.
-            for job, _index in self._runner.discard_queued():
+            for job, index in self._runner.discard_queued():
                 future = self._sink.futures.pop(job, None)
                 if future is not None:
                     cancel_unrun(future)  # already off the queue
+                    continue
+                results = self._sink.maps.get(job)
+                if results is not None:  # a chunk of a map
+                    results.put(index, False, CancelledError())
         self._runner.close()
         if wait:
             self._runner.join()

@@ -137,6 +137,39 @@ test_queue_push_chain(void)
     pp_queue_free(q);
 }
 
+/* Every queued message of one job goes, in order, the rest stay in
+ * order, and the tail is right for the next push. */
+static void
+test_queue_remove_job(void)
+{
+    pp_queue *q;
+    ASSERT_EQ(pp_queue_new(&q), PP_OK);
+    ASSERT(pp_queue_remove_job(q, 1) == NULL);
+    for (uint64_t i = 0; i < 10; i++) {
+        ASSERT_EQ(pp_queue_push(q, msg(i % 3 == 0 ? 7 : 8, i)), PP_OK);
+    }
+    pp_msg *removed = pp_queue_remove_job(q, 7); /* 0, 3, 6, 9: the tail */
+    uint64_t expect[] = {0, 3, 6, 9};
+    size_t n = 0;
+    for (pp_msg *m = removed; m != NULL; m = m->next) {
+        ASSERT_EQ(m->job, 7);
+        ASSERT_EQ(m->index, expect[n++]);
+    }
+    ASSERT_EQ(n, 4);
+    pp_msg_free_chain(removed);
+    ASSERT_EQ(pp_queue_length(q), 6);
+    ASSERT_EQ(pp_queue_push(q, msg(9, 10)), PP_OK);
+    uint64_t left[] = {1, 2, 4, 5, 7, 8, 10};
+    for (size_t i = 0; i < 7; i++) {
+        pp_msg *m;
+        ASSERT_EQ(pp_queue_pop(q, 0, &m), PP_OK);
+        ASSERT_EQ(m->index, left[i]);
+        pp_msg_free(m);
+    }
+    ASSERT_EQ(pp_queue_length(q), 0);
+    pp_queue_free(q);
+}
+
 static void
 test_queue_timeout(void)
 {
@@ -362,6 +395,7 @@ static const struct {
     {"msg", test_msg},
     {"queue_fifo", test_queue_fifo},
     {"queue_push_chain", test_queue_push_chain},
+    {"queue_remove_job", test_queue_remove_job},
     {"queue_timeout", test_queue_timeout},
     {"queue_close", test_queue_close},
     {"queue_remove", test_queue_remove},

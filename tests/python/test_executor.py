@@ -5,6 +5,7 @@ POOLPARTY_TEST_REFERENCE=1.
 """
 
 import concurrent.futures
+import os
 import pickle
 import threading
 
@@ -162,6 +163,108 @@ def test_map_timeout_is_concurrent_futures_timeout(executor, gate):
     with pytest.raises(concurrent.futures.TimeoutError):
         list(it)
     open(gate, "w").close()
+
+
+def _blocked_with_queued_map(make_executor, gate, tmp_path, items=50):
+    """One worker busy until the gate opens, and a map queued behind it."""
+    ex = make_executor(1)
+    started = str(tmp_path / "started")
+    blocker = ex.submit(tasks.signal_and_wait, started, gate, "blocker")
+    wait_until_exists(started)
+    it = ex.map(tasks.record_and_return, [str(tmp_path)] * items, range(items))
+    assert ex._runner.engine.pending == items
+    return ex, blocker, it
+
+
+def _ran(tmp_path):
+    """The values record_and_return was called with."""
+    return sorted(int(p.name[4:]) for p in tmp_path.iterdir()
+                  if p.name.startswith("ran-"))
+
+
+def test_map_closed_early_cancels_its_queued_chunks(make_executor, gate, tmp_path):
+    ex = make_executor(1)
+    open_gate = str(tmp_path / "open")
+    open(open_gate, "w").close()
+    started = [str(tmp_path / f"started-{i}") for i in range(30)]
+    # Item 0 returns at once, item 1 holds the only worker until the gate
+    # opens, items 2.. wait in the queue.
+    releases = [open_gate, gate] + [open_gate] * 28
+    it = ex.map(tasks.signal_and_wait, started, releases, range(30))
+    assert next(it) == 0
+    wait_until_exists(started[1])
+    assert ex._runner.engine.pending == 28
+    it.close()
+    assert ex._runner.engine.pending == 0
+    open(gate, "w").close()
+    assert_executor_still_works(ex)
+    assert [i for i, path in enumerate(started) if os.path.exists(path)] == [0, 1]
+
+
+def test_map_never_iterated_still_runs(make_executor, gate, tmp_path):
+    # As with ThreadPoolExecutor: what map() queued runs, even if nobody
+    # iterates (closing an unstarted generator does not run its cleanup).
+    ex, blocker, it = _blocked_with_queued_map(make_executor, gate, tmp_path)
+    it.close()
+    open(gate, "w").close()
+    assert blocker.result(timeout=60) == "blocker"
+    ex.shutdown(wait=True)
+    assert _ran(tmp_path) == list(range(50))
+
+
+def test_map_timeout_cancels_the_chunks_not_started(make_executor, gate, tmp_path):
+    ex = make_executor(1)
+    started = str(tmp_path / "started")
+    blocker = ex.submit(tasks.signal_and_wait, started, gate, "blocker")
+    wait_until_exists(started)
+    it = ex.map(tasks.record_and_return, [str(tmp_path)] * 30, range(30),
+                timeout=0.2)
+    with pytest.raises(TimeoutError):
+        next(it)
+    # The generator's cleanup ran with the exception: the queue is empty.
+    assert ex._runner.engine.pending == 0
+    open(gate, "w").close()
+    assert blocker.result(timeout=60) == "blocker"
+    assert_executor_still_works(ex)
+    assert _ran(tmp_path) == []
+
+
+def test_map_chunks_cancelled_by_shutdown_raise_cancelled_error(
+        make_executor, gate, tmp_path):
+    ex, blocker, it = _blocked_with_queued_map(make_executor, gate, tmp_path)
+    ex.shutdown(wait=False, cancel_futures=True)
+    open(gate, "w").close()
+    with pytest.raises(concurrent.futures.CancelledError):
+        next(it)
+    assert blocker.result(timeout=60) == "blocker"
+
+
+def test_map_after_shutdown_raises(make_executor):
+    ex = make_executor(1)
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.map(tasks.square, range(3))
+
+
+def test_map_unpicklable_function_or_item_raises_when_iterated(executor):
+    it = executor.map(lambda x: x, range(3))
+    with pytest.raises(PICKLING_ERRORS):
+        next(it)
+    it = executor.map(tasks.identity, [1, threading.Lock(), 3])
+    assert next(it) == 1
+    with pytest.raises(PICKLING_ERRORS):
+        next(it)
+    assert_executor_still_works(executor)
+
+
+def test_map_results_do_not_pile_up_when_the_iterator_is_dropped(executor):
+    import gc
+
+    for _ in range(5):
+        executor.map(tasks.square, range(100))  # never iterated
+    gc.collect()
+    assert list(executor.map(tasks.square, range(3))) == [0, 1, 4]
+    assert len(executor._sink.maps) == 0
 
 
 # --- as_completed / wait ----------------------------------------------------------------
