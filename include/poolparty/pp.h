@@ -49,8 +49,9 @@ const char *pp_strerror(int code);
 /* ---- messages ----------------------------------------------------- */
 
 /* What a task message asks a worker to do.  A task's data is two
- * pickles back to back: the function (func_size bytes), then its
- * arguments. */
+ * encodings back to back: the function (func_size bytes: a pickle, or a
+ * name with PP_TASK_FUNC_BY_NAME), then its arguments (codec or
+ * pickle). */
 typedef enum {
     PP_TASK_CALL = 1,    /* func; (args, kwargs)  -> func(*args, **kwargs) */
     PP_TASK_MAP = 2,     /* func; items           -> [func(x) for x]      */
@@ -62,6 +63,11 @@ typedef enum {
      * this flag every task unpickles its own copy, as multiprocessing
      * does. */
     PP_TASK_REUSE_FUNC = 0x100,
+    /* The function bytes are not a pickle but "module\0qualname", what a
+     * by-reference pickle holds: the worker imports the module and
+     * follows the name, as unpickling would, without the pickle module.
+     * Set together with PP_TASK_REUSE_FUNC. */
+    PP_TASK_FUNC_BY_NAME = 0x200,
 } pp_task_kind;
 
 /* How a task ended; the kind of a completion message. */

@@ -30,7 +30,8 @@
 typedef struct pp_boot {
     char *sys_path;          /* NUL-terminated entries, back to back */
     size_t sys_path_size;    /* bytes in sys_path, all terminators included */
-    unsigned char *payload;  /* pickle given to poolparty._worker.bootstrap */
+    unsigned char *payload;  /* codec data: poolparty._worker.bootstrap's
+                                argument */
     size_t payload_size;
 } pp_boot;
 
@@ -84,12 +85,14 @@ typedef struct pp_interp {
     PyThreadState *home;          /* created with the interpreter, bound
                                      to the OS thread that created it */
     pthread_t home_thread;
+    /* loads, dumps, protocol: NULL until a task first needs pickle. */
     PyObject *loads;              /* pickle.loads          (sub GIL) */
     PyObject *dumps;              /* pickle.dumps          (sub GIL) */
     PyObject *protocol;           /* int 5                 (sub GIL) */
     PyObject *encode_error;       /* _worker.encode_error  (sub GIL) */
     PyObject *call_in_frame;      /* _worker.call_in_frame (sub GIL) */
     PyObject *map_in_frame;       /* _worker.map_in_frame  (sub GIL) */
+    PyObject *resolve_function;   /* _worker.resolve_function (sub GIL) */
     /* The last by-reference function unpickled here, kept with its
      * pickle so that the tasks of one map() unpickle it once. */
     PyObject *func;               /* (sub GIL) */
@@ -99,7 +102,7 @@ typedef struct pp_interp {
 } pp_interp;
 
 /* Create an isolated subinterpreter with its own GIL, set its sys.path,
- * import poolparty._worker and run _worker.bootstrap(boot->payload).
+ * import poolparty._worker and run _worker.bootstrap(decoded payload).
  *
  * Needs: no tstate.  On PP_OK returns with the new interpreter's home
  * thread state attached (sub GIL held) and *out owned by the caller.

@@ -37,6 +37,7 @@ TASK_CALL = _core.PP_TASK_CALL
 TASK_MAP = _core.PP_TASK_MAP
 TASK_STARMAP = _core.PP_TASK_STARMAP
 REUSE_FUNC = _core.PP_TASK_REUSE_FUNC
+FUNC_BY_NAME = _core.PP_TASK_FUNC_BY_NAME
 
 # How often a waiting join() wakes to let Ctrl-C through; the C wait
 # itself cannot see signals.
@@ -153,10 +154,11 @@ def _main_info():
 
 
 def boot_payload(initializer, initargs):
-    """The pickle given to poolparty._worker.bootstrap in each worker.
+    """What poolparty._worker.bootstrap gets in each worker, as codec data.
 
-    Raises (in the caller, before any worker starts) if the initializer
-    or its arguments cannot be pickled.
+    The codec, not pickle: a worker then starts without importing the
+    pickler.  Raises (in the caller, before any worker starts) if the
+    initializer or its arguments cannot be pickled.
     """
     init = None
     if initializer is not None:
@@ -164,7 +166,10 @@ def boot_payload(initializer, initargs):
             raise TypeError("initializer must be a callable")
         init = pickle.dumps((initializer, tuple(initargs)), 5)
     path, modname = _main_info()
-    return pickle.dumps((path, modname, init), 5)
+    # The path as bytes: a str from undecodable file-name bytes holds
+    # surrogates, which the codec (plain UTF-8) refuses.
+    path = None if path is None else os.fsencode(path)
+    return _core.encode((path, modname, init))
 
 
 # Functions pickled by reference (module-level functions, module-level
@@ -177,32 +182,66 @@ _FUNC_PICKLES_MAX = 256
 def _by_reference(func):
     if isinstance(func, (types.FunctionType, type)):
         return True
+    return _module_builtin(func)
+
+
+def _module_builtin(func):
     # A builtin bound to an object ([].append) pickles that object by value.
     return isinstance(func, types.BuiltinFunctionType) and isinstance(
         getattr(func, "__self__", None), types.ModuleType)
 
 
-def function_pickle(func):
-    """``(pickle, flag)`` for a task's function; the pickle may raise.
+def _name_reference(func):
+    """``b"module\\0qualname"`` for a function that pickles by reference, or None.
 
-    The flag is REUSE_FUNC when the pickle is by reference, telling the
-    worker that it may keep the unpickled function for the next task with
-    the same bytes; objects pickled by value (partials, callables with
-    state) are unpickled afresh for every task, as multiprocessing does.
+    The worker resolves it as unpickling would (import, then attributes),
+    without importing the pickler.  Only plain functions and module
+    builtins, whose pickle is exactly that name; only when the name leads
+    back to ``func`` here, which pickle.dumps has just checked too.
+    (Classes keep their pickle: a metaclass may change how they pickle.)
+    """
+    if not (isinstance(func, types.FunctionType) or _module_builtin(func)):
+        return None
+    qualname = getattr(func, "__qualname__", None) or func.__name__
+    module_name = pickle.whichmodule(func, qualname)
+    found = sys.modules.get(module_name)
+    try:
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except AttributeError:
+        return None
+    if found is not func:
+        return None
+    return (module_name + "\0" + qualname).encode("utf-8", "surrogatepass")
+
+
+def function_pickle(func):
+    """``(data, flags)`` for a task's function; may raise what pickling raises.
+
+    For a function pickled by reference the flags include REUSE_FUNC,
+    telling the worker that it may keep the object for the next task with
+    the same data, and, for plain functions and builtins, FUNC_BY_NAME:
+    the data is then just the name (see _name_reference).  Objects
+    pickled by value (partials, callables with state) are unpickled afresh
+    for every task, as multiprocessing does.
     """
     key = id(func)
     cached = _func_pickles.get(key)
     if cached is not None and cached[0] is func:
-        return cached[1], REUSE_FUNC
+        return cached[1], cached[2]
     data = pickle.dumps(func, 5)
     if not _by_reference(func):
         return data, 0
+    flags = REUSE_FUNC
+    name = _name_reference(func)
+    if name is not None:
+        data, flags = name, REUSE_FUNC | FUNC_BY_NAME
     if len(_func_pickles) >= _FUNC_PICKLES_MAX:
         _func_pickles.clear()
     # The entry keeps the function alive, so no other object can take
     # its id while the entry exists.
-    _func_pickles[key] = (func, data)
-    return data, REUSE_FUNC
+    _func_pickles[key] = (func, data, flags)
+    return data, flags
 
 
 _CODEC_MAGIC = b"\xb5pp1"

@@ -1,20 +1,20 @@
 """Code that runs inside every worker subinterpreter.
 
 The C core imports this module right after creating a worker's
-interpreter, calls :func:`bootstrap` once, and calls
-:func:`encode_error` whenever a task raises.  The hot path (unpickle,
-call, pickle) is in C; this module only holds the rare paths.
+interpreter, calls :func:`bootstrap` once, :func:`resolve_function`
+for a function that travels by name, and :func:`encode_error` whenever
+a task raises.  The hot path (decode, call, encode) is in C; this module
+only holds the rare paths.
 
 Keep the imports minimal: on CPython 3.12.1 an isolated subinterpreter
 that imported hashlib, ssl or asyncio makes the process abort at exit,
 and everything imported here is paid for by every worker's start-up.
+Even the pickler is imported only when something needs it (the C core
+does the same): tasks with a module-level function and plain data never
+do, and _pickle brings functools, collections and more.
 """
 
 import sys
-
-# The C pickler itself: the pure-Python `pickle` module would also import
-# re, struct and more into every worker.
-import _pickle as pickle
 
 # Set while a worker runs inside a poolparty subinterpreter: creating a
 # pool from inside a worker is refused (see poolparty._engine).
@@ -125,23 +125,53 @@ class _MainImportsFirst:
         return None
 
 
+def _pickle():
+    # The C pickler itself: the pure-Python `pickle` module would also
+    # import re, struct and more.
+    import _pickle
+
+    return _pickle
+
+
 def bootstrap(payload):
     """Prepare a fresh worker interpreter; called once by the C core.
 
-    ``payload`` is the pickle made by ``poolparty._engine.boot_payload``:
-    ``(main_path, main_modname, init_pickle)``.  Raising here fails
-    the worker's start, and the pool reports the error to the caller.
+    ``payload`` is ``(main_path, main_modname, init_pickle)`` (the path
+    file-system-encoded), made by ``poolparty._engine.boot_payload`` and
+    decoded by the core.  Raising
+    here fails the worker's start, and the pool reports the error to the
+    caller.
     """
     global IN_WORKER
     IN_WORKER = True
     if sys.version_info < (3, 13):
         sys.meta_path.insert(0, _MainImportsFirst())
-    main_path, main_modname, init_pickle = pickle.loads(payload)
+    main_path, main_modname, init_pickle = payload
+    if main_path is not None:
+        import os  # already imported by site, in practice
+
+        main_path = os.fsdecode(main_path)
     if main_path is not None or main_modname is not None:
         _install_main(main_path, main_modname)
     if init_pickle is not None:
-        initializer, initargs = pickle.loads(init_pickle)
+        initializer, initargs = _pickle().loads(init_pickle)
         initializer(*initargs)
+
+
+def resolve_function(reference):
+    """The object a by-name function reference (``b"module\\0qualname"``) names.
+
+    What unpickling a by-reference pickle of it does: import the module,
+    then follow the dotted qualified name (in ``__main__``, the parent's
+    script, run as ``__mp_main__`` on first use).
+    """
+    module_name, _, qualname = reference.decode(
+        "utf-8", "surrogatepass").partition("\0")
+    __import__(module_name)
+    found = sys.modules[module_name]
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
 
 
 def call_in_frame(func, args, kwargs):
@@ -195,6 +225,7 @@ def encode_error(exc, unpicklable_value=_MISSING):
     result could not be pickled: returns ``("unpicklable", repr(value),
     repr(exc))`` as multiprocessing's MaybeEncodingError wants.
     """
+    pickle = _pickle()
     if unpicklable_value is not _MISSING:
         return pickle.dumps(
             ("unpicklable", _safe_repr(unpicklable_value), _safe_repr(exc)), 5

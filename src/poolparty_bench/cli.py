@@ -13,7 +13,8 @@ import sys
 import time
 
 from . import modes
-from .modes import (ALL_MODES, DEFAULT_BUILD_MODES, FREE_THREADED_MODES,
+from .modes import (ALL_MODES, DEFAULT_BUILD_MODES, DEFAULT_RUN_MODES,
+                    EXTRA_MODES, FREE_THREADED_MODES,
                     SEQUENTIAL_MODES)
 
 DEFAULT_BENCHES = ("fib", "fib2", "nbody", "nbody_no_share", "raytrace",
@@ -110,9 +111,9 @@ def build_parser():
              f"{','.join(DEFAULT_BENCHES)}; also: overhead, startup)")
     parser.add_argument(
         "--mode", type=_mode_list, default=None, metavar="LIST",
-        help="comma-separated modes (default: all of them; the nogil-* "
-             "ones need a free-threaded Python). Modes: "
-             + ", ".join(ALL_MODES))
+        help="comma-separated modes (default: all of them but "
+             + ", ".join(EXTRA_MODES) + "; the nogil-* ones need a "
+             "free-threaded Python). Modes: " + ", ".join(ALL_MODES))
     parser.add_argument(
         "--workers", type=_workers_list, default=None, metavar="LIST",
         help="comma-separated worker counts (default: the CPU count and 16, "
@@ -159,7 +160,7 @@ def parse_args(argv=None):
     if args.workers is None:
         args.workers = default_workers()
     if args.mode is None:
-        args.mode = list(ALL_MODES)
+        args.mode = list(DEFAULT_RUN_MODES)
         args.mode_given = False
     else:
         args.mode_given = True
@@ -179,7 +180,8 @@ def scale_for(bench, args):
 
 def modes_for(interp, selected):
     """The selected modes that make sense on INTERP's build."""
-    own = FREE_THREADED_MODES if interp.free_threaded else DEFAULT_BUILD_MODES
+    own = (FREE_THREADED_MODES if interp.free_threaded
+           else DEFAULT_BUILD_MODES + EXTRA_MODES)
     return [m for m in selected if m in own]
 
 
@@ -271,7 +273,8 @@ def probe_unavailable(cells, log_fn=log):
     from . import pythons
     import subprocess
 
-    needs_probe = ("interp", "interp2", "interp-executor", "interp-futures", "loky")
+    needs_probe = ("interp", "interp2", "interp-executor", "interp-submit",
+                   "interp-futures", "loky")
     reasons = {}
     seen = set()
     for cell in cells:
@@ -454,7 +457,8 @@ def list_everything():
                          f"{_size(found[name], default_scale)}")
     lines.append("modes:")
     for mode in ALL_MODES:
-        lines.append(f"  {mode:16} {modes.DESCRIPTIONS[mode]}")
+        extra = "  [not in the default run]" if mode in EXTRA_MODES else ""
+        lines.append(f"  {mode:16} {modes.DESCRIPTIONS[mode]}{extra}")
     return "\n".join(lines)
 
 

@@ -26,7 +26,12 @@ DEFAULT_BUILD_MODES = (
     "loky",
 )
 FREE_THREADED_MODES = ("nogil-sequential", "nogil-thread", "nogil-futures")
-ALL_MODES = DEFAULT_BUILD_MODES + FREE_THREADED_MODES
+# What a run without --mode runs.
+DEFAULT_RUN_MODES = DEFAULT_BUILD_MODES + FREE_THREADED_MODES
+# Default-build modes that run only when named with --mode: measures of
+# one API's cost rather than rows of the study.
+EXTRA_MODES = ("interp-submit",)
+ALL_MODES = DEFAULT_RUN_MODES + EXTRA_MODES
 
 # Modes that ignore --workers: they run once, with one worker.
 SEQUENTIAL_MODES = ("sequential", "nogil-sequential")
@@ -43,7 +48,9 @@ DESCRIPTIONS = {
     "futures": "concurrent.futures.ThreadPoolExecutor.map",
     "subprocess": 'multiprocessing.get_context("spawn").Pool.map',
     "process-futures": "concurrent.futures.ProcessPoolExecutor (spawn)",
-    "interp-executor": "poolparty.SubinterpreterPoolExecutor.map (a submit per task)",
+    "interp-executor": "poolparty.SubinterpreterPoolExecutor.map",
+    "interp-submit": ("poolparty.SubinterpreterPoolExecutor: submit() per task, "
+                      "then result() of each"),
     "interp-futures": "concurrent.futures.InterpreterPoolExecutor (3.14+)",
     "loky": "loky.get_reusable_executor().map",
     "nogil-sequential": "sequential, on a free-threaded build",
@@ -110,10 +117,24 @@ def _open_interp(workers, dispatch):
     return PoolRunner(poolparty.SubinterpreterPool(workers, dispatch=dispatch))
 
 
+class SubmitRunner(ExecutorRunner):
+    """One submit() per task, then each future's result(), in order."""
+
+    def map(self, fn, items):
+        futures = [self.pool.submit(fn, item) for item in items]
+        return [future.result() for future in futures]
+
+
 def _open_interp_executor(workers):
     import poolparty
 
     return ExecutorRunner(poolparty.SubinterpreterPoolExecutor(workers))
+
+
+def _open_interp_submit(workers):
+    import poolparty
+
+    return SubmitRunner(poolparty.SubinterpreterPoolExecutor(workers))
 
 
 def _open_thread(workers):
@@ -169,6 +190,7 @@ _OPENERS = {
     "subprocess": _open_subprocess,
     "process-futures": _open_process_futures,
     "interp-executor": _open_interp_executor,
+    "interp-submit": _open_interp_submit,
     "interp-futures": _open_interp_futures,
     "loky": _open_loky,
     "nogil-sequential": SequentialRunner,
@@ -242,7 +264,7 @@ def unavailable_reason(mode):
     if free_threaded:
         return "runs only on a default (GIL) build"
     try:
-        if mode in ("interp", "interp2", "interp-executor"):
+        if mode in ("interp", "interp2", "interp-executor", "interp-submit"):
             import poolparty
 
             if not hasattr(poolparty, "SubinterpreterPool"):

@@ -24,3 +24,30 @@ class CallCounter:
 def append_and_count(bucket, item):
     bucket.append(item)
     return len(bucket)
+
+
+def loaded(names):
+    """Which of these modules this worker has imported."""
+    import sys
+
+    return [name for name in names if name in sys.modules]
+
+
+class Holder:
+    @staticmethod
+    def double(x):
+        return 2 * x
+
+    class Inner:
+        @staticmethod
+        def triple(x):
+            return 3 * x
+
+
+def _renamed(x):
+    return x + 1
+
+
+# A function whose name leads elsewhere: it pickles (and travels) by value
+# of its reference only if that reference finds it again.
+renamed_alias = _renamed

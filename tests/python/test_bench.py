@@ -63,7 +63,8 @@ def test_defaults():
     assert args.bench == list(cli.DEFAULT_BENCHES)
     assert args.bench == ["fib", "fib2", "nbody", "nbody_no_share",
                           "raytrace", "data_pass"]
-    assert args.mode == list(modes.ALL_MODES)
+    assert args.mode == list(modes.DEFAULT_RUN_MODES)
+    assert "interp-submit" not in args.mode  # only when named
     assert args.workers == sorted({os.cpu_count(), 16})
     assert args.repeat == 3
     assert args.scale is None
@@ -146,6 +147,16 @@ def test_plan_cells():
     assert startup and not any(c["mode"] in modes.SEQUENTIAL_MODES
                                for c in startup)
     assert all(c["scale"] is None for c in startup)
+
+
+def test_extra_modes_run_when_named_on_the_default_build():
+    default, nogil = FakeInterp("3.13.0", False), FakeInterp("3.13.0t", True)
+    args = cli.parse_args(["--bench", "overhead", "--mode",
+                           "interp-submit,futures", "--workers", "2"])
+    cells = cli.plan_cells(args.bench, [default, nogil], args.mode,
+                           args.workers, args)
+    assert [(c["mode"], c["python"]) for c in cells] == [
+        ("interp-submit", "3.13.0"), ("futures", "3.13.0")]
 
 
 # ----------------------------------------------------------- aggregation --
@@ -378,7 +389,7 @@ def test_cell_reports_one_json_line(child_env):
     assert out["wall_s"] > 0 and out["cpu_s"] >= 0
 
 
-@pytest.mark.parametrize("mode", ["interp", "interp-executor"])
+@pytest.mark.parametrize("mode", ["interp", "interp-executor", "interp-submit"])
 def test_overhead_cell_times_the_map_on_a_started_pool(child_env, mode):
     done = subprocess.run(
         pythons.cell_command(sys.executable, "--bench", "overhead",

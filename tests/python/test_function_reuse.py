@@ -57,3 +57,56 @@ def test_builtins_that_need_a_frame_work_as_in_multiprocessing(pool):
     assert pool.apply(eval, ("40 + 2",)) == 42
     assert pool.starmap(eval, [("x * 2", {"x": 21})]) == [42]
     assert pool.apply(exec, ("y = 1",)) is None
+
+
+# --- functions that travel by name ------------------------------------------------------
+
+def test_plain_tasks_never_import_the_pickler_in_the_worker(pool):
+    # A module-level function and plain data travel without pickle: the
+    # worker never pays for importing _pickle (and functools, collections).
+    assert pool.map(reuse_tasks.loaded, [["_pickle"]]) == [[]]
+    assert pool.map(abs, [-1, -2]) == [1, 2]
+    assert pool.apply(reuse_tasks.loaded, (["_pickle"],)) == []
+    # Data that needs pickle brings it in then.
+    assert isinstance(pool.apply(reuse_tasks.count_calls,
+                                 (reuse_tasks.CallCounter(),)), int)
+    assert pool.apply(reuse_tasks.loaded, (["_pickle"],)) == ["_pickle"]
+
+
+def test_functions_by_name_follow_their_qualified_name(pool):
+    assert pool.map(reuse_tasks.Holder.double, [1, 2]) == [2, 4]
+    assert pool.map(reuse_tasks.Holder.Inner.triple, [1, 2]) == [3, 6]
+    # Its qualified name is "_renamed", where it is found: it runs.
+    assert pool.map(reuse_tasks.renamed_alias, [1]) == [2]
+
+
+def test_name_reference_is_what_pickle_would_resolve():
+    from poolparty import _engine
+
+    assert _engine.function_pickle(reuse_tasks.Holder.Inner.triple) == (
+        b"reuse_tasks\0Holder.Inner.triple",
+        _engine.REUSE_FUNC | _engine.FUNC_BY_NAME)
+    assert _engine.function_pickle(len) == (
+        b"builtins\0len", _engine.REUSE_FUNC | _engine.FUNC_BY_NAME)
+    # Classes keep their pickle (a metaclass may pickle them otherwise);
+    # bound methods and partials travel by value.
+    data, flags = _engine.function_pickle(reuse_tasks.CallCounter)
+    assert flags == _engine.REUSE_FUNC and data.startswith(b"\x80")
+    data, flags = _engine.function_pickle(functools.partial(abs, -1))
+    assert flags == 0
+
+
+def test_a_function_shadowed_under_its_name_keeps_its_pickle():
+    # pickle.dumps refuses a function whose name now leads to another
+    # object, and so does the by-name path: the same error as before.
+    import pickle
+
+    from poolparty import _engine
+
+    def shadowed(x):
+        return x
+
+    shadowed.__qualname__ = "count_calls"
+    shadowed.__module__ = "reuse_tasks"
+    with pytest.raises(pickle.PicklingError):
+        _engine.function_pickle(shadowed)

@@ -79,6 +79,15 @@ def test_functions_from_main_script(write_script):
 
 
 @pytest.mark.timeout(120)
+def test_functions_from_a_main_script_whose_path_is_not_utf8(write_script):
+    # b"\xff" in a file name decodes to a lone surrogate, which workers
+    # must get back intact to run the script.
+    proc = run_script(write_script(MAIN_SCRIPT, name="scr\udcffipt.py"))
+    assert_clean_exit(proc)
+    assert _lines(proc.stdout, "FIB") == [repr([fib(i) for i in range(20)])]
+
+
+@pytest.mark.timeout(120)
 def test_main_script_module_code_runs_in_workers_as_mp_main(write_script):
     proc = run_script(write_script(MAIN_SCRIPT))
     assert_clean_exit(proc)
