@@ -145,6 +145,11 @@ def build_parser():
         metavar="S",
         help=f"kill a run after S seconds (default: {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument(
+        "--no-gil", action="store_true",
+        help="do not sample GIL contention (sampling a worker's GIL asks it "
+             "to drop the GIL every millisecond, which costs the "
+             "subinterpreter modes a few per cent of their speed)")
+    parser.add_argument(
         "--no-charts", action="store_true", help="write no charts")
     parser.add_argument(
         "--dry-run", action="store_true",
@@ -305,7 +310,7 @@ def probe_unavailable(cells, log_fn=log):
 
 # -------------------------------------------------------------------- run --
 
-def run_once(cell, timeout):
+def run_once(cell, timeout, sample_gil=True):
     """One repeat of CELL in a fresh process; return its run dict."""
     from . import proctree, pythons
 
@@ -315,6 +320,8 @@ def run_once(cell, timeout):
                                "--workers", str(cell["workers"]))
     if cell["scale"] is not None:
         cmd += ["--scale", repr(cell["scale"])]
+    if not sample_gil:
+        cmd.append("--no-gil")
     outcome = proctree.run_sampled(cmd, env=interp.env, timeout=timeout)
     out = pythons.read_cell_output(outcome.stdout)
     if outcome.timed_out:
@@ -401,7 +408,7 @@ def run_cells(cells, args, unavailable, on_record=None):
                 f"{progress.clock(time.monotonic() - progress.start)}  "
                 f"ETA {progress.clock(eta)}")
             t0 = time.monotonic()
-            run = run_once(cell, args.timeout)
+            run = run_once(cell, args.timeout, sample_gil=not args.no_gil)
             spent = time.monotonic() - t0
             progress.record(cell["bench"], spent)
             remaining[cell["bench"]] -= 1

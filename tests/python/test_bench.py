@@ -149,6 +149,31 @@ def test_plan_cells():
     assert all(c["scale"] is None for c in startup)
 
 
+def test_no_gil_reaches_the_cells(monkeypatch):
+    seen = []
+
+    class Outcome:
+        stdout = pythons.MARKER + '{"wall_s": 1.0}'
+        stderr = ""
+        timed_out = False
+        peak_rss_bytes = 1
+        cpu_s = 1.0
+        returncode = 0
+
+    def fake_run(cmd, env, timeout):
+        seen.append(cmd)
+        return Outcome()
+
+    monkeypatch.setattr(proctree, "run_sampled", fake_run)
+    cell = {"interp": FakeInterp("3.13.0", False), "bench": "fib",
+            "mode": "interp", "workers": 2, "scale": 1.0}
+    cell["interp"].env = {}
+    cli.run_once(cell, 10, sample_gil=False)
+    cli.run_once(cell, 10)
+    assert "--no-gil" in seen[0] and "--no-gil" not in seen[1]
+    assert cli.parse_args(["--no-gil"]).no_gil is True
+
+
 def test_extra_modes_run_when_named_on_the_default_build():
     default, nogil = FakeInterp("3.13.0", False), FakeInterp("3.13.0t", True)
     args = cli.parse_args(["--bench", "overhead", "--mode",
