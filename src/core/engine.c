@@ -392,16 +392,8 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
 int
 pp__engine_submit(pp_engine *e, pp_msg *task)
 {
-    /* Checked under e->mutex so a submit racing close() either lands
-     * before the queue closes or is refused; never lost in between. */
-    pthread_mutex_lock(&e->mutex);
-    pp_engine_state next;
-    int rc = pp_engine_transition(e->state, PP_EV_SUBMIT, &next);
-    if (rc == PP_OK) {
-        rc = pp_queue_push(e->tasks, task) == PP_OK ? PP_OK : PP_ESTATE;
-    }
-    pthread_mutex_unlock(&e->mutex);
-    return rc;
+    task->next = NULL;
+    return pp__engine_submit_chain(e, task, 1);
 }
 
 /* Any GIL or none.  The chain is `count` tasks linked by ->next; the
@@ -409,6 +401,8 @@ pp__engine_submit(pp_engine *e, pp_msg *task)
 int
 pp__engine_submit_chain(pp_engine *e, pp_msg *first, size_t count)
 {
+    /* Checked under e->mutex so a submit racing close() either lands
+     * before the queue closes or is refused; never lost in between. */
     pthread_mutex_lock(&e->mutex);
     pp_engine_state next;
     int rc = pp_engine_transition(e->state, PP_EV_SUBMIT, &next);

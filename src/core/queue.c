@@ -71,27 +71,8 @@ pp_queue_free(pp_queue *q)
 int
 pp_queue_push(pp_queue *q, pp_msg *msg)
 {
-    int rc = PP_OK;
     msg->next = NULL;
-    pthread_mutex_lock(&q->mutex);
-    if (q->closed) {
-        rc = PP_ECLOSED;
-        goto done;
-    }
-    if (q->tail == NULL) {
-        q->head = msg;
-    }
-    else {
-        q->tail->next = msg;
-    }
-    q->tail = msg;
-    q->length++;
-    /* One message can satisfy one waiter; pop_all waiters take them
-     * all, so waking one is enough in both cases. */
-    pthread_cond_signal(&q->nonempty);
-done:
-    pthread_mutex_unlock(&q->mutex);
-    return rc;
+    return pp_queue_push_chain(q, msg, 1);
 }
 
 /* Takes q->mutex.  One lock round and one wake-up for a whole batch:
@@ -120,7 +101,8 @@ pp_queue_push_chain(pp_queue *q, pp_msg *first, size_t count)
     }
     q->tail = last;
     q->length += count;
-    /* Several messages may satisfy several waiters. */
+    /* One message can satisfy one waiter (pop_all waiters take them
+     * all, so waking one is enough there too); several, several. */
     if (count > 1) {
         pthread_cond_broadcast(&q->nonempty);
     }

@@ -172,6 +172,13 @@ class SubinterpreterPoolExecutor(Executor):
         self._engine_submit = self._engine.submit
         self._futures = self._sink.futures
 
+    def _check_accepting(self):
+        """Raise unless new work may come in.  Needs: _shutdown_lock."""
+        if self._sink.broken_error is not None:
+            raise _engine.broken_again(self._sink.broken_error)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
     def _submit(self, kind, func, args):
         future = _Future()
         try:
@@ -180,10 +187,7 @@ class SubinterpreterPoolExecutor(Executor):
         except Exception as exc:
             func_pickle, pickling_error = None, exc
         with self._shutdown_lock:
-            if self._sink.broken_error is not None:
-                raise _engine.broken_again(self._sink.broken_error)
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._check_accepting()
             if func_pickle is None:
                 # As ProcessPoolExecutor: the future carries the error.
                 future.set_exception(pickling_error)
@@ -221,10 +225,7 @@ class SubinterpreterPoolExecutor(Executor):
         except Exception as exc:
             func_pickle, pickling_error = None, exc
         with self._shutdown_lock:
-            if self._sink.broken_error is not None:
-                raise _engine.broken_again(self._sink.broken_error)
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._check_accepting()
             job = next(self._jobs)
             self._sink.maps[job] = results
         if func_pickle is None:
