@@ -370,7 +370,9 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
     if (pp_queue_new(&e->tasks) != PP_OK ||
         pp_queue_new(&e->completions) != PP_OK ||
         pp__boot_init(&e->boot, sys_path, sys_path_size, payload,
-                      payload_size) != PP_OK) {
+                      payload_size) != PP_OK ||
+        (nworkers >= PP_SITE_TEMPLATE_MIN_WORKERS &&
+         pp__boot_use_site_template(&e->boot, nworkers) != PP_OK)) {
         pp__engine_decref(e);
         return PP_ENOMEM;
     }

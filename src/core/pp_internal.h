@@ -24,6 +24,11 @@
 #error "poolparty needs CPython 3.12 or newer (per-interpreter GIL, PEP 684)"
 #endif
 
+/* A template interpreter that pool workers are created from, so that
+ * they start without importing `site` under the lifecycle lock (see
+ * interp.c).  Opaque; guarded by that lock. */
+typedef struct pp_site_template pp_site_template;
+
 /* What every new worker interpreter is started with.  Raw memory,
  * immutable after creation, shared read-only by all workers of a pool;
  * holds no PyObject. */
@@ -33,12 +38,27 @@ typedef struct pp_boot {
     unsigned char *payload;  /* codec data: poolparty._worker.bootstrap's
                                 argument */
     size_t payload_size;
+    /* NULL, or set once by pp__boot_use_site_template before any
+     * worker starts; what it points to changes under the lifecycle
+     * lock. */
+    pp_site_template *site_template;
 } pp_boot;
 
 /* Copy the two buffers into a new boot.  PP_OK or PP_ENOMEM.  No tstate
  * needed. */
 int pp__boot_init(pp_boot *boot, const char *sys_path, size_t sys_path_size,
                   const void *payload, size_t payload_size);
+
+/* Have the next `creations` interpreters created with `boot` come from
+ * a template interpreter (made by the first of them, ended after the
+ * last), which pays off for pools of PP_SITE_TEMPLATE_MIN_WORKERS or
+ * more.  Does nothing where this CPython cannot do it.  PP_OK or
+ * PP_ENOMEM.  No tstate needed; call before any worker starts. */
+int pp__boot_use_site_template(pp_boot *boot, uint32_t creations);
+#define PP_SITE_TEMPLATE_MIN_WORKERS 6
+
+/* Free the buffers; end the template if no worker ended it.  Any
+ * thread, with or without a tstate. */
 void pp__boot_fini(pp_boot *boot);
 
 /* ---- the plain-data codec (codec.c) -------------------------------- */

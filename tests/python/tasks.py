@@ -225,3 +225,28 @@ def wait_then_touch(started, marker, timeout=20.0):
     _wait_exists([marker + ".never"], timeout)
     touch(marker)
     return True
+
+
+# --- what `site` gave a worker (test_worker_site.py) -------------------------
+
+SITE_BUILTINS = ("exit", "quit", "help", "copyright", "credits", "license")
+
+
+def site_summary():
+    """What site.main() leaves behind, in this interpreter."""
+    import builtins
+
+    return {
+        "builtins": [name for name in SITE_BUILTINS if hasattr(builtins, name)],
+        "site imported": "site" in sys.modules,
+        "sys.path": list(sys.path),
+        "pth ran": getattr(sys, "pp_test_pth_ran", False),
+        "sitecustomize ran": getattr(sys, "pp_test_sitecustomize_ran", False),
+    }
+
+
+def check_site_summary(expected):
+    """Initializer: refuse to start unless site left what ``expected`` says."""
+    found = site_summary()
+    if found != expected:
+        raise AssertionError(f"site in this worker: {found!r}, expected {expected!r}")

@@ -346,8 +346,9 @@ def reap(pid, bound=5.0):
     return "hung"
 
 if __name__ == "__main__":
-    dispatch, state, child_does = sys.argv[1:]
-    pool = poolparty.SubinterpreterPool(2, dispatch=dispatch)
+    dispatch, state, child_does = sys.argv[1:4]
+    workers = int(sys.argv[4]) if len(sys.argv) > 4 else 2
+    pool = poolparty.SubinterpreterPool(workers, dispatch=dispatch)
     assert pool.apply(rt.increment, (1,)) == 2
     if state == "busy":
         pending = pool.starmap_async(rt.sleep_then, [(0.01, i) for i in range(200)], 1)
@@ -413,8 +414,11 @@ def test_fork_with_a_live_pool_warns_in_the_parent(tmp_path, dispatch):
     assert "pid = os.fork()" in proc.stderr  # points at the caller's line
 
 
-def test_fork_after_the_pool_is_joined_is_fine(tmp_path, dispatch):
-    proc = _fork(tmp_path, dispatch, "joined", "simple")
+@pytest.mark.parametrize("workers", [2, 8])
+def test_fork_after_the_pool_is_joined_is_fine(tmp_path, dispatch, workers):
+    # 8: a pool big enough to start from a template interpreter, which
+    # must be gone too (src/core/interp.c, "the site template").
+    proc = _fork(tmp_path, dispatch, "joined", "simple", workers)
     assert proc.stdout.splitlines() == ["child 42", "child exit 0", "parent done"]
     assert "Fatal Python error" not in proc.stderr
     assert "RuntimeWarning" not in proc.stderr
