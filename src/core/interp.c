@@ -23,8 +23,9 @@ static const char NOMEM_TEXT[] = "poolparty: out of memory in a worker";
  * maxtasksperchild pool was replaced as another ended).  So every
  * Py_NewInterpreterFromConfig and Py_EndInterpreter in the process that
  * goes through poolparty takes this lock.  It is a leaf lock: its holder
- * never waits for another lock or for a GIL other than the one of the
- * interpreter it creates or ends. */
+ * never waits for another lock or for a GIL other than the ones of the
+ * interpreter it creates or ends and of the site template it creates
+ * from (below), which runs no code. */
 static pthread_mutex_t lifecycle_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Creation failures that survive the lock (a race with code running in

@@ -8,6 +8,9 @@
 typedef struct {
     PyObject_HEAD
     pp_engine *engine; /* owned reference; NULL only if __new__ failed */
+    /* Job ids handed out by new_job() and submit_future(); atomic, as
+     * free-threaded builds run those without a lock. */
+    atomic_uint_fast64_t next_job;
 } EngineObject;
 
 #define ENGINE(op) (((EngineObject *)(op))->engine)
@@ -48,6 +51,7 @@ engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self == NULL) {
         goto done;
     }
+    atomic_init(&((EngineObject *)self)->next_job, 1);
     pp_engine *engine = NULL;
     int rc;
     /* Queue-design workers start here and create their interpreters in
@@ -109,6 +113,133 @@ engine_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return pp__raise(pp__state_from_type(Py_TYPE(self)), rc);
     }
     Py_RETURN_NONE;
+}
+
+/* dict[key] as a new reference, NULL (no exception) when missing, or
+ * NULL with an exception. */
+static PyObject *
+dict_get_ref(PyObject *dict, PyObject *key)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *value = NULL;
+    (void)PyDict_GetItemRef(dict, key, &value);
+    return value;
+#else
+    return Py_XNewRef(PyDict_GetItemWithError(dict, key));
+#endif
+}
+
+/* new_job() -> a job id no other task of this engine has. */
+static PyObject *
+engine_new_job(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    uint64_t job = atomic_fetch_add(&((EngineObject *)self)->next_job, 1);
+    return PyLong_FromUnsignedLongLong((unsigned long long)job);
+}
+
+/* submit_future(owner, futures, func_cache, fn, args, kwargs) -> Future
+ * or None.  SubinterpreterPoolExecutor.submit()'s fast path, one C call:
+ * the function's reference from func_cache ({id(fn): (fn, data,
+ * flags)}, filled by _engine.function_pickle), the arguments through
+ * the codec, a Future registered in futures under a new job id, and the
+ * task queued.  None when any of it does not apply (fn not cached yet,
+ * arguments that need pickle, the engine closed): the caller then takes
+ * the Python path, which pickles and raises the right errors.  Needs:
+ * main GIL. */
+static PyObject *
+engine_submit_future(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyDict_Check(args[1]) || !PyDict_Check(args[2]) ||
+        !PyTuple_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "submit_future(owner, futures, "
+                                         "func_cache, fn, args, kwargs)");
+        return NULL;
+    }
+    PyObject *owner = args[0], *futures = args[1], *cache = args[2];
+    PyObject *fn = args[3], *fargs = args[4], *fkwargs = args[5];
+    pp_future_support *support = &pp__state_from_type(Py_TYPE(self))->future;
+    if (support->type == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *key = PyLong_FromVoidPtr(fn);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *entry = dict_get_ref(cache, key);
+    Py_DECREF(key);
+    if (entry == NULL) {
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *result = NULL, *payload = NULL, *future = NULL,
+             *job_key = NULL;
+    pp_buf buf = {0};
+    unsigned long flags;
+    /* The entry keeps fn alive, so its id is fn's only while entry[0]
+     * is fn. */
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3 ||
+        PyTuple_GET_ITEM(entry, 0) != fn ||
+        !PyBytes_Check(PyTuple_GET_ITEM(entry, 1))) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    flags = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(entry, 2));
+    if (flags == (unsigned long)-1 && PyErr_Occurred()) {
+        goto done;
+    }
+    if (fkwargs != Py_None && (!PyDict_Check(fkwargs) ||
+                               PyDict_GET_SIZE(fkwargs) == 0)) {
+        fkwargs = Py_None; /* as the Python path: `kwargs or None` */
+    }
+    payload = PyTuple_Pack(2, fargs, fkwargs);
+    if (payload == NULL) {
+        goto done;
+    }
+    int rc = pp__codec_encode(payload, &buf);
+    if (rc != 0) {
+        if (rc > 0) {
+            result = Py_NewRef(Py_None); /* needs pickle */
+        }
+        goto done;
+    }
+    uint64_t job = atomic_fetch_add(&((EngineObject *)self)->next_job, 1);
+    future = pp__future_new(support, owner, job);
+    job_key = PyLong_FromUnsignedLongLong((unsigned long long)job);
+    if (future == NULL || job_key == NULL) {
+        goto done;
+    }
+    /* Registered before it is queued: on a free-threaded build the
+     * result can come back before this call returns. */
+    if (PyDict_SetItem(futures, job_key, future) < 0) {
+        goto done;
+    }
+    PyObject *func = PyTuple_GET_ITEM(entry, 1);
+    pp_msg *task = pp_msg_new_task(job, 0, PP_TASK_CALL | (uint32_t)flags,
+                                   PyBytes_AS_STRING(func),
+                                   (size_t)PyBytes_GET_SIZE(func), buf.data,
+                                   buf.size);
+    if (task == NULL) {
+        PyErr_NoMemory();
+        (void)PyDict_DelItem(futures, job_key);
+        goto done;
+    }
+    rc = pp__engine_submit(ENGINE(self), task);
+    if (rc != PP_OK) {
+        /* Closed or terminated: the Python path says so properly. */
+        pp_msg_free(task);
+        if (PyDict_DelItem(futures, job_key) < 0) {
+            goto done;
+        }
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = Py_NewRef(future);
+done:
+    pp__buf_fini(&buf);
+    Py_XDECREF(job_key);
+    Py_XDECREF(future);
+    Py_XDECREF(payload);
+    Py_DECREF(entry);
+    return result;
 }
 
 /* Chunks queued per lock round in submit_map: enough to make the lock
@@ -306,17 +437,79 @@ done:
 
 /* collect(timeout=None) -> list of completions, [] on timeout, or None
  * once every worker has exited and all was collected. */
+/* The fast path of SubinterpreterPoolExecutor.submit()'s results: a
+ * successful codec result for a future of ours that nobody waits on is
+ * decoded and set here, with no Python code, no tuple and no trip
+ * through the collector's Python loop.  Anything else (errors, pickled
+ * results, futures with waiters or callbacks, maps) is left to that
+ * loop.  1 if done here, 0 if not, -1 with an exception.  Needs: main
+ * GIL. */
+static int
+finish_future_here(pp_future_support *support, PyObject *futures,
+                   const pp_msg *msg)
+{
+    if (support->type == NULL || msg->kind != PP_DONE_OK ||
+        !pp__codec_is(msg->data, msg->size)) {
+        return 0;
+    }
+    PyObject *key = PyLong_FromUnsignedLongLong((unsigned long long)msg->job);
+    if (key == NULL) {
+        return -1;
+    }
+    int done = 0;
+    PyObject *future = dict_get_ref(futures, key);
+    if (future == NULL) {
+        done = PyErr_Occurred() ? -1 : 0;
+        goto out;
+    }
+    if (!Py_IS_TYPE(future, support->type) ||
+        !pp__future_finishes_fast(future)) {
+        goto out;
+    }
+    PyObject *value = pp__codec_decode(msg->data, msg->size);
+    if (value == NULL) {
+        /* The Python loop decodes it again and fails just this task. */
+        PyErr_Clear();
+        goto out;
+    }
+    /* Decoding may have run a garbage collection, and with it any code:
+     * look again. */
+    if (pp__future_finishes_fast(future)) {
+        if (PyDict_DelItem(futures, key) < 0) {
+            done = -1;
+        }
+        else if (pp__future_finish(future, value, 0) < 0) {
+            done = -1;
+        }
+        else {
+            done = 1;
+        }
+    }
+    Py_DECREF(value);
+out:
+    Py_XDECREF(future);
+    Py_DECREF(key);
+    return done;
+}
+
 static PyObject *
 engine_collect(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     int64_t timeout_ns;
-    if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "collect(timeout=None)");
+    if (nargs > 2) {
+        PyErr_SetString(PyExc_TypeError,
+                        "collect(timeout=None, futures=None)");
         return NULL;
     }
     if (pp__timeout_ns(nargs ? args[0] : NULL, &timeout_ns) < 0) {
         return NULL;
     }
+    PyObject *futures = nargs > 1 && args[1] != Py_None ? args[1] : NULL;
+    if (futures != NULL && !PyDict_Check(futures)) {
+        PyErr_SetString(PyExc_TypeError, "futures must be a dict");
+        return NULL;
+    }
+    pp_future_support *support = &pp__state_from_type(Py_TYPE(self))->future;
     pp_msg *first = NULL;
     size_t count = 0;
     int rc;
@@ -329,15 +522,25 @@ engine_collect(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (rc == PP_ETIMEDOUT) {
         return PyList_New(0);
     }
-    PyObject *list = PyList_New((Py_ssize_t)count);
-    pp_msg *msg = first;
-    for (size_t i = 0; list != NULL && i < count; i++, msg = msg->next) {
+    PyObject *list = PyList_New(0);
+    for (pp_msg *msg = first; list != NULL && msg != NULL; msg = msg->next) {
+        if (futures != NULL) {
+            int done = finish_future_here(support, futures, msg);
+            if (done < 0) {
+                Py_CLEAR(list);
+                break;
+            }
+            if (done) {
+                continue;
+            }
+        }
         PyObject *item = pp__completion_tuple(msg);
-        if (item == NULL) {
+        if (item == NULL || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
             Py_CLEAR(list);
             break;
         }
-        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+        Py_DECREF(item);
     }
     /* On failure the completions are lost with the exception; the
      * caller (the result handler) treats that as fatal for the pool. */
@@ -504,9 +707,18 @@ static PyMethodDef engine_methods[] = {
      "(failures, refused_from): queue a whole map as chunks of chunksize "
      "items."},
     {"collect", (PyCFunction)(void (*)(void))engine_collect, METH_FASTCALL,
-     "collect(timeout=None): wait for completions and take all ready ones "
-     "as (job, index, kind, worker, payload) tuples; [] on timeout, None "
-     "once every worker has exited."},
+     "collect(timeout=None, futures=None): wait for completions and take "
+     "all ready ones as (job, index, kind, worker, payload) tuples; [] on "
+     "timeout, None once every worker has exited.  With `futures` ({job: "
+     "Future}), plain results of futures nobody waits on are set here "
+     "instead, and left out of the list."},
+    {"new_job", engine_new_job, METH_NOARGS,
+     "new_job(): a job id not used before on this engine."},
+    {"submit_future", (PyCFunction)(void (*)(void))engine_submit_future,
+     METH_FASTCALL,
+     "submit_future(owner, futures, func_cache, fn, args, kwargs): queue "
+     "fn(*args, **kwargs) and return its Future, or None if the Python "
+     "path must do it."},
     {"close", engine_close, METH_NOARGS,
      "close(): accept no more tasks; queued ones still run."},
     {"terminate", engine_terminate, METH_NOARGS,

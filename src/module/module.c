@@ -179,6 +179,11 @@ static PyMethodDef module_methods[] = {
      "main_import(name): from a pool worker, have the main interpreter "
      "import module `name` first (works around a CPython 3.12 crash); "
      "returns False outside a worker."},
+    {"future_type", (PyCFunction)(void (*)(void))pp__module_future_type,
+     METH_FASTCALL,
+     "future_type(concurrent.futures.Future, InvalidStateError): the "
+     "Future subclass SubinterpreterPoolExecutor.submit() returns (made "
+     "once per module)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -242,6 +247,9 @@ static int
 module_traverse(PyObject *module, visitproc visit, void *arg)
 {
     pp_module_state *st = PyModule_GetState(module);
+    if (pp__future_support_traverse(&st->future, visit, arg) < 0) {
+        return -1;
+    }
     Py_VISIT(st->engine_type);
     Py_VISIT(st->interpreter_type);
     Py_VISIT(st->sampler_type);
@@ -253,6 +261,7 @@ static int
 module_clear(PyObject *module)
 {
     pp_module_state *st = PyModule_GetState(module);
+    pp__future_support_clear(&st->future);
     Py_CLEAR(st->engine_type);
     Py_CLEAR(st->interpreter_type);
     Py_CLEAR(st->sampler_type);

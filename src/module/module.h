@@ -6,7 +6,24 @@
 
 #include "../core/pp_internal.h"
 
+/* What the Future type (future_type.c) needs; all NULL until
+ * _poolparty.future_type() makes it. */
 typedef struct {
+    PyTypeObject *type;
+    PyObject *state_names[5]; /* "PENDING", ... "FINISHED", interned */
+    PyObject *no_args;        /* () */
+    /* concurrent.futures.Future's own methods, for the slow paths */
+    PyObject *base_result;
+    PyObject *base_exception;
+    PyObject *base_set_result;
+    PyObject *base_set_exception;
+    PyObject *base_cancel;
+    PyObject *invalid_state_error;
+    PyObject *condition_class; /* threading.Condition, on first need */
+} pp_future_support;
+
+typedef struct {
+    pp_future_support future;
     PyTypeObject *engine_type;
     PyTypeObject *interpreter_type;
     PyTypeObject *sampler_type;
@@ -46,6 +63,23 @@ pp_engine *pp__engine_from_object(pp_module_state *st, PyObject *obj);
 /* Create a heap type from `spec` for `module`, store it in *slot and
  * add it to the module.  0 or -1 with an exception. */
 int pp__add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot);
+
+/* The Future type (future_type.c).  pp__future_new: a PENDING future
+ * whose cancel() asks owner.cancel_future(future, job); new reference
+ * or NULL.  pp__future_finish: finish it with a result (is_exception 0)
+ * or an exception; 0 or -1 with an exception (InvalidStateError when it
+ * is done already).  pp__future_finishes_fast: 1 when finishing it runs
+ * no Python code (nobody waits on it or has a callback on it yet). */
+PyObject *pp__future_new(pp_future_support *support, PyObject *owner,
+                         uint64_t job);
+int pp__future_finish(PyObject *future, PyObject *value, int is_exception);
+int pp__future_finishes_fast(PyObject *future);
+/* _poolparty.future_type(base, invalid_state_error) */
+PyObject *pp__module_future_type(PyObject *module, PyObject *const *args,
+                                 Py_ssize_t nargs);
+int pp__future_support_traverse(pp_future_support *support, visitproc visit,
+                                void *arg);
+void pp__future_support_clear(pp_future_support *support);
 
 /* Type creation, called from module exec. 0 or -1 with an exception. */
 int pp__engine_type_add(PyObject *module, pp_module_state *st);

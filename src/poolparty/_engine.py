@@ -244,6 +244,15 @@ def function_pickle(func):
     return data, flags
 
 
+def function_cache():
+    """function_pickle's cache, ``{id(func): (func, data, flags)}``.
+
+    The C fast path of SubinterpreterPoolExecutor.submit reads it; a
+    function not in it goes through function_pickle, which adds it.
+    """
+    return _func_pickles
+
+
 _CODEC_MAGIC = b"\xb5pp1"
 
 
@@ -382,9 +391,11 @@ class Runner:
 def _collect(runner):
     """The collector thread: completions from C to the sink."""
     engine, sink, lock = runner.engine, runner.sink, runner.lock
+    # The executor's {job: future}: collect() finishes their plain results.
+    futures = getattr(sink, "fast_futures", None)
     broken = False
     while True:
-        batch = engine.collect()
+        batch = engine.collect(None, futures)
         if batch is None:
             return  # every worker exited and everything was delivered
         with lock:

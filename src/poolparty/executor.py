@@ -1,37 +1,24 @@
 """SubinterpreterPoolExecutor: a concurrent.futures.Executor on own-GIL subinterpreters."""
 
-import itertools
 import threading
 import time
 import weakref
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 
 from . import _engine
+from . import _poolparty as _core
 
 __all__ = ["SubinterpreterPoolExecutor"]
 
 
-class _Future(Future):
-    """A concurrent.futures.Future whose cancel() pulls its task off the queue.
-
-    cancel() succeeds exactly when the task was still queued (it is then
-    removed and never runs); once a worker has it, cancel() returns False,
-    as for the stdlib executors.  (``running()`` stays False while it
-    runs: workers do not report starts, which would cost every task.)
-    """
-
-    __slots__ = ()
-
-    def cancel(self):
-        engine, job, futures = self._pp_task
-        with self._condition:
-            if self._state != "PENDING":
-                return super().cancel()
-        if not engine.cancel(job, 0):
-            return False  # a worker has it (or its result is on the way)
-        futures.pop(job, None)
-        cancel_unrun(self)
-        return True
+# SubinterpreterPoolExecutor's futures: a concurrent.futures.Future
+# subclass made in C (src/module/future_type.c), one object until
+# someone waits on it.  cancel() succeeds exactly when the task was
+# still queued (it is then removed and never runs, see
+# _Sink.cancel_future); once a worker has it, cancel() returns False, as
+# for the stdlib executors.  (running() stays False while it runs:
+# workers do not report starts, which would cost every task.)
+_Future = _core.future_type(Future, InvalidStateError)
 
 
 def cancel_unrun(future):
@@ -98,7 +85,10 @@ class _MapResults:
 
 class _Sink:
     def __init__(self):
-        self.futures = {}
+        # {job: future} of submit()'s tasks still to finish.  The engine's
+        # collect() finishes plain results of these itself (fast_futures).
+        self.futures = self.fast_futures = {}
+        self.engine = None  # set once the runner made it
         # The results of maps still being iterated.  Weak: a map's
         # iterator dropped unstarted never runs its finally, and its
         # results must not pile up here.
@@ -126,6 +116,14 @@ class _Sink:
     def broken(self, error):
         if self.broken_error is None:
             self.broken_error = error
+
+    def cancel_future(self, future, job):
+        """A pending future's cancel(): take its task off the queue."""
+        if not self.engine.cancel(job, 0):
+            return False  # a worker has it (or its result is on the way)
+        self.futures.pop(job, None)
+        cancel_unrun(future)
+        return True
 
 
 class SubinterpreterPoolExecutor(Executor):
@@ -160,7 +158,6 @@ class SubinterpreterPoolExecutor(Executor):
             raise TypeError("initializer must be a callable")
         self._max_workers = max_workers
         self._sink = _Sink()
-        self._jobs = itertools.count(1)
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._runner = _engine.Runner(
@@ -169,8 +166,11 @@ class SubinterpreterPoolExecutor(Executor):
         )
         self._finalizer = _engine.register_finalizer(self, self._runner, "drain")
         self._engine = self._runner.engine
+        self._sink.engine = self._engine
         self._engine_submit = self._engine.submit
+        self._submit_future = self._engine.submit_future
         self._futures = self._sink.futures
+        self._func_cache = _engine.function_cache()
 
     def _check_accepting(self):
         """Raise unless new work may come in.  Needs: _shutdown_lock."""
@@ -180,6 +180,7 @@ class SubinterpreterPoolExecutor(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _submit(self, kind, func, args):
+        """submit()'s Python path: pickling, and every error."""
         future = _Future()
         try:
             func_pickle, flag = _engine.function_pickle(func)
@@ -192,15 +193,21 @@ class SubinterpreterPoolExecutor(Executor):
                 # As ProcessPoolExecutor: the future carries the error.
                 future.set_exception(pickling_error)
                 return future
-            job = next(self._jobs)
-            future._pp_task = (self._engine, job, self._futures)
+            job = self._engine.new_job()
+            future._pp_bind(self._sink, job)
             self._futures[job] = future
             self._engine_submit(job, 0, kind | flag, func_pickle, args_pickle)
         return future
 
     def submit(self, fn, /, *args, **kwargs):
         """Schedule ``fn(*args, **kwargs)``; returns a Future."""
-        return self._submit(_engine.TASK_CALL, fn, (args, kwargs or None))
+        # One C call when fn's reference is known and the arguments are
+        # plain data; else (and for every error) the Python path.
+        future = self._submit_future(self._sink, self._futures,
+                                     self._func_cache, fn, args, kwargs)
+        if future is None:
+            future = self._submit(_engine.TASK_CALL, fn, (args, kwargs or None))
+        return future
 
     submit.__doc__ = Executor.submit.__doc__
 
@@ -226,7 +233,7 @@ class SubinterpreterPoolExecutor(Executor):
             func_pickle, pickling_error = None, exc
         with self._shutdown_lock:
             self._check_accepting()
-            job = next(self._jobs)
+            job = self._engine.new_job()
             self._sink.maps[job] = results
         if func_pickle is None:
             # As ProcessPoolExecutor: the error comes out of the iteration.
@@ -266,6 +273,9 @@ class SubinterpreterPoolExecutor(Executor):
         """No more submissions; optionally cancel queued futures; optionally wait."""
         with self._shutdown_lock:
             self._shutdown = True
+            # submit()'s C path checks only the engine: close it here, so
+            # that nothing is queued once shutdown() has begun.
+            self._runner.close()
         if cancel_futures:
             # Only what never reached a worker, as ThreadPoolExecutor does.
             for job, index in self._runner.discard_queued():

@@ -1,0 +1,722 @@
+/* _poolparty.Future: a concurrent.futures.Future whose hot paths are C.
+ *
+ * SubinterpreterPoolExecutor.submit() hands these out.  A stdlib Future
+ * costs about 3 us to create, finish and read, most of it the
+ * threading.Condition and the lists its __init__ makes, and about six
+ * objects for the garbage collector to go over while it lives.  This
+ * subclass keeps its state in C fields and makes the Condition and the
+ * waiter and callback lists only when something needs them: a result()
+ * or exception() that has to wait, add_done_callback(), wait() and
+ * as_completed() (which use the private _condition, _state and
+ * _waiters, provided here as properties).  A future nobody waits on
+ * before it finishes is therefore one object, finished and read in C.
+ *
+ * It is a real subclass of concurrent.futures.Future (asyncio's
+ * wrap_future checks that) made at run time by future_type(base), since
+ * the base is a Python class that the module cannot import at load
+ * time: the module also loads inside every worker.
+ *
+ * THE RULE that keeps the fast paths right: a Future whose condition is
+ * NULL has no waiter and no callback, since both are registered under
+ * the condition.  So finishing it with the condition NULL is only a
+ * state change; with a condition, it goes through the stdlib's own
+ * set_result/set_exception, which take the condition and tell every
+ * waiter.  A thread that makes the condition then re-checks the state
+ * under it, so a fast finish in between is always seen.  Fields are
+ * read and written only in C stretches that call no Python code: under
+ * the GIL that makes them atomic; on free-threaded builds
+ * FUTURE_LOCK (a per-object critical section) does.
+ *
+ * Runs in the main interpreter, under its GIL. */
+#include "module.h"
+
+typedef enum {
+    FS_PENDING,
+    FS_RUNNING,
+    FS_CANCELLED,
+    FS_CANCELLED_AND_NOTIFIED,
+    FS_FINISHED,
+    FS_COUNT
+} future_state;
+
+/* concurrent.futures._base's state strings, in future_state's order. */
+static const char *const STATE_NAMES[FS_COUNT] = {
+    "PENDING", "RUNNING", "CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED",
+};
+
+typedef struct {
+    PyObject_HEAD
+    future_state state;
+    uint64_t job;          /* the task's job id when owner is set */
+    PyObject *result;      /* set when FINISHED without an exception */
+    PyObject *exception;   /* set when FINISHED with one */
+    PyObject *condition;   /* threading.Condition, made on first need */
+    PyObject *waiters;     /* list, made on first need */
+    PyObject *callbacks;   /* list, made on first need */
+    PyObject *owner;       /* owner.cancel_future(future, job) takes a
+                              queued task back; NULL for a plain future */
+} FutureObject;
+
+#define FUT(op) ((FutureObject *)(op))
+
+#ifdef Py_GIL_DISABLED
+#define FUTURE_LOCK(op) Py_BEGIN_CRITICAL_SECTION(op)
+#define FUTURE_UNLOCK() Py_END_CRITICAL_SECTION()
+#else
+#define FUTURE_LOCK(op) { (void)(op);
+#define FUTURE_UNLOCK() }
+#endif
+
+static pp_future_support *
+support_of(PyObject *op)
+{
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(op), &pp__module_def);
+    if (module == NULL) {
+        return NULL;
+    }
+    return &((pp_module_state *)PyModule_GetState(module))->future;
+}
+
+static int
+is_done(future_state state)
+{
+    return state == FS_CANCELLED || state == FS_CANCELLED_AND_NOTIFIED ||
+           state == FS_FINISHED;
+}
+
+/* ---- creation ------------------------------------------------------- */
+
+/* A new PENDING future of `support`'s type, owned by `owner` (may be
+ * NULL).  New reference or NULL with an exception. */
+PyObject *
+pp__future_new(pp_future_support *support, PyObject *owner, uint64_t job)
+{
+    PyTypeObject *type = support->type;
+    /* object.__new__, not tp_alloc: it also sets up the instance dict
+     * that the base class's instances have. */
+    PyObject *op = PyBaseObject_Type.tp_new(type, support->no_args, NULL);
+    if (op == NULL) {
+        return NULL;
+    }
+    FUT(op)->owner = Py_XNewRef(owner);
+    FUT(op)->job = job;
+    return op;
+}
+
+/* Future(): a plain PENDING future, as concurrent.futures.Future() is. */
+static int
+future_init(PyObject *Py_UNUSED(op), PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs && PyDict_GET_SIZE(kwargs))) {
+        PyErr_SetString(PyExc_TypeError, "Future() takes no arguments");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- finishing ------------------------------------------------------ */
+
+/* Finish with `value` as result (is_exception 0) or exception.  0, or
+ * -1 with an exception: InvalidStateError when already done, or
+ * whatever a waiter or callback raised through the stdlib path. */
+int
+pp__future_finish(PyObject *op, PyObject *value, int is_exception)
+{
+    FutureObject *self = FUT(op);
+    int finished = 0;
+    future_state seen;
+    FUTURE_LOCK(op);
+    seen = self->state;
+    if (self->condition == NULL && !is_done(seen)) {
+        if (is_exception) {
+            self->exception = Py_NewRef(value);
+        }
+        else {
+            self->result = Py_NewRef(value);
+        }
+        self->state = FS_FINISHED;
+        finished = 1;
+    }
+    FUTURE_UNLOCK();
+    if (finished) {
+        return 0;
+    }
+    pp_future_support *support = support_of(op);
+    if (support == NULL) {
+        return -1;
+    }
+    if (is_done(seen)) {
+        PyErr_Format(support->invalid_state_error, "%s: %R",
+                     STATE_NAMES[seen], op);
+        return -1;
+    }
+    /* Someone may wait: the stdlib's way, under the condition. */
+    PyObject *res = PyObject_CallFunctionObjArgs(
+        is_exception ? support->base_set_exception : support->base_set_result,
+        op, value, NULL);
+    if (res == NULL) {
+        return -1;
+    }
+    Py_DECREF(res);
+    return 0;
+}
+
+/* 1 if the future can be finished without running any Python code: it
+ * is PENDING or RUNNING and nobody has made its condition. */
+int
+pp__future_finishes_fast(PyObject *op)
+{
+    int fast;
+    FUTURE_LOCK(op);
+    fast = FUT(op)->condition == NULL && !is_done(FUT(op)->state);
+    FUTURE_UNLOCK();
+    return fast;
+}
+
+static PyObject *
+future_set_result(PyObject *op, PyObject *value)
+{
+    if (pp__future_finish(op, value, 0) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+future_set_exception(PyObject *op, PyObject *value)
+{
+    if (pp__future_finish(op, value, 1) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- reading -------------------------------------------------------- */
+
+/* result(timeout=None) / exception(timeout=None): when finished, read
+ * here; otherwise (to wait, or to raise CancelledError) the stdlib's
+ * method. */
+static PyObject *
+read_or_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames, int want_exception)
+{
+    FutureObject *self = FUT(op);
+    PyObject *result = NULL, *exception = NULL;
+    int finished = 0;
+    FUTURE_LOCK(op);
+    if (self->state == FS_FINISHED) {
+        finished = 1;
+        result = Py_XNewRef(self->result);
+        exception = Py_XNewRef(self->exception);
+    }
+    FUTURE_UNLOCK();
+    if (!finished) {
+        pp_future_support *support = support_of(op);
+        if (support == NULL) {
+            return NULL;
+        }
+        PyObject *method = want_exception ? support->base_exception
+                                          : support->base_result;
+        /* method(self, *args, **kwargs) */
+        PyObject *small[4];
+        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+        if (nargs + nkw > 3) {
+            PyErr_SetString(PyExc_TypeError, "takes at most one argument "
+                                             "(timeout)");
+            return NULL;
+        }
+        small[0] = op;
+        for (Py_ssize_t i = 0; i < nargs + nkw; i++) {
+            small[i + 1] = args[i];
+        }
+        return PyObject_Vectorcall(method, small, (size_t)(nargs + 1),
+                                   kwnames);
+    }
+    if (want_exception) {
+        Py_XDECREF(result);
+        return exception ? exception : Py_NewRef(Py_None);
+    }
+    if (exception != NULL) {
+        Py_XDECREF(result);
+        /* As `raise self._exception`: the same object, its traceback
+         * growing from here. */
+        PyErr_SetObject((PyObject *)Py_TYPE(exception), exception);
+        Py_DECREF(exception);
+        return NULL;
+    }
+    return result ? result : Py_NewRef(Py_None);
+}
+
+static PyObject *
+future_result(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames)
+{
+    return read_or_wait(op, args, nargs, kwnames, 0);
+}
+
+static PyObject *
+future_exception(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames)
+{
+    return read_or_wait(op, args, nargs, kwnames, 1);
+}
+
+static future_state
+state_of(PyObject *op)
+{
+    future_state state;
+    FUTURE_LOCK(op);
+    state = FUT(op)->state;
+    FUTURE_UNLOCK();
+    return state;
+}
+
+static PyObject *
+future_done(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(is_done(state_of(op)));
+}
+
+static PyObject *
+future_cancelled(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    future_state state = state_of(op);
+    return PyBool_FromLong(state == FS_CANCELLED ||
+                           state == FS_CANCELLED_AND_NOTIFIED);
+}
+
+static PyObject *
+future_running(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(state_of(op) == FS_RUNNING);
+}
+
+/* cancel(): a queued task is taken back by its owner (the executor),
+ * which then marks the future cancelled; otherwise the stdlib's
+ * cancel(), which refuses once the task runs or has finished. */
+static PyObject *
+future_cancel(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    FutureObject *self = FUT(op);
+    PyObject *owner = NULL;
+    uint64_t job = 0;
+    FUTURE_LOCK(op);
+    if (self->state == FS_PENDING && self->owner != NULL) {
+        owner = Py_NewRef(self->owner);
+        job = self->job;
+    }
+    FUTURE_UNLOCK();
+    if (owner != NULL) {
+        PyObject *res = PyObject_CallMethod(owner, "cancel_future", "OK", op,
+                                            (unsigned long long)job);
+        Py_DECREF(owner);
+        return res;
+    }
+    pp_future_support *support = support_of(op);
+    if (support == NULL) {
+        return NULL;
+    }
+    return PyObject_CallOneArg(support->base_cancel, op);
+}
+
+/* _pp_bind(owner, job): who can take this future's task back. */
+static PyObject *
+future_bind(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint64_t job;
+    if (nargs != 2 || pp__as_u64(args[1], &job) < 0) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "_pp_bind(owner, job)");
+        }
+        return NULL;
+    }
+    PyObject *old;
+    FUTURE_LOCK(op);
+    old = FUT(op)->owner;
+    FUT(op)->owner = Py_NewRef(args[0]);
+    FUT(op)->job = job;
+    FUTURE_UNLOCK();
+    Py_XDECREF(old);
+    Py_RETURN_NONE;
+}
+
+/* ---- the private attributes the stdlib's functions use --------------- */
+
+static PyObject *
+get_state(PyObject *op, void *Py_UNUSED(closure))
+{
+    pp_future_support *support = support_of(op);
+    if (support == NULL) {
+        return NULL;
+    }
+    return Py_NewRef(support->state_names[state_of(op)]);
+}
+
+static int
+set_state(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL || !PyUnicode_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "_state must be a state name");
+        return -1;
+    }
+    for (int s = 0; s < FS_COUNT; s++) {
+        if (PyUnicode_CompareWithASCIIString(value, STATE_NAMES[s]) == 0) {
+            FUTURE_LOCK(op);
+            FUT(op)->state = (future_state)s;
+            FUTURE_UNLOCK();
+            return 0;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "unknown future state %R", value);
+    return -1;
+}
+
+/* A field that reads as None when unset. */
+static PyObject *
+get_field(PyObject *op, PyObject **field)
+{
+    PyObject *value;
+    FUTURE_LOCK(op);
+    value = Py_XNewRef(*field);
+    FUTURE_UNLOCK();
+    return value ? value : Py_NewRef(Py_None);
+}
+
+static int
+set_field(PyObject *op, PyObject **field, PyObject *value)
+{
+    PyObject *old;
+    if (value == Py_None) {
+        value = NULL;
+    }
+    FUTURE_LOCK(op);
+    old = *field;
+    *field = Py_XNewRef(value);
+    FUTURE_UNLOCK();
+    Py_XDECREF(old); /* after: it may run any code */
+    return 0;
+}
+
+static PyObject *
+get_result(PyObject *op, void *Py_UNUSED(closure))
+{
+    return get_field(op, &FUT(op)->result);
+}
+
+static int
+set_result_attr(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    return set_field(op, &FUT(op)->result, value);
+}
+
+static PyObject *
+get_exception(PyObject *op, void *Py_UNUSED(closure))
+{
+    return get_field(op, &FUT(op)->exception);
+}
+
+static int
+set_exception_attr(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    return set_field(op, &FUT(op)->exception, value);
+}
+
+/* The object in *field, made by make() if there is none yet.  make()
+ * may run Python code, so the field is checked again before storing:
+ * whoever stored first wins and everybody gets that one. */
+static PyObject *
+get_or_make(PyObject *op, PyObject **field, PyObject *(*make)(PyObject *))
+{
+    PyObject *value;
+    FUTURE_LOCK(op);
+    value = Py_XNewRef(*field);
+    FUTURE_UNLOCK();
+    if (value != NULL) {
+        return value;
+    }
+    PyObject *made = make(op);
+    if (made == NULL) {
+        return NULL;
+    }
+    FUTURE_LOCK(op);
+    if (*field == NULL) {
+        *field = Py_NewRef(made);
+    }
+    value = Py_NewRef(*field);
+    FUTURE_UNLOCK();
+    Py_DECREF(made);
+    return value;
+}
+
+static PyObject *
+make_list(PyObject *Py_UNUSED(op))
+{
+    return PyList_New(0);
+}
+
+static PyObject *
+make_condition(PyObject *op)
+{
+    pp_future_support *support = support_of(op);
+    if (support == NULL) {
+        return NULL;
+    }
+    if (support->condition_class == NULL) {
+        PyObject *threading = PyImport_ImportModule("threading");
+        if (threading == NULL) {
+            return NULL;
+        }
+        PyObject *cls = PyObject_GetAttrString(threading, "Condition");
+        Py_DECREF(threading);
+        if (cls == NULL) {
+            return NULL;
+        }
+        if (support->condition_class == NULL) {
+            support->condition_class = cls;
+        }
+        else {
+            Py_DECREF(cls);
+        }
+    }
+    return PyObject_CallNoArgs(support->condition_class);
+}
+
+static PyObject *
+get_condition(PyObject *op, void *Py_UNUSED(closure))
+{
+    return get_or_make(op, &FUT(op)->condition, make_condition);
+}
+
+static PyObject *
+get_waiters(PyObject *op, void *Py_UNUSED(closure))
+{
+    return get_or_make(op, &FUT(op)->waiters, make_list);
+}
+
+static PyObject *
+get_callbacks(PyObject *op, void *Py_UNUSED(closure))
+{
+    return get_or_make(op, &FUT(op)->callbacks, make_list);
+}
+
+/* Setting these replaces them (concurrent.futures.Future.__init__ run on
+ * one of ours, say). */
+static int
+set_condition(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    return set_field(op, &FUT(op)->condition, value);
+}
+
+static int
+set_waiters(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    return set_field(op, &FUT(op)->waiters, value);
+}
+
+static int
+set_callbacks(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    return set_field(op, &FUT(op)->callbacks, value);
+}
+
+/* ---- GC ------------------------------------------------------------- */
+
+static int
+future_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    FutureObject *self = FUT(op);
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->result);
+    Py_VISIT(self->exception);
+    Py_VISIT(self->condition);
+    Py_VISIT(self->waiters);
+    Py_VISIT(self->callbacks);
+    Py_VISIT(self->owner);
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_VisitManagedDict(op, visit, arg);
+#else
+    return _PyObject_VisitManagedDict(op, visit, arg);
+#endif
+}
+
+static int
+future_clear(PyObject *op)
+{
+    FutureObject *self = FUT(op);
+    Py_CLEAR(self->result);
+    Py_CLEAR(self->exception);
+    Py_CLEAR(self->condition);
+    Py_CLEAR(self->waiters);
+    Py_CLEAR(self->callbacks);
+    Py_CLEAR(self->owner);
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject_ClearManagedDict(op);
+#else
+    _PyObject_ClearManagedDict(op);
+#endif
+    return 0;
+}
+
+static void
+future_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    PyObject_ClearWeakRefs(op);
+    (void)future_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* ---- the type ------------------------------------------------------- */
+
+static PyMethodDef future_methods[] = {
+    {"result", (PyCFunction)(void (*)(void))future_result,
+     METH_FASTCALL | METH_KEYWORDS,
+     "result(timeout=None): the call's return value; waits up to timeout "
+     "seconds (TimeoutError), raises CancelledError or the call's "
+     "exception."},
+    {"exception", (PyCFunction)(void (*)(void))future_exception,
+     METH_FASTCALL | METH_KEYWORDS,
+     "exception(timeout=None): the exception the call raised, or None."},
+    {"done", future_done, METH_NOARGS,
+     "done(): True if the call finished or was cancelled."},
+    {"cancelled", future_cancelled, METH_NOARGS,
+     "cancelled(): True if the call was cancelled."},
+    {"running", future_running, METH_NOARGS,
+     "running(): always False for poolparty's tasks: workers do not report "
+     "when they start one (that would cost every task)."},
+    {"cancel", future_cancel, METH_NOARGS,
+     "cancel(): take the task back if no worker has started it; True if "
+     "it will not run."},
+    {"set_result", future_set_result, METH_O,
+     "set_result(result): finish with a result (for executors and tests)."},
+    {"set_exception", future_set_exception, METH_O,
+     "set_exception(exception): finish with an exception."},
+    {"_pp_bind", (PyCFunction)(void (*)(void))future_bind, METH_FASTCALL,
+     "_pp_bind(owner, job): set who takes the queued task back on "
+     "cancel()."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef future_getset[] = {
+    {"_state", get_state, set_state, NULL, NULL},
+    {"_result", get_result, set_result_attr, NULL, NULL},
+    {"_exception", get_exception, set_exception_attr, NULL, NULL},
+    {"_condition", get_condition, set_condition, NULL, NULL},
+    {"_waiters", get_waiters, set_waiters, NULL, NULL},
+    {"_done_callbacks", get_callbacks, set_callbacks, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot future_slots[] = {
+    {Py_tp_doc, "A concurrent.futures.Future for one task of a "
+                "SubinterpreterPoolExecutor."},
+    {Py_tp_init, future_init},
+    {Py_tp_dealloc, future_dealloc},
+    {Py_tp_traverse, future_traverse},
+    {Py_tp_clear, future_clear},
+    {Py_tp_methods, future_methods},
+    {Py_tp_getset, future_getset},
+    {0, NULL},
+};
+
+static PyType_Spec future_spec = {
+    .name = "poolparty.Future",
+    .basicsize = sizeof(FutureObject),
+    /* Not immutable: its base, a Python class, is not (3.14 refuses
+     * that mix). */
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = future_slots,
+};
+
+static int
+fetch_base_method(PyObject *base, const char *name, PyObject **slot)
+{
+    *slot = PyObject_GetAttrString(base, name);
+    return *slot == NULL ? -1 : 0;
+}
+
+/* future_type(base, invalid_state_error) -> the Future type, made once
+ * per module from concurrent.futures.Future and InvalidStateError. */
+PyObject *
+pp__module_future_type(PyObject *module, PyObject *const *args,
+                       Py_ssize_t nargs)
+{
+    pp_module_state *st = PyModule_GetState(module);
+    pp_future_support *support = &st->future;
+    if (support->type != NULL) {
+        return Py_NewRef(support->type);
+    }
+    if (nargs != 2 || !PyType_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "future_type(concurrent.futures.Future, "
+                        "concurrent.futures.InvalidStateError)");
+        return NULL;
+    }
+    PyObject *base = args[0];
+    for (int s = 0; s < FS_COUNT; s++) {
+        if (support->state_names[s] == NULL) {
+            support->state_names[s] = PyUnicode_InternFromString(
+                STATE_NAMES[s]);
+            if (support->state_names[s] == NULL) {
+                return NULL;
+            }
+        }
+    }
+    if (support->no_args == NULL &&
+        (support->no_args = PyTuple_New(0)) == NULL) {
+        return NULL;
+    }
+    if (fetch_base_method(base, "result", &support->base_result) < 0 ||
+        fetch_base_method(base, "exception", &support->base_exception) < 0 ||
+        fetch_base_method(base, "set_result", &support->base_set_result) < 0 ||
+        fetch_base_method(base, "set_exception",
+                          &support->base_set_exception) < 0 ||
+        fetch_base_method(base, "cancel", &support->base_cancel) < 0) {
+        return NULL;
+    }
+    support->invalid_state_error = Py_NewRef(args[1]);
+    PyObject *type = PyType_FromModuleAndSpec(module, &future_spec, base);
+    if (type == NULL) {
+        return NULL;
+    }
+    support->type = (PyTypeObject *)type;
+    return Py_NewRef(type);
+}
+
+int
+pp__future_support_traverse(pp_future_support *support, visitproc visit,
+                            void *arg)
+{
+    Py_VISIT(support->type);
+    for (int s = 0; s < FS_COUNT; s++) {
+        Py_VISIT(support->state_names[s]);
+    }
+    Py_VISIT(support->no_args);
+    Py_VISIT(support->base_result);
+    Py_VISIT(support->base_exception);
+    Py_VISIT(support->base_set_result);
+    Py_VISIT(support->base_set_exception);
+    Py_VISIT(support->base_cancel);
+    Py_VISIT(support->invalid_state_error);
+    Py_VISIT(support->condition_class);
+    return 0;
+}
+
+void
+pp__future_support_clear(pp_future_support *support)
+{
+    Py_CLEAR(support->type);
+    for (int s = 0; s < FS_COUNT; s++) {
+        Py_CLEAR(support->state_names[s]);
+    }
+    Py_CLEAR(support->no_args);
+    Py_CLEAR(support->base_result);
+    Py_CLEAR(support->base_exception);
+    Py_CLEAR(support->base_set_result);
+    Py_CLEAR(support->base_set_exception);
+    Py_CLEAR(support->base_cancel);
+    Py_CLEAR(support->invalid_state_error);
+    Py_CLEAR(support->condition_class);
+}
