@@ -11,7 +11,13 @@ typedef struct {
     /* Job ids handed out by new_job() and submit_future(); atomic, as
      * free-threaded builds run those without a lock. */
     atomic_uint_fast64_t next_job;
+    /* Completions taken from the core but not yet handed out: collect()
+     * hands out at most PP_COLLECT_BATCH per call (see module.h).  Guarded by
+     * the GIL, or by a critical section on free-threaded builds. */
+    pp_msg *held;
+    size_t held_count;
 } EngineObject;
+
 
 #define ENGINE(op) (((EngineObject *)(op))->engine)
 
@@ -76,6 +82,7 @@ static void
 engine_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    pp_msg_free_chain(((EngineObject *)self)->held);
     pp_engine *engine = ENGINE(self);
     if (engine != NULL) {
         /* Nobody can submit or collect any more: let the workers drain
@@ -510,17 +517,43 @@ engine_collect(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     pp_future_support *support = &pp__state_from_type(Py_TYPE(self))->future;
+    EngineObject *eo = (EngineObject *)self;
     pp_msg *first = NULL;
     size_t count = 0;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = pp__engine_collect(ENGINE(self), timeout_ns, &first, &count);
-    Py_END_ALLOW_THREADS
-    if (rc == PP_ECLOSED) {
-        Py_RETURN_NONE;
+    PP_LOCK_OBJECT(self);
+    first = eo->held;
+    count = eo->held_count;
+    eo->held = NULL;
+    eo->held_count = 0;
+    PP_UNLOCK_OBJECT();
+    if (first == NULL) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = pp__engine_collect(ENGINE(self), timeout_ns, &first, &count);
+        Py_END_ALLOW_THREADS
+        if (rc == PP_ECLOSED) {
+            Py_RETURN_NONE;
+        }
+        if (rc == PP_ETIMEDOUT) {
+            return PyList_New(0);
+        }
     }
-    if (rc == PP_ETIMEDOUT) {
-        return PyList_New(0);
+    if (count > PP_COLLECT_BATCH) {
+        pp_msg *last = first;
+        for (size_t i = 1; i < PP_COLLECT_BATCH; i++) {
+            last = last->next;
+        }
+        PP_LOCK_OBJECT(self);
+        /* Anything held meanwhile (another caller) goes after ours. */
+        pp_msg *rest_tail = last->next;
+        while (rest_tail->next != NULL) {
+            rest_tail = rest_tail->next;
+        }
+        rest_tail->next = eo->held;
+        eo->held = last->next;
+        eo->held_count += count - PP_COLLECT_BATCH;
+        PP_UNLOCK_OBJECT();
+        last->next = NULL;
     }
     PyObject *list = PyList_New(0);
     for (pp_msg *msg = first; list != NULL && msg != NULL; msg = msg->next) {

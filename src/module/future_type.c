@@ -59,13 +59,8 @@ typedef struct {
 
 #define FUT(op) ((FutureObject *)(op))
 
-#ifdef Py_GIL_DISABLED
-#define FUTURE_LOCK(op) Py_BEGIN_CRITICAL_SECTION(op)
-#define FUTURE_UNLOCK() Py_END_CRITICAL_SECTION()
-#else
-#define FUTURE_LOCK(op) { (void)(op);
-#define FUTURE_UNLOCK() }
-#endif
+#define FUTURE_LOCK(op) PP_LOCK_OBJECT(op)
+#define FUTURE_UNLOCK() PP_UNLOCK_OBJECT()
 
 static pp_future_support *
 support_of(PyObject *op)

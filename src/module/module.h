@@ -6,6 +6,25 @@
 
 #include "../core/pp_internal.h"
 
+/* Lock an object's fields against other threads: the GIL does it on
+ * default builds (a block, nothing more); free-threaded builds (3.13t)
+ * take a per-object critical section. */
+#ifdef Py_GIL_DISABLED
+#define PP_LOCK_OBJECT(op) Py_BEGIN_CRITICAL_SECTION(op)
+#define PP_UNLOCK_OBJECT() Py_END_CRITICAL_SECTION()
+#else
+#define PP_LOCK_OBJECT(op) { (void)(op);
+#define PP_UNLOCK_OBJECT() }
+#endif
+
+/* Completions Engine.collect() turns into Python objects per call.  Not
+ * all that are ready: every tuple it makes counts towards the garbage
+ * collector's next young-generation pass until the caller frees it, so
+ * a batch of thousands (workers outrunning the collector) set off a pass
+ * that went over every large result still young -- 130 ms for
+ * data_pass's thousand 65,536-item lists. */
+#define PP_COLLECT_BATCH 64
+
 /* What the Future type (future_type.c) needs; all NULL until
  * _poolparty.future_type() makes it. */
 typedef struct {

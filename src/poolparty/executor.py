@@ -43,6 +43,15 @@ def _notify_cancelled(future):
         pass  # another thread told them in between
 
 
+class _MapFailure:
+    """What a failed chunk of a map holds in _MapResults: its exception."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error):
+        self.error = error
+
+
 class _MapResults:
     """The chunks of one Executor.map, as they complete, taken in order.
 
@@ -61,13 +70,18 @@ class _MapResults:
         # Lock-free unless the reader waits for this very chunk: the
         # reader announces it under the lock and only then checks _done,
         # so either it sees this entry or we see its announcement.
-        self._done[index] = (ok, value)
+        # A chunk's list as it is, not in an (ok, value) tuple: every
+        # object held here until the reader takes it counts towards the
+        # garbage collector's next young pass, which goes over every
+        # large result still young.
+        self._done[index] = value if ok else _MapFailure(value)
         if index == self._waiting_for:
             with self._cond:
                 self._cond.notify()
 
     def take(self, index, timeout):
-        """``(ok, value)`` of chunk ``index``; TimeoutError after ``timeout`` s."""
+        """Chunk ``index``'s results, or a _MapFailure; TimeoutError after
+        ``timeout`` s."""
         done = self._done.pop(index, None)
         if done is not None:
             return done
@@ -224,7 +238,12 @@ class SubinterpreterPoolExecutor(Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
-        items = list(zip(*iterables))
+        if len(iterables) == 1:
+            # fn(item), as Pool.map: no 1-tuple per item, which the garbage
+            # collector would count (and then go over the large results).
+            items, kind = list(iterables[0]), _engine.TASK_MAP
+        else:
+            items, kind = list(zip(*iterables)), _engine.TASK_STARMAP
         chunks = -(-len(items) // chunksize)
         results = _MapResults()
         try:
@@ -241,7 +260,7 @@ class SubinterpreterPoolExecutor(Executor):
         else:
             # Outside the lock: pickling the items runs their Python code.
             failures, refused_from = self._engine.submit_map(
-                job, _engine.TASK_STARMAP | flag, func_pickle, items,
+                job, kind | flag, func_pickle, items,
                 chunksize, _engine.pickle_dumps)
         for index, exc in failures:
             results.put(index, False, exc)
@@ -259,12 +278,12 @@ class SubinterpreterPoolExecutor(Executor):
         try:
             for index in range(chunks):
                 if end_time is None:
-                    ok, value = results.take(index, None)
+                    chunk = results.take(index, None)
                 else:
-                    ok, value = results.take(index, end_time - time.monotonic())
-                if not ok:
-                    raise value
-                yield from value
+                    chunk = results.take(index, end_time - time.monotonic())
+                if type(chunk) is _MapFailure:
+                    raise chunk.error
+                yield from chunk
         finally:
             self._engine.cancel_job(job)
             self._sink.maps.pop(job, None)

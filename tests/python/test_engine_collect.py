@@ -1,0 +1,37 @@
+"""Engine.collect() hands out completions a bounded batch at a time.
+
+Every completion tuple it makes counts towards the garbage collector's
+next young pass until the collector thread is done with it; handing out
+thousands at once set off passes over every large result still young.
+The rest stay in the Engine and come out, in order, on the next calls,
+also after the workers have exited.
+"""
+
+import pytest
+
+from conftest import REFERENCE
+from poolparty import _engine
+from poolparty import _poolparty as core
+
+pytestmark = pytest.mark.skipif(REFERENCE, reason="poolparty's engine")
+
+
+def test_collect_hands_out_a_batch_at_a_time_and_keeps_the_rest():
+    engine = core.Engine(core.PP_DESIGN_QUEUE, 2, 0, _engine.sys_path_blob(),
+                         _engine.boot_payload(None, ()))
+    func, flags = _engine.function_pickle(abs)
+    tasks = 5 * core.PP_COLLECT_BATCH + 7
+    for i in range(tasks):
+        engine.submit(1, i, core.PP_TASK_CALL | flags, func,
+                      _engine.dumps(((-i,), None)))
+    engine.close()
+    # No collector runs: every completion waits in the engine.
+    assert engine.join(60)
+    sizes, results = [], {}
+    while (batch := engine.collect(5)) is not None:
+        sizes.append(len(batch))
+        for job, index, kind, _worker, payload in batch:
+            assert (job, kind) == (1, core.PP_DONE_OK)
+            results[index] = _engine.decode(kind, payload)[1]
+    assert sizes == [core.PP_COLLECT_BATCH] * 5 + [7]
+    assert results == {i: i for i in range(tasks)}
