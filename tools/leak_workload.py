@@ -13,9 +13,12 @@ any result is wrong.
 """
 
 import argparse
+import concurrent.futures
+import fractions
 import gc
 import os
 import sys
+import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
@@ -121,6 +124,23 @@ def executor_phase(dispatch, n):
         check(f"{dispatch}: executor map", list(ex.map(rt.increment, range(100),
                                                         chunksize=9)) ==
               list(range(1, 101)))
+        # The C Future's slow paths: waiters and callbacks arriving while
+        # results do, errors, arguments that need pickle.
+        futures = [ex.submit(rt.increment, i) for i in range(n)]
+        called = []
+        for f in futures[::3]:
+            f.add_done_callback(called.append)
+        waiter = threading.Thread(target=concurrent.futures.wait, args=(futures, 60))
+        waiter.start()
+        finished = list(concurrent.futures.as_completed(futures, timeout=60))
+        waiter.join(60)
+        check(f"{dispatch}: executor waiters", len(finished) == n and
+              len(called) == len(futures[::3]))
+        failing = ex.submit(divmod, 1, 0)
+        pickled = ex.submit(rt.increment, fractions.Fraction(1, 3))
+        check(f"{dispatch}: executor error and pickled argument",
+              isinstance(failing.exception(60), ZeroDivisionError) and
+              pickled.result(60) == fractions.Fraction(4, 3))
 
 
 def interpreter_phase():
