@@ -4,7 +4,8 @@
  * vocabulary).  Moving between interpreters is always done with
  * PyEval_SaveThread / PyEval_RestoreThread, never PyThreadState_Swap:
  * those two release and take the right GIL on both 3.12 and 3.13,
- * where a bare swap between own-GIL interpreters does not. */
+ * whereas what a bare swap does with GILs has changed between
+ * versions. */
 #include "pp_internal.h"
 
 #include <pthread.h>
@@ -154,24 +155,51 @@ new_from_template(pp_site_template *t, PyThreadState **made,
         return status;
     }
     /* Now `*made` is attached and `ts` must go, which needs the
-     * template's GIL. */
-#if PY_VERSION_HEX >= 0x030D0000
-    /* 3.13 detached `ts` and released the template's GIL. */
+     * template's GIL: creation released it (3.12 and 3.13 alike, checked:
+     * taking it again here would deadlock otherwise). */
     PyEval_SaveThread();
     PyEval_RestoreThread(ts);
     PyThreadState_Clear(ts);
     PyThreadState_DeleteCurrent();
     PyEval_RestoreThread(*made);
-#else
-    /* 3.12 swapped `ts` out without releasing the template's GIL, and
-     * swaps do not touch GILs there: both are held until
-     * PyThreadState_DeleteCurrent releases the template's. */
-    PyThreadState_Swap(ts);
-    PyThreadState_Clear(ts);
-    PyThreadState_DeleteCurrent();
-    PyThreadState_Swap(*made);
-#endif
     return status;
+}
+
+/* A worker made from the template copied site_import = 0 from it, and
+ * CPython set its sys.flags.no_site from that.  Put back what the
+ * parent has, so that nothing in the worker -- code reading sys.flags,
+ * interpreters it creates -- sees a `python -S` that never was.  0 or
+ * -1 with an exception.  Needs: sub GIL (the worker's). */
+static int
+site_back_on(void)
+{
+    ((PyConfig *)_Py_GetConfig())->site_import = 1;
+    PyObject *flags = PySys_GetObject("flags"); /* borrowed */
+    if (flags == NULL || !PyTuple_Check(flags)) {
+        PyErr_SetString(PyExc_RuntimeError, "sys.flags is missing");
+        return -1;
+    }
+    /* sys.flags is a struct sequence: find no_site's slot by name. */
+    for (PyMemberDef *m = Py_TYPE(flags)->tp_members; m && m->name; m++) {
+        if (strcmp(m->name, "no_site") != 0) {
+            continue;
+        }
+        Py_ssize_t i = (Py_ssize_t)((m->offset - offsetof(PyTupleObject,
+                                                          ob_item)) /
+                                    sizeof(PyObject *));
+        if (i < 0 || i >= PyTuple_GET_SIZE(flags)) {
+            return 0;
+        }
+        PyObject *zero = PyLong_FromLong(0);
+        if (zero == NULL) {
+            return -1;
+        }
+        PyObject *old = PyTuple_GET_ITEM(flags, i);
+        PyStructSequence_SetItem(flags, i, zero); /* steals zero */
+        Py_XDECREF(old);
+        return 0;
+    }
+    return 0;
 }
 
 #endif /* HAVE_SITE_TEMPLATE */
@@ -476,6 +504,7 @@ set_sys_path(const pp_boot *boot)
     return rc;
 }
 
+#ifdef HAVE_SITE_TEMPLATE
 /* What creating the interpreter would have done with site_import on
  * (see "the site template" above): site.main() adds the site
  * directories, runs their .pth files, sitecustomize and usercustomize,
@@ -499,6 +528,7 @@ run_site(void)
     Py_DECREF(res);
     return 0;
 }
+#endif
 
 /* Fill it's PyObject fields and run the bootstrap; first site.main()
  * when creation left it out.  0 or -1 with an exception.  Needs: sub
@@ -512,13 +542,17 @@ prepare(pp_interp *it, const pp_boot *boot, int site_deferred)
     if (set_sys_path(boot) < 0) {
         goto done;
     }
+#ifdef HAVE_SITE_TEMPLATE
     if (site_deferred) {
         /* Then the parent's sys.path again: it is what every worker
          * gets, whatever site would add or reorder. */
-        if (run_site() < 0 || set_sys_path(boot) < 0) {
+        if (site_back_on() < 0 || run_site() < 0 || set_sys_path(boot) < 0) {
             goto done;
         }
     }
+#else
+    (void)site_deferred;
+#endif
     worker = PyImport_ImportModule("poolparty._worker");
     if (worker == NULL) {
         goto done;

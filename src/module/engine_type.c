@@ -479,18 +479,13 @@ finish_future_here(pp_future_support *support, PyObject *futures,
         PyErr_Clear();
         goto out;
     }
-    /* Decoding may have run a garbage collection, and with it any code:
-     * look again. */
-    if (pp__future_finishes_fast(future)) {
-        if (PyDict_DelItem(futures, key) < 0) {
-            done = -1;
-        }
-        else if (pp__future_finish(future, value, 0) < 0) {
-            done = -1;
-        }
-        else {
-            done = 1;
-        }
+    /* Decoding may have run a garbage collection, and with it any code,
+     * and on a free-threaded build another thread may have made the
+     * future's condition meanwhile: finish it only if that is still not
+     * so, in one step.  Else the Python loop does it the stdlib's way. */
+    if (pp__future_try_finish_fast(future, value)) {
+        /* Finished: nothing else touches its entry any more. */
+        done = PyDict_DelItem(futures, key) < 0 ? -1 : 1;
     }
     Py_DECREF(value);
 out:

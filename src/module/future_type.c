@@ -168,6 +168,24 @@ pp__future_finishes_fast(PyObject *op)
     return fast;
 }
 
+/* Finish with result `value` if that runs no Python code (as checked by
+ * pp__future_finishes_fast), in one locked step.  1 if finished, 0 if
+ * not (nothing changed, no exception). */
+int
+pp__future_try_finish_fast(PyObject *op, PyObject *value)
+{
+    FutureObject *self = FUT(op);
+    int finished = 0;
+    FUTURE_LOCK(op);
+    if (self->condition == NULL && !is_done(self->state)) {
+        self->result = Py_NewRef(value);
+        self->state = FS_FINISHED;
+        finished = 1;
+    }
+    FUTURE_UNLOCK();
+    return finished;
+}
+
 static PyObject *
 future_set_result(PyObject *op, PyObject *value)
 {
@@ -198,8 +216,21 @@ read_or_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     FutureObject *self = FUT(op);
     PyObject *result = NULL, *exception = NULL;
     int finished = 0;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    /* The stdlib's method checks the arguments: only (), (timeout) and
+     * (timeout=...) are read here, where a finished future ignores the
+     * timeout as the stdlib does. */
+    int plain_call = nargs + nkw == 0 || (nargs == 1 && nkw == 0) ||
+                     (nargs == 0 && nkw == 1 &&
+                      PyUnicode_CompareWithASCIIString(
+                          PyTuple_GET_ITEM(kwnames, 0), "timeout") == 0);
     FUTURE_LOCK(op);
-    if (self->state == FS_FINISHED) {
+    /* And only when its exception, if any, is an instance: `raise
+     * self._exception` makes an instance of a class and refuses anything
+     * else, which the stdlib's method then does. */
+    if (self->state == FS_FINISHED && plain_call &&
+        (self->exception == NULL ||
+         PyExceptionInstance_Check(self->exception))) {
         finished = 1;
         result = Py_XNewRef(self->result);
         exception = Py_XNewRef(self->exception);
@@ -214,7 +245,6 @@ read_or_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                                           : support->base_result;
         /* method(self, *args, **kwargs) */
         PyObject *small[4];
-        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
         if (nargs + nkw > 3) {
             PyErr_SetString(PyExc_TypeError, "takes at most one argument "
                                              "(timeout)");
@@ -456,23 +486,6 @@ make_condition(PyObject *op)
     if (support == NULL) {
         return NULL;
     }
-    if (support->condition_class == NULL) {
-        PyObject *threading = PyImport_ImportModule("threading");
-        if (threading == NULL) {
-            return NULL;
-        }
-        PyObject *cls = PyObject_GetAttrString(threading, "Condition");
-        Py_DECREF(threading);
-        if (cls == NULL) {
-            return NULL;
-        }
-        if (support->condition_class == NULL) {
-            support->condition_class = cls;
-        }
-        else {
-            Py_DECREF(cls);
-        }
-    }
     return PyObject_CallNoArgs(support->condition_class);
 }
 
@@ -625,15 +638,10 @@ static PyType_Spec future_spec = {
     .slots = future_slots,
 };
 
-static int
-fetch_base_method(PyObject *base, const char *name, PyObject **slot)
-{
-    *slot = PyObject_GetAttrString(base, name);
-    return *slot == NULL ? -1 : 0;
-}
-
 /* future_type(base, invalid_state_error) -> the Future type, made once
- * per module from concurrent.futures.Future and InvalidStateError. */
+ * per module from concurrent.futures.Future and InvalidStateError.  All
+ * or nothing: the support fields are set only once everything was
+ * found. */
 PyObject *
 pp__module_future_type(PyObject *module, PyObject *const *args,
                        Py_ssize_t nargs)
@@ -643,41 +651,62 @@ pp__module_future_type(PyObject *module, PyObject *const *args,
     if (support->type != NULL) {
         return Py_NewRef(support->type);
     }
-    if (nargs != 2 || !PyType_Check(args[0])) {
+    if (nargs != 2 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[1],
+                          (PyTypeObject *)PyExc_Exception)) {
         PyErr_SetString(PyExc_TypeError,
                         "future_type(concurrent.futures.Future, "
                         "concurrent.futures.InvalidStateError)");
         return NULL;
     }
     PyObject *base = args[0];
-    for (int s = 0; s < FS_COUNT; s++) {
-        if (support->state_names[s] == NULL) {
-            support->state_names[s] = PyUnicode_InternFromString(
-                STATE_NAMES[s]);
-            if (support->state_names[s] == NULL) {
-                return NULL;
-            }
+    pp_future_support made = {0};
+    static const char *const methods[] = {"result", "exception", "set_result",
+                                          "set_exception", "cancel"};
+    PyObject **slots[] = {&made.base_result, &made.base_exception,
+                          &made.base_set_result, &made.base_set_exception,
+                          &made.base_cancel};
+    for (size_t m = 0; m < sizeof(methods) / sizeof(methods[0]); m++) {
+        *slots[m] = PyObject_GetAttrString(base, methods[m]);
+        if (*slots[m] == NULL) {
+            goto error;
         }
     }
-    if (support->no_args == NULL &&
-        (support->no_args = PyTuple_New(0)) == NULL) {
-        return NULL;
+    for (int s = 0; s < FS_COUNT; s++) {
+        made.state_names[s] = PyUnicode_InternFromString(STATE_NAMES[s]);
+        if (made.state_names[s] == NULL) {
+            goto error;
+        }
     }
-    if (fetch_base_method(base, "result", &support->base_result) < 0 ||
-        fetch_base_method(base, "exception", &support->base_exception) < 0 ||
-        fetch_base_method(base, "set_result", &support->base_set_result) < 0 ||
-        fetch_base_method(base, "set_exception",
-                          &support->base_set_exception) < 0 ||
-        fetch_base_method(base, "cancel", &support->base_cancel) < 0) {
-        return NULL;
+    /* concurrent.futures imported threading already: fetched now, so
+     * that no thread races to fetch it later. */
+    PyObject *threading = PyImport_ImportModule("threading");
+    if (threading == NULL) {
+        goto error;
     }
-    support->invalid_state_error = Py_NewRef(args[1]);
-    PyObject *type = PyType_FromModuleAndSpec(module, &future_spec, base);
-    if (type == NULL) {
-        return NULL;
+    made.condition_class = PyObject_GetAttrString(threading, "Condition");
+    Py_DECREF(threading);
+    made.no_args = PyTuple_New(0);
+    if (made.condition_class == NULL || made.no_args == NULL) {
+        goto error;
     }
-    support->type = (PyTypeObject *)type;
-    return Py_NewRef(type);
+    made.invalid_state_error = Py_NewRef(args[1]);
+    made.type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &future_spec,
+                                                         base);
+    if (made.type == NULL) {
+        goto error;
+    }
+    if (support->type != NULL) {
+        /* Another thread made it meanwhile (free-threaded builds). */
+        pp__future_support_clear(&made);
+        return Py_NewRef(support->type);
+    }
+    *support = made;
+    return Py_NewRef(support->type);
+
+error:
+    pp__future_support_clear(&made);
+    return NULL;
 }
 
 int

@@ -38,7 +38,7 @@ typedef struct {
     PyObject *base_set_exception;
     PyObject *base_cancel;
     PyObject *invalid_state_error;
-    PyObject *condition_class; /* threading.Condition, on first need */
+    PyObject *condition_class; /* threading.Condition */
 } pp_future_support;
 
 typedef struct {
@@ -93,6 +93,9 @@ PyObject *pp__future_new(pp_future_support *support, PyObject *owner,
                          uint64_t job);
 int pp__future_finish(PyObject *future, PyObject *value, int is_exception);
 int pp__future_finishes_fast(PyObject *future);
+/* Finish `future` with result `value` only if that runs no Python code,
+ * checked and done in one locked step: 1 if finished, 0 if not. */
+int pp__future_try_finish_fast(PyObject *future, PyObject *value);
 /* _poolparty.future_type(base, invalid_state_error) */
 PyObject *pp__module_future_type(PyObject *module, PyObject *const *args,
                                  Py_ssize_t nargs);

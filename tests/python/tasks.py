@@ -239,6 +239,7 @@ def site_summary():
     return {
         "builtins": [name for name in SITE_BUILTINS if hasattr(builtins, name)],
         "site imported": "site" in sys.modules,
+        "no_site flag": sys.flags.no_site,
         "sys.path": list(sys.path),
         "pth ran": getattr(sys, "pp_test_pth_ran", False),
         "sitecustomize ran": getattr(sys, "pp_test_sitecustomize_ran", False),

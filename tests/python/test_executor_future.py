@@ -95,6 +95,17 @@ def steps_none_result(future):
     return [state(future), outcome(future.result), outcome(future.exception)]
 
 
+def steps_odd_calls(future):
+    # An exception class (raise makes an instance), bad arguments on a
+    # finished future, a timeout given by name.
+    seen = [outcome(lambda: future.set_exception(KeyError))]
+    seen += [outcome(future.result), outcome(lambda: future.result(timeout=1))]
+    seen += [outcome(lambda: future.result(1, 2)),
+             outcome(lambda: future.result(when=1)),
+             outcome(lambda: type(future.exception(0)).__name__)]
+    return seen
+
+
 def steps_private_attributes(future):
     # What concurrent.futures.wait() and as_completed() use.
     with future._condition:
@@ -106,7 +117,8 @@ def steps_private_attributes(future):
 
 @pytest.mark.parametrize("steps", [steps_result, steps_exception, steps_cancel,
                                    steps_running, steps_callbacks,
-                                   steps_none_result, steps_private_attributes])
+                                   steps_none_result, steps_odd_calls,
+                                   steps_private_attributes])
 def test_behaves_like_the_stdlib_future(steps):
     assert steps(OURS()) == steps(cf.Future())
 

@@ -45,7 +45,8 @@ import tasks
 
 if __name__ == "__main__":
     here = tasks.site_summary()
-    print("main", sorted(key for key, value in here.items() if value is True))
+    print("main", sorted(key for key, value in here.items() if value is True),
+          "no_site", here["no_site flag"])
     for workers in (2, {big}):
         with poolparty.SubinterpreterPool(workers, tasks.check_site_summary,
                                           (here,)) as pool:
@@ -92,9 +93,10 @@ def test_pth_import_lines_and_sitecustomize_run_in_every_worker(tmp_path):
     (custom / "sitecustomize.py").write_text(
         "import sys\nsys.pp_test_sitecustomize_ran = True\n")
     proc = _run(tmp_path, python, pythonpath=[custom, *_installed_here()])
-    assert "main ['pth ran', 'site imported', 'sitecustomize ran']" in proc.stdout
+    assert ("main ['pth ran', 'site imported', 'sitecustomize ran'] no_site 0"
+            in proc.stdout)
 
 
 def test_without_site_in_the_parent_workers_have_none_either(tmp_path):
     proc = _run(tmp_path, sys.executable, "-S", pythonpath=_installed_here())
-    assert "main []" in proc.stdout
+    assert "main [] no_site 1" in proc.stdout
