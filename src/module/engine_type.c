@@ -511,7 +511,8 @@ engine_collect(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "futures must be a dict");
         return NULL;
     }
-    pp_future_support *support = &pp__state_from_type(Py_TYPE(self))->future;
+    pp_future_support *support =
+        futures ? &pp__state_from_type(Py_TYPE(self))->future : NULL;
     EngineObject *eo = (EngineObject *)self;
     pp_msg *first = NULL;
     size_t count = 0;

@@ -111,18 +111,19 @@ future_init(PyObject *Py_UNUSED(op), PyObject *args, PyObject *kwargs)
 
 /* ---- finishing ------------------------------------------------------ */
 
-/* Finish with `value` as result (is_exception 0) or exception.  0, or
- * -1 with an exception: InvalidStateError when already done, or
- * whatever a waiter or callback raised through the stdlib path. */
-int
-pp__future_finish(PyObject *op, PyObject *value, int is_exception)
+/* Finish with `value` as result (is_exception 0) or exception if that
+ * runs no Python code: nobody has made the condition, so nobody waits
+ * and no callback is registered.  One locked step.  1 if finished; 0 if
+ * not (nothing changed, no exception), with *seen the state found. */
+static int
+finish_fast(PyObject *op, PyObject *value, int is_exception,
+            future_state *seen)
 {
     FutureObject *self = FUT(op);
     int finished = 0;
-    future_state seen;
     FUTURE_LOCK(op);
-    seen = self->state;
-    if (self->condition == NULL && !is_done(seen)) {
+    *seen = self->state;
+    if (self->condition == NULL && !is_done(*seen)) {
         if (is_exception) {
             self->exception = Py_NewRef(value);
         }
@@ -133,7 +134,17 @@ pp__future_finish(PyObject *op, PyObject *value, int is_exception)
         finished = 1;
     }
     FUTURE_UNLOCK();
-    if (finished) {
+    return finished;
+}
+
+/* set_result / set_exception.  0, or -1 with an exception:
+ * InvalidStateError when already done, or whatever a waiter or callback
+ * raised through the stdlib path. */
+static int
+finish(PyObject *op, PyObject *value, int is_exception)
+{
+    future_state seen;
+    if (finish_fast(op, value, is_exception, &seen)) {
         return 0;
     }
     pp_future_support *support = support_of(op);
@@ -168,28 +179,18 @@ pp__future_finishes_fast(PyObject *op)
     return fast;
 }
 
-/* Finish with result `value` if that runs no Python code (as checked by
- * pp__future_finishes_fast), in one locked step.  1 if finished, 0 if
- * not (nothing changed, no exception). */
+/* See module.h. */
 int
 pp__future_try_finish_fast(PyObject *op, PyObject *value)
 {
-    FutureObject *self = FUT(op);
-    int finished = 0;
-    FUTURE_LOCK(op);
-    if (self->condition == NULL && !is_done(self->state)) {
-        self->result = Py_NewRef(value);
-        self->state = FS_FINISHED;
-        finished = 1;
-    }
-    FUTURE_UNLOCK();
-    return finished;
+    future_state seen;
+    return finish_fast(op, value, 0, &seen);
 }
 
 static PyObject *
 future_set_result(PyObject *op, PyObject *value)
 {
-    if (pp__future_finish(op, value, 0) < 0) {
+    if (finish(op, value, 0) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -198,7 +199,7 @@ future_set_result(PyObject *op, PyObject *value)
 static PyObject *
 future_set_exception(PyObject *op, PyObject *value)
 {
-    if (pp__future_finish(op, value, 1) < 0) {
+    if (finish(op, value, 1) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;

@@ -85,13 +85,10 @@ int pp__add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot);
 
 /* The Future type (future_type.c).  pp__future_new: a PENDING future
  * whose cancel() asks owner.cancel_future(future, job); new reference
- * or NULL.  pp__future_finish: finish it with a result (is_exception 0)
- * or an exception; 0 or -1 with an exception (InvalidStateError when it
- * is done already).  pp__future_finishes_fast: 1 when finishing it runs
- * no Python code (nobody waits on it or has a callback on it yet). */
+ * or NULL.  pp__future_finishes_fast: 1 when finishing it runs no Python
+ * code (nobody waits on it or has a callback on it yet). */
 PyObject *pp__future_new(pp_future_support *support, PyObject *owner,
                          uint64_t job);
-int pp__future_finish(PyObject *future, PyObject *value, int is_exception);
 int pp__future_finishes_fast(PyObject *future);
 /* Finish `future` with result `value` only if that runs no Python code,
  * checked and done in one locked step: 1 if finished, 0 if not. */

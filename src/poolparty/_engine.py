@@ -391,8 +391,9 @@ class Runner:
 def _collect(runner):
     """The collector thread: completions from C to the sink."""
     engine, sink, lock = runner.engine, runner.sink, runner.lock
-    # The executor's {job: future}: collect() finishes their plain results.
-    futures = getattr(sink, "fast_futures", None)
+    # The executor's sink has {job: future}, whose plain results collect()
+    # finishes itself; a pool's sink has none.
+    futures = getattr(sink, "futures", None)
     broken = False
     while True:
         batch = engine.collect(None, futures)

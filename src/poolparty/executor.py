@@ -100,8 +100,8 @@ class _MapResults:
 class _Sink:
     def __init__(self):
         # {job: future} of submit()'s tasks still to finish.  The engine's
-        # collect() finishes plain results of these itself (fast_futures).
-        self.futures = self.fast_futures = {}
+        # collect() finishes plain results of these itself.
+        self.futures = {}
         self.engine = None  # set once the runner made it
         # The results of maps still being iterated.  Weak: a map's
         # iterator dropped unstarted never runs its finally, and its
