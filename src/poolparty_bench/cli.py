@@ -335,6 +335,16 @@ def run_once(cell, timeout, sample_gil=True):
                 "stderr": out.get("traceback", "") + outcome.stderr}
     out["peak_rss_bytes"] = outcome.peak_rss_bytes
     out["process_cpu_s"] = outcome.cpu_s
+    if outcome.machine is not None and outcome.wall_s > 0:
+        # What else ran on the machine meanwhile (this driver's sampler
+        # included), and what the hypervisor took: a repeat slower than
+        # its siblings usually shows it here.
+        from .results import usable_cores
+
+        capacity = outcome.wall_s * usable_cores()
+        others = max(0.0, outcome.machine.busy_s - outcome.cpu_s)
+        out["others_cpu_pct"] = 100.0 * others / capacity
+        out["steal_pct"] = 100.0 * outcome.machine.steal_s / capacity
     if outcome.returncode != 0:
         # The figures were printed, so they stand; what went wrong later
         # (seen once: gilknocker's thread aborting the exit) is noted.
@@ -377,7 +387,15 @@ class Progress:
 
 
 def run_cells(cells, args, unavailable, on_record=None):
-    """Run every cell; return the records, in plan order."""
+    """Run every cell; return the records, in plan order.
+
+    The repeats are interleaved: every cell's first run, then every cell's
+    second, and so on.  This machine has slow spells minutes long (a
+    cell's three runs once took 22.7, 24.9 and 25.0 s); run back to back, a
+    spell lands on the repeats of one cell and skews its ratio to the
+    baseline, while interleaved it lands on one repeat of many cells, and
+    the median sets it aside.
+    """
     from .results import aggregate, unavailable_record, usable_cores
 
     cores = usable_cores()
@@ -388,19 +406,26 @@ def run_cells(cells, args, unavailable, on_record=None):
     for cell in runnable:
         bench = cell["bench"]
         remaining[bench] = remaining.get(bench, 0) + args.repeat
+    runs_of = [[] for _ in cells]
 
-    records = []
-    k = 0
-    for cell in cells:
-        reason = unavailable.get((cell["python"], cell["mode"]))
-        if reason is not None:
-            records.append(unavailable_record(cell, reason))
-            if on_record:
-                on_record(records)
-            continue
-        k += 1
-        runs = []
-        for rep in range(args.repeat):
+    def records_so_far():
+        records = []
+        for cell, runs in zip(cells, runs_of):
+            reason = unavailable.get((cell["python"], cell["mode"]))
+            if reason is not None:
+                records.append(unavailable_record(cell, reason))
+            elif runs:
+                records.append(aggregate(cell, runs, cores))
+        return records
+
+    if on_record and len(runnable) < len(cells):
+        on_record(records_so_far())
+    for rep in range(args.repeat):
+        k = 0
+        for cell, runs in zip(cells, runs_of):
+            if (cell["python"], cell["mode"]) in unavailable:
+                continue
+            k += 1
             eta = progress.estimate_left(remaining)
             log(f"[cell {k}/{len(runnable)}] {cell['bench']} "
                 f"py{cell['python']} {cell['mode']} w={cell['workers']} "
@@ -420,10 +445,9 @@ def run_cells(cells, args, unavailable, on_record=None):
             else:
                 log(f"    {run['wall_s']:.3f} s, correct={run['correct']}")
             runs.append(run)
-        records.append(aggregate(cell, runs, cores))
-        if on_record:
-            on_record(records)
-    return records
+            if on_record:
+                on_record(records_so_far())
+    return records_so_far()
 
 
 def _size(workload, scale):

@@ -5,6 +5,18 @@ of threads or subinterpreters keeps it in one, so peak memory is taken as
 the peak, over samples, of the SUM of the resident set sizes of the process
 and all its descendants.  Samples are taken every SAMPLE_INTERVAL_S.
 
+The sampler shares the machine with what it measures, so it must be cheap:
+finding the descendants means reading the stat file of every process on
+the machine (0.5 ms of CPU here, 2 % of a core at one scan per sample,
+taken from the pooled runs that need every core).  So the tree is scanned
+every CHILD_RESCAN_EVERY samples, and the processes found are read in
+between (20 us each).  A process is counted from the scan after it starts;
+the pools measured here start their processes once and keep them.
+
+Alongside, the machine's CPU counters (/proc/stat on Linux) say how much
+CPU went to everything outside the command, and how much the hypervisor
+took (steal): the noise a run was measured under.
+
 This runs in the driver (it needs psutil), never in the cell.
 """
 
@@ -16,6 +28,9 @@ import time
 import psutil
 
 SAMPLE_INTERVAL_S = 0.025
+
+# Samples between two scans of the process tree (0.2 s apart).
+CHILD_RESCAN_EVERY = 8
 
 # How long processes left behind by a finished command may linger (the
 # resource tracker of multiprocessing, say) before they are killed.
@@ -31,23 +46,27 @@ class ProcessTreeSampler:
     had used when last seen.
     """
 
-    def __init__(self, pid):
+    def __init__(self, pid, rescan_every=CHILD_RESCAN_EVERY):
         self.pid = pid
         self.peak_rss_bytes = 0
         self.samples = 0
+        self.rescan_every = rescan_every
         self._last_cpu = {}
         self._root = None
+        self._procs = []
 
     def sample(self):
         """Take one sample; return False once the root process is gone."""
         try:
             if self._root is None:
                 self._root = psutil.Process(self.pid)
-            procs = [self._root] + self._root.children(recursive=True)
+            if self.samples % self.rescan_every == 0:
+                self._procs = ([self._root]
+                               + self._root.children(recursive=True))
         except psutil.Error:
             return False
         rss = 0
-        for proc in procs:
+        for proc in self._procs:
             try:
                 with proc.oneshot():
                     rss += proc.memory_info().rss
@@ -68,7 +87,7 @@ class Outcome:
     """What run_sampled() saw: exit code, output, memory, CPU, time."""
 
     def __init__(self, returncode, stdout, stderr, peak_rss_bytes, cpu_s,
-                 wall_s, timed_out):
+                 wall_s, timed_out, machine=None):
         self.returncode = returncode
         self.stdout = stdout
         self.stderr = stderr
@@ -76,6 +95,41 @@ class Outcome:
         self.cpu_s = cpu_s
         self.wall_s = wall_s
         self.timed_out = timed_out
+        # MachineCpu over the run, or None where /proc/stat is missing.
+        self.machine = machine
+
+
+class MachineCpu:
+    """The whole machine's CPU counters (/proc/stat), in seconds.
+
+    busy_s is all CPU time spent running anything (user, nice, system,
+    interrupts); steal_s is time the hypervisor gave this machine's CPUs to
+    someone else.  Subtracting two readings gives what happened in between.
+    """
+
+    def __init__(self, busy_s, steal_s):
+        self.busy_s = busy_s
+        self.steal_s = steal_s
+
+    @classmethod
+    def read(cls):
+        """The counters now, or None where the kernel does not give them."""
+        try:
+            with open("/proc/stat", "rb") as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        if len(fields) < 9 or fields[0] != b"cpu":
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        # cpu user nice system idle iowait irq softirq steal ...
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (
+            int(v) / tick for v in fields[1:9])
+        return cls(user + nice + system + irq + softirq, steal)
+
+    def __sub__(self, earlier):
+        return MachineCpu(self.busy_s - earlier.busy_s,
+                          self.steal_s - earlier.steal_s)
 
 
 def run_sampled(cmd, *, env=None, cwd=None, timeout=None,
@@ -94,6 +148,7 @@ def run_sampled(cmd, *, env=None, cwd=None, timeout=None,
                                 stderr=err, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         sampler = ProcessTreeSampler(proc.pid)
+        machine_start = MachineCpu.read()
         start = time.monotonic()
         timed_out = False
         status = rusage = None
@@ -118,6 +173,9 @@ def run_sampled(cmd, *, env=None, cwd=None, timeout=None,
             proc.wait()
             raise
         wall = time.monotonic() - start
+        machine_end = MachineCpu.read()
+        machine = (machine_end - machine_start
+                   if machine_start and machine_end else None)
         proc.returncode = os.waitstatus_to_exitcode(status)
         _reap_leftovers(proc.pid)
 
@@ -130,7 +188,7 @@ def run_sampled(cmd, *, env=None, cwd=None, timeout=None,
     peak = max(sampler.peak_rss_bytes, rusage.ru_maxrss * 1024)
     cpu = max(sampler.cpu_s, rusage.ru_utime + rusage.ru_stime)
     return Outcome(proc.returncode, stdout, stderr, peak, cpu, wall,
-                   timed_out)
+                   timed_out, machine)
 
 
 def _kill_group(pgid):

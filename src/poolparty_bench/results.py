@@ -33,6 +33,8 @@ COLUMNS = (
     "status",
     "error",
     "note",
+    "others_cpu_pct_max",
+    "steal_pct_max",
     "python_path",
 )
 
@@ -52,6 +54,11 @@ def _mean_sampled(values):
 def _worst_gil(gil):
     """The most contended GIL of one run: the main one or a worker's."""
     values = [gil.get("main")] + list(gil.get("workers") or [])
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def _max(values):
     values = [v for v in values if v is not None]
     return max(values) if values else None
 
@@ -103,6 +110,10 @@ def aggregate(cell, runs, cores):
             map_s = _median(run.get("map_s") for run in good)
             record["us_per_task"] = 1e6 * (
                 map_s if map_s is not None else median) / record["tasks"]
+        # The worst noise any repeat ran under (percent of the machine).
+        record["others_cpu_pct_max"] = _max(
+            run.get("others_cpu_pct") for run in good)
+        record["steal_pct_max"] = _max(run.get("steal_pct") for run in good)
         # Say why the GIL was not measured; a measured figure needs no note.
         notes += sorted({gil.get("note") or "" for gil in
                          ((run.get("gil") or {}) for run in good)

@@ -158,6 +158,8 @@ def test_no_gil_reaches_the_cells(monkeypatch):
         timed_out = False
         peak_rss_bytes = 1
         cpu_s = 1.0
+        wall_s = 1.0
+        machine = None
         returncode = 0
 
     def fake_run(cmd, env, timeout):
@@ -196,6 +198,71 @@ def run(wall, cpu=None, peak_mb=100, gil=50.0, correct=True, tasks=64):
             "tasks": tasks, "correct": correct,
             "peak_rss_bytes": peak_mb * MB,
             "gil": {"main": gil, "workers": None}}
+
+
+def test_run_once_reports_the_noise_a_repeat_ran_under(monkeypatch):
+    class Outcome:
+        stdout = pythons.MARKER + '{"wall_s": 1.0}'
+        stderr = ""
+        timed_out = False
+        peak_rss_bytes = 1
+        cpu_s = 2.0
+        wall_s = 2.0
+        machine = proctree.MachineCpu(busy_s=3.0, steal_s=0.4)
+        returncode = 0
+
+    monkeypatch.setattr(proctree, "run_sampled", lambda *a, **k: Outcome())
+    monkeypatch.setattr(results, "usable_cores", lambda: 2)
+    cell = {"interp": FakeInterp("3.13.0", False), "bench": "fib",
+            "mode": "interp", "workers": 2, "scale": 1.0}
+    cell["interp"].env = {}
+    out = cli.run_once(cell, 10)
+    # 3 s busy, 2 of them the cell's, over 2 s x 2 cores.
+    assert out["others_cpu_pct"] == pytest.approx(25.0)
+    assert out["steal_pct"] == pytest.approx(10.0)
+
+
+def test_run_cells_interleaves_the_repeats(monkeypatch):
+    # A slow spell of the machine must not land on every repeat of one
+    # cell: each cell runs once before any runs twice.
+    default = FakeInterp("3.13.0", False)
+    cells = [{"interp": default, "python": "3.13.0", "build": "default",
+              "bench": "fib", "mode": mode, "workers": 2, "scale": 1.0,
+              "python_path": default.path}
+             for mode in ("sequential", "interp", "thread")]
+    order = []
+
+    def fake_run_once(cell, timeout, sample_gil=True):
+        order.append(cell["mode"])
+        return run(1.0 + 0.1 * len(order))
+
+    monkeypatch.setattr(cli, "run_once", fake_run_once)
+    monkeypatch.setattr(cli, "log", lambda *a, **k: None)
+    saved = []
+    args = cli.parse_args(["--repeat", "3"])
+    unavailable = {("3.13.0", "thread"): "not here"}
+    recs = cli.run_cells(cells, args, unavailable,
+                         on_record=lambda r: saved.append(list(r)))
+    assert order == ["sequential", "interp"] * 3
+    assert [r["mode"] for r in recs] == ["sequential", "interp", "thread"]
+    assert [r["repeats"] for r in recs] == [3, 3, 0]
+    # sequential ran 1st, 3rd and 5th: 1.1, 1.3 and 1.5 s.
+    assert recs[0]["wall_s_median"] == pytest.approx(1.3)
+    assert recs[2]["status"] == results.UNAVAILABLE
+    # Saved after every run, each time with every cell run so far.
+    assert [len(r) for r in saved] == [1, 2, 3, 3, 3, 3, 3]
+    assert saved[-1] == recs
+
+
+def test_aggregate_keeps_the_worst_noise():
+    runs = [dict(run(1.0), others_cpu_pct=1.0, steal_pct=0.0),
+            dict(run(1.2), others_cpu_pct=7.5, steal_pct=2.0),
+            run(1.1)]
+    rec = results.aggregate(CELL, runs, cores=2)
+    assert rec["others_cpu_pct_max"] == pytest.approx(7.5)
+    assert rec["steal_pct_max"] == pytest.approx(2.0)
+    assert results.aggregate(CELL, [run(1.0)], cores=2)[
+        "others_cpu_pct_max"] is None
 
 
 def test_aggregate_min_median_max():
@@ -399,6 +466,49 @@ def test_tree_sampler_on_a_live_process():
         assert sampler.peak_rss_bytes >= 60 * MB
     finally:
         proc.wait()
+
+
+def test_tree_sampler_scans_for_children_only_every_few_samples(
+        monkeypatch):
+    # Reading the memory of known processes is cheap; scanning the process
+    # table for descendants is not, so it happens every rescan_every-th
+    # sample, and a child started later is found at the next scan.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ALLOCATE, "1", ALLOCATE_LEAF, "80"])
+    scans = []
+    real_children = psutil.Process.children
+
+    def counting_children(self, *args, **kwargs):
+        scans.append(self.pid)
+        return real_children(self, *args, **kwargs)
+
+    monkeypatch.setattr(psutil.Process, "children", counting_children)
+    try:
+        sampler = proctree.ProcessTreeSampler(proc.pid, rescan_every=4)
+        import time
+        deadline = time.monotonic() + 5
+        while (sampler.peak_rss_bytes < 80 * MB
+               and time.monotonic() < deadline):
+            assert sampler.sample()
+            time.sleep(0.02)
+        assert sampler.peak_rss_bytes >= 80 * MB  # the grandchild, found
+        assert len(scans) == -(-sampler.samples // 4)
+    finally:
+        proc.wait()
+
+
+def test_machine_counters_see_a_busy_command():
+    if proctree.MachineCpu.read() is None:
+        pytest.skip("no /proc/stat here")
+    out = proctree.run_sampled(
+        [sys.executable, "-c",
+         "import time\nend = time.process_time() + 0.5\n"
+         "while time.process_time() < end: pass"])
+    assert out.returncode == 0
+    assert out.cpu_s >= 0.45
+    # The machine was busy at least as long as the command was.
+    assert out.machine.busy_s >= out.cpu_s - 0.05
+    assert out.machine.steal_s >= 0
 
 
 # ------------------------------------------------------------- real runs --
