@@ -204,6 +204,20 @@ def wait_until_exists(path, timeout=30.0):
         time.sleep(0.005)
 
 
+def submit_blocked(executor, gate, tmp_path, value):
+    """Submit a task that blocks on GATE and return its future once it runs.
+
+    The task returns VALUE when the gate opens; until then it holds one
+    worker, so what is submitted next queues behind it.
+    """
+    import tasks
+
+    started = str(tmp_path / "started")
+    future = executor.submit(tasks.signal_and_wait, started, gate, value)
+    wait_until_exists(started)
+    return future
+
+
 @pytest.fixture
 def gate(tmp_path, make_pool, make_executor):
     """A 'release' file path that is always created at teardown.

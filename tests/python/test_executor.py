@@ -12,7 +12,8 @@ import threading
 import pytest
 
 import tasks
-from conftest import run_clients, usable_cpus, wait_until_exists
+from conftest import (run_clients, submit_blocked, usable_cpus,
+                      wait_until_exists)
 
 PICKLING_ERRORS = (pickle.PicklingError, TypeError, AttributeError)
 
@@ -168,9 +169,7 @@ def test_map_timeout_is_concurrent_futures_timeout(executor, gate):
 def _blocked_with_queued_map(make_executor, gate, tmp_path, items=50):
     """One worker busy until the gate opens, and a map queued behind it."""
     ex = make_executor(1)
-    started = str(tmp_path / "started")
-    blocker = ex.submit(tasks.signal_and_wait, started, gate, "blocker")
-    wait_until_exists(started)
+    blocker = submit_blocked(ex, gate, tmp_path, "blocker")
     it = ex.map(tasks.record_and_return, [str(tmp_path)] * items, range(items))
     assert ex._runner.engine.pending == items
     return ex, blocker, it
@@ -214,9 +213,7 @@ def test_map_never_iterated_still_runs(make_executor, gate, tmp_path):
 
 def test_map_timeout_cancels_the_chunks_not_started(make_executor, gate, tmp_path):
     ex = make_executor(1)
-    started = str(tmp_path / "started")
-    blocker = ex.submit(tasks.signal_and_wait, started, gate, "blocker")
-    wait_until_exists(started)
+    blocker = submit_blocked(ex, gate, tmp_path, "blocker")
     it = ex.map(tasks.record_and_return, [str(tmp_path)] * 30, range(30),
                 timeout=0.2)
     with pytest.raises(TimeoutError):
@@ -344,9 +341,7 @@ def test_context_manager(make_executor):
 
 def test_shutdown_cancel_futures(make_executor, gate, tmp_path):
     ex = make_executor(1)
-    started = str(tmp_path / "started")
-    blocker = ex.submit(tasks.signal_and_wait, started, gate, "blocker")
-    wait_until_exists(started)
+    blocker = submit_blocked(ex, gate, tmp_path, "blocker")
     queued = [ex.submit(tasks.square, i) for i in range(10)]
     ex.shutdown(wait=False, cancel_futures=True)
     open(gate, "w").close()
@@ -364,9 +359,7 @@ def test_shutdown_cancel_futures(make_executor, gate, tmp_path):
 
 def test_cancel_queued_future(make_executor, gate, tmp_path):
     ex = make_executor(1)
-    started = str(tmp_path / "started")
-    blocker = ex.submit(tasks.signal_and_wait, started, gate, "blocker")
-    wait_until_exists(started)
+    blocker = submit_blocked(ex, gate, tmp_path, "blocker")
     queued = [ex.submit(tasks.record_and_return, str(tmp_path), i) for i in range(6)]
     victim = queued[-1]
     assert victim.cancel() is True
@@ -383,9 +376,7 @@ def test_cancel_queued_future(make_executor, gate, tmp_path):
 
 def test_cancel_running_future_returns_false(make_executor, gate, tmp_path):
     ex = make_executor(1)
-    started = str(tmp_path / "started")
-    running = ex.submit(tasks.signal_and_wait, started, gate, "ran")
-    wait_until_exists(started)
+    running = submit_blocked(ex, gate, tmp_path, "ran")
     assert running.cancel() is False
     open(gate, "w").close()
     assert running.result(timeout=60) == "ran"
@@ -398,9 +389,7 @@ def test_cancelled_futures_finish_for_wait_and_as_completed(
     # waiters were told (CANCELLED_AND_NOTIFIED); a cancelled future whose
     # task never reaches a worker must still get there, or they block.
     ex = make_executor(1)
-    started = str(tmp_path / "started")
-    blocker = ex.submit(tasks.signal_and_wait, started, gate, "blocker")
-    wait_until_exists(started)
+    blocker = submit_blocked(ex, gate, tmp_path, "blocker")
     queued = [ex.submit(tasks.square, i) for i in range(5)]
     if how == "cancel()":
         assert all(f.cancel() for f in queued)

@@ -18,7 +18,7 @@ import weakref
 import pytest
 
 import tasks
-from conftest import REFERENCE, wait_until_exists
+from conftest import REFERENCE, submit_blocked
 
 pytestmark = pytest.mark.skipif(REFERENCE, reason="poolparty's own Future type")
 
@@ -223,9 +223,7 @@ def test_results_waited_on_from_many_threads_while_they_arrive(executor):
 
 
 def test_a_waiter_blocked_before_the_result_is_woken(executor, gate, tmp_path):
-    started = str(tmp_path / "started")
-    future = executor.submit(tasks.signal_and_wait, started, gate, "late")
-    wait_until_exists(started)
+    future = submit_blocked(executor, gate, tmp_path, "late")
     got = []
     waiter = threading.Thread(target=lambda: got.append(future.result(timeout=60)))
     waiter.start()
@@ -264,9 +262,7 @@ def test_futures_are_freed(executor):
 
 def test_cancel_through_the_fast_path(make_executor, gate, tmp_path):
     ex = make_executor(1)
-    started = str(tmp_path / "started")
-    blocker = ex.submit(tasks.signal_and_wait, started, gate, "blocker")
-    wait_until_exists(started)
+    blocker = submit_blocked(ex, gate, tmp_path, "blocker")
     queued = [ex.submit(tasks.square, i) for i in range(4)]
     assert queued[1].cancel() and queued[1].cancelled()
     assert queued[1]._state == "CANCELLED_AND_NOTIFIED"
