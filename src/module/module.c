@@ -179,6 +179,15 @@ static PyMethodDef module_methods[] = {
      "main_import(name): from a pool worker, have the main interpreter "
      "import module `name` first (works around a CPython 3.12 crash); "
      "returns False outside a worker."},
+    {"function_ref", pp__module_function_ref, METH_O,
+     "function_ref(fn) -> (data, flags) that remember_function() was "
+     "given for fn, or None."},
+    {"remember_function",
+     (PyCFunction)(void (*)(void))pp__module_remember_function,
+     METH_FASTCALL,
+     "remember_function(fn, data, flags): keep fn's task reference (bytes "
+     "and PP_TASK_* flags) for function_ref() and Engine.submit_future(); "
+     "only for functions that pickle by reference."},
     {"future_type", (PyCFunction)(void (*)(void))pp__module_future_type,
      METH_FASTCALL,
      "future_type(concurrent.futures.Future, InvalidStateError): the "
@@ -251,6 +260,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     if (pp__future_support_traverse(&st->future, visit, arg) < 0) {
         return -1;
     }
+    Py_VISIT(st->func_refs);
     Py_VISIT(st->engine_type);
     Py_VISIT(st->interpreter_type);
     Py_VISIT(st->sampler_type);
@@ -263,6 +273,7 @@ module_clear(PyObject *module)
 {
     pp_module_state *st = PyModule_GetState(module);
     pp__future_support_clear(&st->future);
+    Py_CLEAR(st->func_refs);
     Py_CLEAR(st->engine_type);
     Py_CLEAR(st->interpreter_type);
     Py_CLEAR(st->sampler_type);

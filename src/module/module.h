@@ -43,6 +43,11 @@ typedef struct {
 
 typedef struct {
     pp_future_support future;
+    /* The function-reference cache (engine_delivery.c): {id(fn): (fn,
+     * (data, flags))}, made on first use.  Its layout is private to
+     * engine_delivery.c; Python reaches it only through
+     * _poolparty.function_ref() and _poolparty.remember_function(). */
+    PyObject *func_refs;
     PyTypeObject *engine_type;
     PyTypeObject *interpreter_type;
     PyTypeObject *sampler_type;
@@ -74,6 +79,66 @@ pp_msg *pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
 /* A tuple (job, index, kind, worker, payload bytes) for a completion.
  * New reference or NULL. */
 PyObject *pp__completion_tuple(const pp_msg *msg);
+
+/* _poolparty.Engine's instance.  Three files share it, each owning its
+ * fields: engine_type.c (the handle: creation, lifecycle, getters),
+ * engine_map.c (submit_map: chunking and encoding; no fields of its own)
+ * and engine_delivery.c (collect() and the Future fast path).
+ * Fields other than `engine` and `next_job` are guarded by the GIL, or by
+ * PP_LOCK_OBJECT(self) on free-threaded builds. */
+typedef struct {
+    PyObject_HEAD
+    pp_engine *engine; /* owned reference; NULL only if __new__ failed */
+    /* Job ids handed out by new_job() and submit_future(); atomic, as
+     * free-threaded builds run those without a lock. */
+    atomic_uint_fast64_t next_job;
+    /* engine_delivery.c: completions taken from the core but not yet
+     * handed out (collect() hands out at most PP_COLLECT_BATCH per call) */
+    pp_msg *held;
+    size_t held_count;
+    /* engine_delivery.c: set once by bind_futures(), NULL before.  The
+     * Future fast path's contract, see "Completion delivery" below. */
+    PyObject *future_owner;
+    PyObject *futures;
+} pp_engine_object;
+
+#define PP_ENGINE(op) (((pp_engine_object *)(op))->engine)
+
+/* Completion delivery, the contract between the collector (Python) and
+ * engine_delivery.c.
+ *
+ * Engine.bind_futures(owner=) -> dict, once per Engine: from then on
+ * submit_future(fn, args, kwargs) makes Futures whose cancel() calls
+ * owner.cancel_future(future, job), and registers each in the returned
+ * dict as {job id: Future} before queueing its task.  collect(timeout)
+ * finishes, and removes from the dict, every such Future whose result
+ * is plain (codec) data and that nobody waits on; every other
+ * completion comes back as a (job, index, kind, worker, payload) tuple,
+ * for the owner to deliver and to remove from the dict.  The function
+ * references submit_future uses come from the module's cache, filled by
+ * _poolparty.remember_function(fn, data, flags). */
+
+/* Engine methods defined outside engine_type.c, for its method table.
+ * Each: main GIL, as every Engine method. */
+PyObject *pp__engine_type_submit_map(PyObject *self, PyObject *const *args,
+                                     Py_ssize_t nargs);
+PyObject *pp__engine_type_collect(PyObject *self, PyObject *const *args,
+                                  Py_ssize_t nargs);
+PyObject *pp__engine_type_submit_future(PyObject *self,
+                                        PyObject *const *args,
+                                        Py_ssize_t nargs);
+PyObject *pp__engine_type_bind_futures(PyObject *self, PyObject *args,
+                                       PyObject *kwargs);
+/* engine_delivery.c's part of the Engine's GC and dealloc: visit, clear
+ * (references only) and free (also the held completions). */
+int pp__engine_delivery_traverse(PyObject *self, visitproc visit, void *arg);
+void pp__engine_delivery_clear(PyObject *self);
+void pp__engine_delivery_free(PyObject *self);
+/* _poolparty.function_ref(fn) and remember_function(fn, data, flags) */
+PyObject *pp__module_function_ref(PyObject *module, PyObject *fn);
+PyObject *pp__module_remember_function(PyObject *module,
+                                       PyObject *const *args,
+                                       Py_ssize_t nargs);
 
 /* The pp_engine behind an Engine object (borrowed), or NULL with a
  * TypeError if `obj` is not one. */

@@ -173,10 +173,10 @@ def boot_payload(initializer, initargs):
 
 
 # Functions pickled by reference (module-level functions, module-level
-# builtins, classes) always pickle to the same bytes: keep them, since
-# pickling a function by name costs more than a small task's arguments.
-_func_pickles = {}
-_FUNC_PICKLES_MAX = 256
+# builtins, classes) always pickle to the same bytes: the core keeps them
+# (_core.remember_function), since pickling a function by name costs more
+# than a small task's arguments, and the executor's C submit path reads
+# them there.
 
 
 def _by_reference(func):
@@ -225,10 +225,9 @@ def function_pickle(func):
     pickled by value (partials, callables with state) are unpickled afresh
     for every task, as multiprocessing does.
     """
-    key = id(func)
-    cached = _func_pickles.get(key)
-    if cached is not None and cached[0] is func:
-        return cached[1], cached[2]
+    known = _core.function_ref(func)
+    if known is not None:
+        return known
     data = pickle.dumps(func, 5)
     if not _by_reference(func):
         return data, 0
@@ -236,21 +235,8 @@ def function_pickle(func):
     name = _name_reference(func)
     if name is not None:
         data, flags = name, REUSE_FUNC | FUNC_BY_NAME
-    if len(_func_pickles) >= _FUNC_PICKLES_MAX:
-        _func_pickles.clear()
-    # The entry keeps the function alive, so no other object can take
-    # its id while the entry exists.
-    _func_pickles[key] = (func, data, flags)
+    _core.remember_function(func, data, flags)
     return data, flags
-
-
-def function_cache():
-    """function_pickle's cache, ``{id(func): (func, data, flags)}``.
-
-    The C fast path of SubinterpreterPoolExecutor.submit reads it; a
-    function not in it goes through function_pickle, which adds it.
-    """
-    return _func_pickles
 
 
 _CODEC_MAGIC = b"\xb5pp1"
@@ -391,12 +377,11 @@ class Runner:
 def _collect(runner):
     """The collector thread: completions from C to the sink."""
     engine, sink, lock = runner.engine, runner.sink, runner.lock
-    # The executor's sink has {job: future}, whose plain results collect()
-    # finishes itself; a pool's sink has none.
-    futures = getattr(sink, "futures", None)
     broken = False
     while True:
-        batch = engine.collect(None, futures)
+        # Futures bound to the engine (Engine.bind_futures) with plain
+        # results are finished inside collect() and not in the batch.
+        batch = engine.collect(None)
         if batch is None:
             return  # every worker exited and everything was delivered
         with lock:

@@ -99,10 +99,12 @@ class _MapResults:
 
 class _Sink:
     def __init__(self):
-        # {job: future} of submit()'s tasks still to finish.  The engine's
-        # collect() finishes plain results of these itself.
+        # Both set once the runner made the engine.  futures: {job:
+        # future} of submit()'s tasks still to finish, the engine's (see
+        # Engine.bind_futures); its collect() finishes plain results of
+        # these itself.
         self.futures = {}
-        self.engine = None  # set once the runner made it
+        self.engine = None
         # The results of maps still being iterated.  Weak: a map's
         # iterator dropped unstarted never runs its finally, and its
         # results must not pile up here.
@@ -181,10 +183,10 @@ class SubinterpreterPoolExecutor(Executor):
         self._finalizer = _engine.register_finalizer(self, self._runner, "drain")
         self._engine = self._runner.engine
         self._sink.engine = self._engine
+        self._sink.futures = self._engine.bind_futures(owner=self._sink)
         self._engine_submit = self._engine.submit
         self._submit_future = self._engine.submit_future
         self._futures = self._sink.futures
-        self._func_cache = _engine.function_cache()
 
     def _check_accepting(self):
         """Raise unless new work may come in.  Needs: _shutdown_lock."""
@@ -217,8 +219,7 @@ class SubinterpreterPoolExecutor(Executor):
         """Schedule ``fn(*args, **kwargs)``; returns a Future."""
         # One C call when fn's reference is known and the arguments are
         # plain data; else (and for every error) the Python path.
-        future = self._submit_future(self._sink, self._futures,
-                                     self._func_cache, fn, args, kwargs)
+        future = self._submit_future(fn, args, kwargs)
         if future is None:
             future = self._submit(_engine.TASK_CALL, fn, (args, kwargs or None))
         return future

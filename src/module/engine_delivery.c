@@ -1,0 +1,444 @@
+/* Completion delivery and the Executor's Future fast path.
+ *
+ * Engine.collect() hands the collector thread the completions, a
+ * bounded batch at a time; Engine.submit_future() is
+ * SubinterpreterPoolExecutor.submit() in one C call, and collect()
+ * finishes that path's plain results in C.  The contract with the
+ * Python side (bind_futures, the {job: Future} dict, the function
+ * reference cache) is written in module.h under "Completion delivery";
+ * the layouts here are this file's own.
+ *
+ * Everything runs in the main interpreter under its GIL; collect()
+ * releases it while it waits for completions. */
+#include "module.h"
+
+/* Function references kept at most; past that the cache starts over (a
+ * program calling more distinct functions than this pays a pickle.dumps
+ * per new function, as without the cache). */
+#define FUNC_REFS_MAX 256
+
+/* dict[key] as a new reference, NULL (no exception) when missing, or
+ * NULL with an exception. */
+static PyObject *
+dict_get_ref(PyObject *dict, PyObject *key)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *value = NULL;
+    (void)PyDict_GetItemRef(dict, key, &value);
+    return value;
+#else
+    return Py_XNewRef(PyDict_GetItemWithError(dict, key));
+#endif
+}
+
+/* ---- the function reference cache -------------------------------- */
+
+/* fn's (data, flags) pair from the cache: a new reference, NULL (no
+ * exception) when fn is not in it, or NULL with an exception.  Entries
+ * are (fn, (data, flags)) keyed by id(fn): the entry keeps fn alive, so
+ * the id is fn's only while entry[0] is fn.  Needs: main GIL. */
+static PyObject *
+func_ref_get(pp_module_state *st, PyObject *fn)
+{
+    if (st->func_refs == NULL) {
+        return NULL;
+    }
+    PyObject *key = PyLong_FromVoidPtr(fn);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *entry = dict_get_ref(st->func_refs, key);
+    Py_DECREF(key);
+    if (entry == NULL) {
+        return NULL;
+    }
+    PyObject *pair = NULL;
+    if (PyTuple_GET_ITEM(entry, 0) == fn) {
+        pair = Py_NewRef(PyTuple_GET_ITEM(entry, 1));
+    }
+    Py_DECREF(entry);
+    return pair;
+}
+
+/* function_ref(fn) -> (data, flags) remembered for fn, or None. */
+PyObject *
+pp__module_function_ref(PyObject *module, PyObject *fn)
+{
+    PyObject *pair = func_ref_get(PyModule_GetState(module), fn);
+    if (pair == NULL && !PyErr_Occurred()) {
+        return Py_NewRef(Py_None);
+    }
+    return pair;
+}
+
+/* remember_function(fn, data, flags): what _engine.function_pickle
+ * found fn's reference to be (data: bytes, flags: PP_TASK_* bits), for
+ * it and for submit_future to reuse. */
+PyObject *
+pp__module_remember_function(PyObject *module, PyObject *const *args,
+                             Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[1]) || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "remember_function(fn, data: bytes, flags: int)");
+        return NULL;
+    }
+    uint64_t flags;
+    if (pp__as_u64(args[2], &flags) < 0) {
+        return NULL;
+    }
+    pp_module_state *st = PyModule_GetState(module);
+    if (st->func_refs == NULL) {
+        st->func_refs = PyDict_New();
+        if (st->func_refs == NULL) {
+            return NULL;
+        }
+    }
+    if (PyDict_GET_SIZE(st->func_refs) >= FUNC_REFS_MAX) {
+        PyDict_Clear(st->func_refs);
+    }
+    PyObject *key = PyLong_FromVoidPtr(args[0]);
+    PyObject *entry = Py_BuildValue("(O(OO))", args[0], args[1], args[2]);
+    int rc = -1;
+    if (key != NULL && entry != NULL) {
+        rc = PyDict_SetItem(st->func_refs, key, entry);
+    }
+    Py_XDECREF(key);
+    Py_XDECREF(entry);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- binding an owner for futures -------------------------------- */
+
+/* bind_futures(*, owner) -> the {job: Future} dict of this engine's
+ * fast-path futures.  Once per Engine. */
+PyObject *
+pp__engine_type_bind_futures(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"owner", NULL};
+    PyObject *owner;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$O:bind_futures", kwlist,
+                                     &owner)) {
+        return NULL;
+    }
+    PyObject *futures = PyDict_New();
+    if (futures == NULL) {
+        return NULL;
+    }
+    pp_engine_object *eo = (pp_engine_object *)self;
+    int bound_before;
+    PP_LOCK_OBJECT(self);
+    bound_before = eo->futures != NULL;
+    if (!bound_before) {
+        eo->future_owner = Py_NewRef(owner);
+        eo->futures = Py_NewRef(futures);
+    }
+    PP_UNLOCK_OBJECT();
+    if (bound_before) {
+        Py_DECREF(futures);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "bind_futures(): this Engine has an owner already");
+        return NULL;
+    }
+    return futures;
+}
+
+/* The bound owner and dict as new references in *owner, *futures; both
+ * NULL when unbound.  Needs: main GIL. */
+static void
+bound_futures(PyObject *self, PyObject **owner, PyObject **futures)
+{
+    pp_engine_object *eo = (pp_engine_object *)self;
+    PP_LOCK_OBJECT(self);
+    *owner = Py_XNewRef(eo->future_owner);
+    *futures = Py_XNewRef(eo->futures);
+    PP_UNLOCK_OBJECT();
+}
+
+/* ---- submit_future ------------------------------------------------ */
+
+/* submit_future(fn, args, kwargs) -> Future or None.
+ * SubinterpreterPoolExecutor.submit()'s fast path, one C call: fn's
+ * reference from the cache, the arguments through the codec, a Future
+ * registered in the bound dict under a new job id, and the task queued.
+ * None when any of it does not apply (no owner bound, fn not cached
+ * yet, arguments that need pickle, the engine closed): the caller then
+ * takes the Python path, which pickles and raises the right errors.
+ * Needs: main GIL. */
+PyObject *
+pp__engine_type_submit_future(PyObject *self, PyObject *const *args,
+                              Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "submit_future(fn, args: tuple, kwargs)");
+        return NULL;
+    }
+    PyObject *fn = args[0], *fargs = args[1], *fkwargs = args[2];
+    pp_module_state *st = pp__state_from_type(Py_TYPE(self));
+    pp_future_support *support = &st->future;
+    PyObject *owner, *futures;
+    bound_futures(self, &owner, &futures);
+    if (support->type == NULL || futures == NULL) {
+        Py_XDECREF(owner);
+        Py_XDECREF(futures);
+        return Py_NewRef(Py_None);
+    }
+    PyObject *result = NULL, *payload = NULL, *future = NULL,
+             *job_key = NULL;
+    pp_buf buf = {0};
+    unsigned long flags;
+    PyObject *ref = func_ref_get(st, fn);
+    if (ref == NULL) {
+        if (!PyErr_Occurred()) {
+            result = Py_NewRef(Py_None);
+        }
+        goto done;
+    }
+    flags = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(ref, 1));
+    if (flags == (unsigned long)-1 && PyErr_Occurred()) {
+        goto done;
+    }
+    if (fkwargs != Py_None && (!PyDict_Check(fkwargs) ||
+                               PyDict_GET_SIZE(fkwargs) == 0)) {
+        fkwargs = Py_None; /* as the Python path: `kwargs or None` */
+    }
+    payload = PyTuple_Pack(2, fargs, fkwargs);
+    if (payload == NULL) {
+        goto done;
+    }
+    int rc = pp__codec_encode(payload, &buf);
+    if (rc != 0) {
+        if (rc > 0) {
+            result = Py_NewRef(Py_None); /* needs pickle */
+        }
+        goto done;
+    }
+    uint64_t job =
+        atomic_fetch_add(&((pp_engine_object *)self)->next_job, 1);
+    future = pp__future_new(support, owner, job);
+    job_key = PyLong_FromUnsignedLongLong((unsigned long long)job);
+    if (future == NULL || job_key == NULL) {
+        goto done;
+    }
+    /* Registered before it is queued: on a free-threaded build the
+     * result can come back before this call returns. */
+    if (PyDict_SetItem(futures, job_key, future) < 0) {
+        goto done;
+    }
+    PyObject *func = PyTuple_GET_ITEM(ref, 0);
+    pp_msg *task = pp_msg_new_task(job, 0, PP_TASK_CALL | (uint32_t)flags,
+                                   PyBytes_AS_STRING(func),
+                                   (size_t)PyBytes_GET_SIZE(func), buf.data,
+                                   buf.size);
+    if (task == NULL) {
+        PyErr_NoMemory();
+        (void)PyDict_DelItem(futures, job_key);
+        goto done;
+    }
+    rc = pp__engine_submit(PP_ENGINE(self), task);
+    if (rc != PP_OK) {
+        /* Closed or terminated: the Python path says so properly. */
+        pp_msg_free(task);
+        if (PyDict_DelItem(futures, job_key) < 0) {
+            goto done;
+        }
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = Py_NewRef(future);
+done:
+    pp__buf_fini(&buf);
+    Py_XDECREF(job_key);
+    Py_XDECREF(future);
+    Py_XDECREF(payload);
+    Py_XDECREF(ref);
+    Py_DECREF(owner);
+    Py_DECREF(futures);
+    return result;
+}
+
+/* ---- collect ------------------------------------------------------ */
+
+/* The fast path of SubinterpreterPoolExecutor.submit()'s results: a
+ * successful codec result for a future of ours that nobody waits on is
+ * decoded and set here, with no Python code, no tuple and no trip
+ * through the collector's Python loop.  Anything else (errors, pickled
+ * results, futures with waiters or callbacks, maps) is left to that
+ * loop.  1 if done here, 0 if not, -1 with an exception.  Needs: main
+ * GIL. */
+static int
+finish_future_here(pp_future_support *support, PyObject *futures,
+                   const pp_msg *msg)
+{
+    if (msg->kind != PP_DONE_OK || !pp__codec_is(msg->data, msg->size)) {
+        return 0;
+    }
+    PyObject *key = PyLong_FromUnsignedLongLong((unsigned long long)msg->job);
+    if (key == NULL) {
+        return -1;
+    }
+    int done = 0;
+    PyObject *future = dict_get_ref(futures, key);
+    if (future == NULL) {
+        done = PyErr_Occurred() ? -1 : 0;
+        goto out;
+    }
+    if (!Py_IS_TYPE(future, support->type) ||
+        !pp__future_finishes_fast(future)) {
+        goto out;
+    }
+    PyObject *value = pp__codec_decode(msg->data, msg->size);
+    if (value == NULL) {
+        /* The Python loop decodes it again and fails just this task. */
+        PyErr_Clear();
+        goto out;
+    }
+    /* Decoding may have run a garbage collection, and with it any code,
+     * and on a free-threaded build another thread may have made the
+     * future's condition meanwhile: finish it only if that is still not
+     * so, in one step.  Else the Python loop does it the stdlib's way. */
+    if (pp__future_try_finish_fast(future, value)) {
+        /* Finished: nothing else touches its entry any more. */
+        done = PyDict_DelItem(futures, key) < 0 ? -1 : 1;
+    }
+    Py_DECREF(value);
+out:
+    Py_XDECREF(future);
+    Py_DECREF(key);
+    return done;
+}
+
+/* Keep all but the first PP_COLLECT_BATCH of the `count` completions
+ * from `first` on the Engine, after anything held meanwhile by another
+ * caller.  Needs: main GIL. */
+static void
+hold_rest(PyObject *self, pp_msg *first, size_t count)
+{
+    pp_engine_object *eo = (pp_engine_object *)self;
+    pp_msg *last = first;
+    for (size_t i = 1; i < PP_COLLECT_BATCH; i++) {
+        last = last->next;
+    }
+    PP_LOCK_OBJECT(self);
+    pp_msg *rest_tail = last->next;
+    while (rest_tail->next != NULL) {
+        rest_tail = rest_tail->next;
+    }
+    rest_tail->next = eo->held;
+    eo->held = last->next;
+    eo->held_count += count - PP_COLLECT_BATCH;
+    PP_UNLOCK_OBJECT();
+    last->next = NULL;
+}
+
+/* collect(timeout=None) -> list of completions as (job, index, kind,
+ * worker, payload) tuples, [] on timeout, or None once every worker has
+ * exited and all was collected.  At most PP_COLLECT_BATCH per call (see
+ * module.h); the futures' fast results are finished here and left out
+ * (see "Completion delivery" in module.h).  Needs: main GIL, released
+ * while waiting. */
+PyObject *
+pp__engine_type_collect(PyObject *self, PyObject *const *args,
+                        Py_ssize_t nargs)
+{
+    int64_t timeout_ns;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "collect(timeout=None)");
+        return NULL;
+    }
+    if (pp__timeout_ns(nargs ? args[0] : NULL, &timeout_ns) < 0) {
+        return NULL;
+    }
+    pp_engine_object *eo = (pp_engine_object *)self;
+    pp_msg *first = NULL;
+    size_t count = 0;
+    PP_LOCK_OBJECT(self);
+    first = eo->held;
+    count = eo->held_count;
+    eo->held = NULL;
+    eo->held_count = 0;
+    PP_UNLOCK_OBJECT();
+    if (first == NULL) {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = pp__engine_collect(PP_ENGINE(self), timeout_ns, &first, &count);
+        Py_END_ALLOW_THREADS
+        if (rc == PP_ECLOSED) {
+            Py_RETURN_NONE;
+        }
+        if (rc == PP_ETIMEDOUT) {
+            return PyList_New(0);
+        }
+    }
+    if (count > PP_COLLECT_BATCH) {
+        hold_rest(self, first, count);
+    }
+    PyObject *owner, *futures;
+    bound_futures(self, &owner, &futures);
+    Py_XDECREF(owner);
+    pp_future_support *support = NULL;
+    if (futures != NULL) {
+        support = &pp__state_from_type(Py_TYPE(self))->future;
+        if (support->type == NULL) {
+            Py_CLEAR(futures);
+        }
+    }
+    PyObject *list = PyList_New(0);
+    for (pp_msg *msg = first; list != NULL && msg != NULL; msg = msg->next) {
+        if (futures != NULL) {
+            int done = finish_future_here(support, futures, msg);
+            if (done < 0) {
+                Py_CLEAR(list);
+                break;
+            }
+            if (done) {
+                continue;
+            }
+        }
+        PyObject *item = pp__completion_tuple(msg);
+        if (item == NULL || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            Py_CLEAR(list);
+            break;
+        }
+        Py_DECREF(item);
+    }
+    Py_XDECREF(futures);
+    /* On failure the completions are lost with the exception; the
+     * caller (the result handler) treats that as fatal for the pool. */
+    pp_msg_free_chain(first);
+    return list;
+}
+
+/* ---- the Engine's GC, this file's part --------------------------- */
+
+int
+pp__engine_delivery_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    pp_engine_object *eo = (pp_engine_object *)self;
+    Py_VISIT(eo->future_owner);
+    Py_VISIT(eo->futures);
+    return 0;
+}
+
+void
+pp__engine_delivery_clear(PyObject *self)
+{
+    pp_engine_object *eo = (pp_engine_object *)self;
+    Py_CLEAR(eo->future_owner);
+    Py_CLEAR(eo->futures);
+}
+
+void
+pp__engine_delivery_free(PyObject *self)
+{
+    pp_engine_object *eo = (pp_engine_object *)self;
+    pp__engine_delivery_clear(self);
+    pp_msg_free_chain(eo->held);
+    eo->held = NULL;
+    eo->held_count = 0;
+}

@@ -1,0 +1,202 @@
+/* Engine.submit_map: a whole map queued by one call -- items cut into
+ * chunks, each chunk encoded (the codec, else pickle) into a task, tasks
+ * queued a batch at a time.
+ *
+ * Runs in the main interpreter under its GIL (pickling calls back into
+ * Python); the core's queue mutex is taken once per batch. */
+#include "module.h"
+
+/* Chunks queued per lock round: enough to make the lock and the wake-up
+ * rare, few enough that workers start on the first chunks while the
+ * rest are still being encoded. */
+#define SUBMIT_BATCH 64
+
+/* One chunk's argument payload: the codec's bytes for plain data, else
+ * pickle_dumps(chunk).  Fills *task; 0, or -1 with an exception.  Needs:
+ * main GIL. */
+static int
+chunk_task(uint64_t job, uint64_t index, uint32_t kind, const Py_buffer *func,
+           PyObject *chunk, PyObject *pickle_dumps, pp_msg **task)
+{
+    pp_buf buf = {0};
+    int rc = pp__codec_encode(chunk, &buf);
+    if (rc < 0) {
+        pp__buf_fini(&buf);
+        return -1;
+    }
+    if (rc == 0) {
+        *task = pp_msg_new_task(job, index, kind, func->buf, (size_t)func->len,
+                                buf.data, buf.size);
+        pp__buf_fini(&buf);
+    }
+    else {
+        pp__buf_fini(&buf);
+        PyObject *pickled = PyObject_CallOneArg(pickle_dumps, chunk);
+        if (pickled == NULL) {
+            return -1;
+        }
+        Py_buffer view;
+        if (PyObject_GetBuffer(pickled, &view, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(pickled);
+            return -1;
+        }
+        *task = pp_msg_new_task(job, index, kind, func->buf, (size_t)func->len,
+                                view.buf, (size_t)view.len);
+        PyBuffer_Release(&view);
+        Py_DECREF(pickled);
+    }
+    if (*task == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* Queue the chain; on refusal free it.  0 when queued (or empty), 1 when
+ * refused.  Takes the queue mutex; GIL held (briefly, as every push). */
+static int
+push_chain(pp_engine *engine, pp_msg **first, pp_msg **last, size_t *count)
+{
+    if (*count == 0) {
+        return 0;
+    }
+    int refused = pp__engine_submit_chain(engine, *first, *count) != PP_OK;
+    if (refused) {
+        pp_msg_free_chain(*first);
+    }
+    *first = *last = NULL;
+    *count = 0;
+    return refused;
+}
+
+/* submit_map(job, kind, func_pickle, items, chunksize, pickle_dumps)
+ *   -> (failures, refused_from)
+ *
+ * items (a sequence) is cut into lists of chunksize items, chunk i
+ * becoming task (job, i); each is encoded by the codec, or by
+ * pickle_dumps(chunk) when it is not plain data, and tasks are queued
+ * SUBMIT_BATCH at a time.  This is the per-item cost of
+ * map(chunksize=1): one Python call per map instead of a Python round
+ * and a lock round per chunk.
+ *
+ * failures lists (index, exception) for chunks whose encoding raised an
+ * Exception (they are not queued; the caller fails their results, as
+ * multiprocessing does); refused_from is None, or the first chunk index
+ * the engine refused because it stopped accepting work (that chunk and
+ * every later one were not queued).  A BaseException that is not an
+ * Exception (KeyboardInterrupt) propagates, after the chunks before it
+ * were queued.  New reference or NULL.  Needs: main GIL. */
+PyObject *
+pp__engine_type_submit_map(PyObject *self, PyObject *const *args,
+                           Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "submit_map(job, kind, func_pickle, "
+                                         "items, chunksize, pickle_dumps)");
+        return NULL;
+    }
+    uint64_t job, kind, chunksize;
+    if (pp__as_u64(args[0], &job) < 0 || pp__as_u64(args[1], &kind) < 0 ||
+        pp__as_u64(args[4], &chunksize) < 0) {
+        return NULL;
+    }
+    if (chunksize == 0) {
+        PyErr_SetString(PyExc_ValueError, "chunksize must be at least 1");
+        return NULL;
+    }
+    PyObject *pickle_dumps = args[5];
+    Py_buffer func;
+    if (PyObject_GetBuffer(args[2], &func, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[3], "map() needs an iterable of "
+                                             "items");
+    PyObject *failures = PyList_New(0);
+    PyObject *result = NULL;
+    pp_msg *first = NULL, *last = NULL;
+    size_t count = 0;
+    PyObject *refused_from = NULL;
+    if (seq == NULL || failures == NULL) {
+        goto done;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t step = chunksize > (uint64_t)PY_SSIZE_T_MAX
+                          ? PY_SSIZE_T_MAX : (Py_ssize_t)chunksize;
+    uint64_t index = 0;
+    for (Py_ssize_t start = 0; start < n; index++) {
+        Py_ssize_t size = n - start < step ? n - start : step;
+        PyObject *chunk = PyList_New(size);
+        if (chunk == NULL) {
+            goto done;
+        }
+        /* Re-read the items each time: pickle_dumps runs Python code,
+         * which may not resize seq (a list we hold), yet may replace
+         * items in it. */
+        PyObject **items = PySequence_Fast_ITEMS(seq);
+        for (Py_ssize_t i = 0; i < size; i++) {
+            PyList_SET_ITEM(chunk, i, Py_NewRef(items[start + i]));
+        }
+        start += size;
+        pp_msg *task = NULL;
+        int rc = chunk_task(job, index, (uint32_t)kind, &func, chunk,
+                            pickle_dumps, &task);
+        if (rc < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                Py_DECREF(chunk);
+                goto done;
+            }
+            PyObject *exc = PyErr_GetRaisedException();
+            PyObject *entry = Py_BuildValue("(KN)", (unsigned long long)index,
+                                            exc);
+            if (entry == NULL || PyList_Append(failures, entry) < 0) {
+                Py_XDECREF(entry);
+                Py_DECREF(chunk);
+                goto done;
+            }
+            Py_DECREF(entry);
+        }
+        Py_DECREF(chunk);
+        if (task != NULL) {
+            if (last == NULL) {
+                first = task;
+            }
+            else {
+                last->next = task;
+            }
+            last = task;
+            count++;
+        }
+        if (count == SUBMIT_BATCH) {
+            uint64_t batch_first = first->index;
+            if (push_chain(PP_ENGINE(self), &first, &last, &count)) {
+                refused_from = PyLong_FromUnsignedLongLong(batch_first);
+                goto finish;
+            }
+        }
+    }
+    if (count > 0) {
+        uint64_t batch_first = first->index;
+        if (push_chain(PP_ENGINE(self), &first, &last, &count)) {
+            refused_from = PyLong_FromUnsignedLongLong(batch_first);
+            goto finish;
+        }
+    }
+    refused_from = Py_NewRef(Py_None);
+finish:
+    if (refused_from != NULL) {
+        result = PyTuple_Pack(2, failures, refused_from);
+        Py_DECREF(refused_from);
+    }
+done:
+    /* On an error, what was encoded so far is still queued, so that the
+     * caller never owns tasks it cannot see. */
+    if (count > 0) {
+        PyObject *pending_exc = PyErr_GetRaisedException();
+        push_chain(PP_ENGINE(self), &first, &last, &count);
+        PyErr_SetRaisedException(pending_exc);
+    }
+    Py_XDECREF(failures);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&func);
+    return result;
+}
