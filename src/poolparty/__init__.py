@@ -15,11 +15,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BrokenInterpreterPool",
+    "CheckResult",
     "Interpreter",
     "RemoteError",
     "SubinterpreterPool",
     "SubinterpreterPoolExecutor",
     "TerminatedError",
+    "check",
 ]
 
 _WHERE = {
@@ -29,6 +31,8 @@ _WHERE = {
     "BrokenInterpreterPool": "_errors",
     "RemoteError": "_errors",
     "TerminatedError": "_errors",
+    "check": "_check",
+    "CheckResult": "_check",
 }
 
 

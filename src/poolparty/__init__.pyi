@@ -1,3 +1,5 @@
+from ._check import CheckResult as CheckResult
+from ._check import check as check
 from ._errors import BrokenInterpreterPool as BrokenInterpreterPool
 from ._errors import RemoteError as RemoteError
 from ._errors import TerminatedError as TerminatedError
