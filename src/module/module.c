@@ -223,7 +223,8 @@ module_exec(PyObject *module)
     }
     if (pp__engine_type_add(module, st) < 0 ||
         pp__interpreter_type_add(module, st) < 0 ||
-        pp__sampler_type_add(module, st) < 0) {
+        pp__sampler_type_add(module, st) < 0 ||
+        pp__fork_guard_add(module) < 0) {
         return -1;
     }
 #define ADD_INT(name)                                                       \

@@ -165,6 +165,10 @@ int pp__future_support_traverse(pp_future_support *support, visitproc visit,
                                 void *arg);
 void pp__future_support_clear(pp_future_support *support);
 
+/* Add fork_guard_arm(), fork_guard_disarm() and FORK_CHILD_EXIT
+ * (fork_guard.c) to the module.  0 or -1 with an exception. */
+int pp__fork_guard_add(PyObject *module);
+
 /* Type creation, called from module exec. 0 or -1 with an exception. */
 int pp__engine_type_add(PyObject *module, pp_module_state *st);
 int pp__interpreter_type_add(PyObject *module, pp_module_state *st);

@@ -75,38 +75,94 @@ def refuse_in_worker():
 
 # Open poolparty.Interpreter objects (pools are in _unjoined, below).
 live_interpreters = weakref.WeakSet()
-_fork_hook_registered = False
+_forks_watched = False
 
 
 def _watch_forks():
-    global _fork_hook_registered
-    if not _fork_hook_registered and hasattr(os, "register_at_fork"):
-        os.register_at_fork(before=_warn_before_fork)
-        _fork_hook_registered = True
+    """Make forking safe to ask for: once, at the first pool or Interpreter.
+
+    CPython 3.12-3.15 crash or hang the child of os.fork() while any
+    subinterpreter is alive (src/module/fork_guard.c).  So process pools
+    that the program makes with multiprocessing's defaults start their
+    workers with 'forkserver' instead of 'fork' (3.14's default on
+    Linux), and an os.fork() child exits at once with a message.
+    docs/reliability.md ("fork") says why this design.
+    """
+    global _forks_watched
+    if _forks_watched or not hasattr(os, "register_at_fork"):
+        return
+    _forks_watched = True
+    _default_to_forkserver()
+    os.register_at_fork(before=_before_fork, after_in_parent=_core.fork_guard_disarm)
 
 
-def _warn_before_fork():
-    """os.fork() with live subinterpreters: the child will die.
+def _default_to_forkserver():
+    """multiprocessing's default start method 'fork' becomes 'forkserver'.
 
-    CPython 3.12 and 3.13 crash the child inside os.fork() itself, before
-    any Python code (or a hook of ours) runs there (python/cpython#101437;
-    measured: SIGABRT "PyThreadState_Get" on 3.13.0, SIGSEGV or a deadlock
-    on 3.12.1).  This is the last moment anyone can be told.
+    Only the default changes, and only while the program has not chosen:
+    the program can still call set_start_method() later, and an explicit
+    'fork' (set_start_method or get_context) stays 'fork'.  The forkserver
+    is started by fork+exec, so it never holds a subinterpreter.
+    """
+    import multiprocessing.context as mp_context
+
+    default = mp_context._default_context
+    inner = getattr(default, "_default_context", None)  # what None means
+    if (
+        default.get_start_method(allow_none=True) is None
+        and getattr(inner, "_name", None) == "fork"
+        and "forkserver" in default.get_all_start_methods()
+    ):
+        default._default_context = default.get_context("forkserver")
+
+
+def _before_fork():
+    """os.register_at_fork "before" hook: warn, and arm the fork guard.
+
+    The warning points at the first caller outside multiprocessing and
+    concurrent.futures, so a process pool that forks is blamed where the
+    program made it.
     """
     pools, interpreters = len(_unjoined), len(live_interpreters)
     if pools or interpreters:
         import warnings
 
+        code = _core.FORK_CHILD_EXIT
+        callers = _fork_callers()
+        forker = sys._getframe(1).f_code.co_filename
+        if not forker.startswith(callers[0]):
+            what = "the child process exits at once"
+        else:
+            what = (
+                f"multiprocessing's 'fork' start method, chosen by this "
+                f"program, starts workers that exit at once (Process "
+                f"exitcode {code}; ProcessPoolExecutor raises "
+                f"BrokenProcessPool; multiprocessing.Pool replaces them for "
+                f"ever and its results never arrive)"
+            )
         warnings.warn(
             f"os.fork() with {pools} poolparty pool(s) and {interpreters} "
-            f"Interpreter(s) alive: CPython {sys.version_info[0]}."
-            f"{sys.version_info[1]} crashes the child process in fork() "
-            f"when any subinterpreter exists (python/cpython#101437). "
-            f"Close and join pools before forking, or use multiprocessing's "
-            f"'spawn' or 'forkserver' start method (subprocess is fine).",
+            f"Interpreter(s) alive: {what}, with status {code} and a message "
+            f"on stderr, since CPython crashes or hangs a child forked while "
+            f"subinterpreters exist (python/cpython#101437).  Use "
+            f"multiprocessing's default or 'forkserver' start method "
+            f"(multiprocessing.get_context('forkserver')) or 'spawn', or "
+            f"close and join pools before forking (subprocess is fine).",
             RuntimeWarning,
-            stacklevel=2,
+            skip_file_prefixes=callers,
         )
+    _core.fork_guard_arm()
+
+
+def _fork_callers():
+    """Where multiprocessing and concurrent.futures live, in that order."""
+    import concurrent.futures
+    import multiprocessing
+
+    return tuple(
+        os.path.dirname(module.__file__) + os.sep
+        for module in (multiprocessing, concurrent.futures)
+    )
 
 
 def _ready_shared_static_types():
