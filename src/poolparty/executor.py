@@ -7,6 +7,7 @@ from concurrent.futures import CancelledError, Executor, Future, InvalidStateErr
 
 from . import _engine
 from . import _poolparty as _core
+from ._base import PoolBase, SinkBase, chunk_count
 
 __all__ = ["SubinterpreterPoolExecutor"]
 
@@ -97,8 +98,9 @@ class _MapResults:
             return self._done.pop(index)
 
 
-class _Sink:
+class _Sink(SinkBase):
     def __init__(self):
+        super().__init__()
         # Both set once the runner made the engine.  futures: {job:
         # future} of submit()'s tasks still to finish, the engine's (see
         # Engine.bind_futures); its collect() finishes plain results of
@@ -109,7 +111,6 @@ class _Sink:
         # iterator dropped unstarted never runs its finally, and its
         # results must not pile up here.
         self.maps = weakref.WeakValueDictionary()
-        self.broken_error = None
 
     def deliver(self, job, index, ok, value):
         future = self.futures.pop(job, None)
@@ -129,10 +130,6 @@ class _Sink:
         except InvalidStateError:
             _notify_cancelled(future)
 
-    def broken(self, error):
-        if self.broken_error is None:
-            self.broken_error = error
-
     def cancel_future(self, future, job):
         """A pending future's cancel(): take its task off the queue."""
         if not self.engine.cancel(job, 0):
@@ -142,7 +139,7 @@ class _Sink:
         return True
 
 
-class SubinterpreterPoolExecutor(Executor):
+class SubinterpreterPoolExecutor(PoolBase, Executor):
     """An Executor whose workers are subinterpreters with their own GIL.
 
     A drop-in for ThreadPoolExecutor / ProcessPoolExecutor code: submit()
@@ -162,26 +159,16 @@ class SubinterpreterPoolExecutor(Executor):
     finished before the process ends.
     """
 
+    _name = "SubinterpreterPoolExecutor"
+
     def __init__(self, max_workers=None, initializer=None, initargs=(), *,
                  dispatch="queue"):
-        _engine.refuse_in_worker()
-        _engine.check_dispatch(dispatch)
-        if max_workers is None:
-            max_workers = _engine.usable_cpus()
-        if max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        self._max_workers = max_workers
-        self._sink = _Sink()
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
-        self._runner = _engine.Runner(
-            max_workers, dispatch, None, initializer, initargs, self._sink,
-            name=f"SubinterpreterPoolExecutor-{id(self):x}",
+        self._max_workers = self._start(
+            max_workers, initializer, initargs, None, dispatch, _Sink(),
+            "drain", "max_workers must be greater than 0",
         )
-        self._finalizer = _engine.register_finalizer(self, self._runner, "drain")
-        self._engine = self._runner.engine
         self._sink.engine = self._engine
         self._sink.futures = self._engine.bind_futures(owner=self._sink)
         self._engine_submit = self._engine.submit
@@ -190,29 +177,28 @@ class SubinterpreterPoolExecutor(Executor):
 
     def _check_accepting(self):
         """Raise unless new work may come in.  Needs: _shutdown_lock."""
-        if self._sink.broken_error is not None:
-            raise _engine.broken_again(self._sink.broken_error)
+        self._raise_if_broken()
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _stopped_error(self):
+        return RuntimeError(
+            "the executor was shut down before this chunk was queued")
 
     def _submit(self, kind, func, args):
         """submit()'s Python path: pickling, and every error."""
         future = _Future()
-        try:
-            func_pickle, flag = _engine.function_pickle(func)
-            args_pickle = _engine.dumps(args)
-        except Exception as exc:
-            func_pickle, pickling_error = None, exc
+        func_pickle, flags, args_pickle, error = self._pickle_task(func, args)
         with self._shutdown_lock:
             self._check_accepting()
-            if func_pickle is None:
+            if error is not None:
                 # As ProcessPoolExecutor: the future carries the error.
-                future.set_exception(pickling_error)
+                future.set_exception(error)
                 return future
             job = self._engine.new_job()
             future._pp_bind(self._sink, job)
             self._futures[job] = future
-            self._engine_submit(job, 0, kind | flag, func_pickle, args_pickle)
+            self._engine_submit(job, 0, kind | flags, func_pickle, args_pickle)
         return future
 
     def submit(self, fn, /, *args, **kwargs):
@@ -245,34 +231,16 @@ class SubinterpreterPoolExecutor(Executor):
             items, kind = list(iterables[0]), _engine.TASK_MAP
         else:
             items, kind = list(zip(*iterables)), _engine.TASK_STARMAP
-        chunks = -(-len(items) // chunksize)
         results = _MapResults()
-        try:
-            func_pickle, flag = _engine.function_pickle(fn)
-        except Exception as exc:
-            func_pickle, pickling_error = None, exc
         with self._shutdown_lock:
             self._check_accepting()
             job = self._engine.new_job()
             self._sink.maps[job] = results
-        if func_pickle is None:
-            # As ProcessPoolExecutor: the error comes out of the iteration.
-            failures, refused_from = [(0, pickling_error)], None
-        else:
-            # Outside the lock: pickling the items runs their Python code.
-            failures, refused_from = self._engine.submit_map(
-                job, kind | flag, func_pickle, items,
-                chunksize, _engine.pickle_dumps)
-        for index, exc in failures:
-            results.put(index, False, exc)
-        if refused_from is not None:
-            # shutdown() or a broken pool got in since the check above.
-            error = self._sink.broken_error or RuntimeError(
-                "the executor was shut down before this chunk was queued")
-            failed = {index for index, _exc in failures}
-            for index in range(refused_from, chunks):
-                if index not in failed:
-                    results.put(index, False, error)
+        # Outside the lock: pickling the items runs their Python code.
+        # Failed chunks (pickling; shutdown() or a broken pool getting in
+        # since the check above) come out of the iteration as errors.
+        self._submit_map(job, kind, fn, items, chunksize)
+        chunks = chunk_count(len(items), chunksize)
         return self._map_results(job, results, chunks, end_time)
 
     def _map_results(self, job, results, chunks, end_time):

@@ -10,6 +10,7 @@ from multiprocessing.pool import (
 )
 
 from . import _engine
+from ._base import PoolBase, SinkBase, chunk_count
 from ._errors import TerminatedError
 
 __all__ = ["SubinterpreterPool"]
@@ -31,27 +32,23 @@ def _guard(callback, what):
     return guarded
 
 
-class _Sink:
+class _Sink(SinkBase):
     """Hands completions to multiprocessing's result objects.
 
     Holds the job cache, not the pool: see _engine.Runner.
     """
 
     def __init__(self):
+        super().__init__()
         self.cache = {}
-        self.broken_error = None
 
     def deliver(self, job, index, ok, value):
         result = self.cache.get(job)
         if result is not None:
             result._set(index, (ok, value))
 
-    def broken(self, error):
-        if self.broken_error is None:
-            self.broken_error = error
 
-
-class SubinterpreterPool:
+class SubinterpreterPool(PoolBase):
     """A pool of workers that are subinterpreters with their own GIL.
 
     A drop-in for :class:`multiprocessing.pool.Pool`: the same methods,
@@ -74,39 +71,25 @@ class SubinterpreterPool:
     calls :meth:`terminate`, like multiprocessing.
     """
 
+    _name = "SubinterpreterPool"
+
     def __init__(self, processes=None, initializer=None, initargs=(),
                  maxtasksperchild=None, *, dispatch="queue"):
-        _engine.refuse_in_worker()
-        _engine.check_dispatch(dispatch)
-        if processes is None:
-            processes = _engine.usable_cpus()
-        if processes < 1:
-            raise ValueError("Number of processes must be at least 1")
-        if maxtasksperchild is not None:
-            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
-                raise ValueError("maxtasksperchild must be a positive int or None")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        self._processes = processes
         self._dispatch = dispatch
-        self._sink = _Sink()
-        self._cache = self._sink.cache  # multiprocessing's results use it
         self._state = _RUN
         self._state_lock = threading.Lock()
         self._feeders = 0  # imap feeder threads still submitting
-        self._runner = _engine.Runner(
-            processes, dispatch, maxtasksperchild, initializer, initargs,
-            self._sink, name=f"SubinterpreterPool-{id(self):x}",
-        )
-        self._finalizer = _engine.register_finalizer(
-            self, self._runner, "terminate"
+        sink = _Sink()
+        self._cache = sink.cache  # multiprocessing's results use it
+        self._processes = self._start(
+            processes, initializer, initargs, maxtasksperchild, dispatch,
+            sink, "terminate", "Number of processes must be at least 1",
         )
 
     # -- submitting ----------------------------------------------------
 
     def _check_running(self):
-        if self._sink.broken_error is not None:
-            raise _engine.broken_again(self._sink.broken_error)
+        self._raise_if_broken()
         if self._state != _RUN:
             raise ValueError("Pool not running")
 
@@ -117,25 +100,17 @@ class SubinterpreterPool:
         map chunk.  A pickling error fails that task's result, as
         multiprocessing does, so map() and get() raise it in the caller.
         """
-        try:
-            func_pickle, flag = _engine.function_pickle(func)
-            args_pickle = _engine.dumps(args)
-        except Exception as exc:
-            with self._runner.lock:
-                self._sink.deliver(result._job, index, False, exc)
+        func_pickle, flags, args_pickle, error = self._pickle_task(func, args)
+        if error is not None:
+            self._fail(result._job, index, error)
             return
         try:
-            self._runner.submit(result._job, index, kind | flag, func_pickle,
+            self._engine.submit(result._job, index, kind | flags, func_pickle,
                                 args_pickle)
         except ValueError:
-            with self._runner.lock:
-                self._sink.deliver(
-                    result._job, index, False, self._not_running_error()
-                )
+            self._fail(result._job, index, self._refused_error())
 
-    def _not_running_error(self):
-        if self._sink.broken_error is not None:
-            return self._sink.broken_error
+    def _stopped_error(self):
         return TerminatedError("the pool stopped before this task was queued")
 
     def apply(self, func, args=(), kwds={}):
@@ -182,9 +157,7 @@ class SubinterpreterPool:
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         if chunksize is None:
-            chunksize, extra = divmod(len(iterable), self._processes * 4)
-            if extra:
-                chunksize += 1
+            chunksize = chunk_count(len(iterable), self._processes * 4)
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         if len(iterable) == 0:
@@ -194,38 +167,8 @@ class SubinterpreterPool:
             _guard(error_callback, "error_callback"),
         )
         if chunksize:
-            self._submit_map(result, kind, func, iterable, chunksize)
+            self._submit_map(result._job, kind, func, iterable, chunksize)
         return result
-
-    def _submit_map(self, result, kind, func, items, chunksize):
-        """Queue a whole map at once: chunks are cut, encoded and queued in C.
-
-        As in _submit, a chunk that cannot be pickled fails its part of
-        the result (so map() raises that error) instead of raising here.
-        """
-        job = result._job
-        chunks = -(-len(items) // chunksize)
-        try:
-            func_pickle, flag = _engine.function_pickle(func)
-        except Exception as exc:
-            failures, refused_from = [(index, exc) for index in range(chunks)], None
-        else:
-            failures, refused_from = self._runner.engine.submit_map(
-                job, kind | flag, func_pickle, items, chunksize,
-                _engine.pickle_dumps,
-            )
-        if not failures and refused_from is None:
-            return
-        with self._runner.lock:
-            failed = set()
-            for index, exc in failures:
-                failed.add(index)
-                self._sink.deliver(job, index, False, exc)
-            if refused_from is not None:
-                error = self._not_running_error()
-                for index in range(refused_from, chunks):
-                    if index not in failed:
-                        self._sink.deliver(job, index, False, error)
 
     def imap(self, func, iterable, chunksize=1):
         """Like :meth:`map`, but lazily: returns an iterator of results in order.
@@ -264,9 +207,7 @@ class SubinterpreterPool:
                 if self._state == _TERMINATE:
                     # Say where the results stop, rather than end the
                     # iteration short as if the input had ended there.
-                    with self._runner.lock:
-                        self._sink.deliver(result._job, index, False,
-                                           self._not_running_error())
+                    self._fail(result._job, index, self._refused_error())
                     index += 1
                     break
                 try:
@@ -283,8 +224,7 @@ class SubinterpreterPool:
                 except Exception as exc:
                     # The iterable itself raised: that position fails,
                     # and the iteration ends there (as multiprocessing).
-                    with self._runner.lock:
-                        self._sink.deliver(result._job, index, False, exc)
+                    self._fail(result._job, index, exc)
                     index += 1
                     break
                 self._submit(result, index, kind, func, spec)
