@@ -1,22 +1,28 @@
 /* A codec for plain data that keeps shared references shared.
  *
- * Results travel between interpreters as bytes.  pickle writes every
- * float and every int of a list out in full, and the receiver builds a
- * new object for each: a list of 65,536 references to one float becomes
- * 65,536 floats.  This codec handles the plain types (None, bool, int
- * that fits 64 bits, float, str, bytes, tuple, list, dict -- exact types
- * only) and writes an object the second time as a back-reference, and a
- * run of one object repeated in a list or tuple as one REPEAT; such a
- * list decodes as fast as `[x] * n`.  Anything else makes the encoder
- * give up, and the caller falls back to pickle.
+ * Arguments and results travel between interpreters as bytes.  This
+ * codec handles the plain types (None, bool, int, float, str, bytes,
+ * bytearray, tuple, list, dict -- exact types only) at least as fast as
+ * pickle protocol 5, and, unlike pickle, keeps every shared reference
+ * shared: a list of 65,536 references to one float travels as one float
+ * and one REPEAT, and decodes as fast as `[x] * n`.  Anything else makes
+ * the encoder give up, and the caller falls back to pickle.
+ *
+ * Where the time goes (docs/design.md, "The codec for plain data"): an
+ * identity memo of every object costs more than writing the object
+ * itself.  So only an object with more than one reference is looked up
+ * and numbered: one whose only reference is the container being encoded
+ * cannot be met a second time.  That leaves distinct values -- the
+ * common case -- at the cost of their bytes.
  *
  * Format: MAGIC, then one value.  A value is a tag byte and its body;
- * lengths and indexes are unsigned LEB128 varints.  Objects are numbered
- * in the order the decoder creates them: scalars, lists and dicts when
- * they start, tuples when they end (a tuple exists only once its items
- * do), so REF n means "the n-th object created".  A tuple that contains
- * itself (through a list or dict) cannot be rebuilt in that order; the
- * encoder detects it and gives up.
+ * lengths and indexes are unsigned LEB128 varints, fixed-size numbers
+ * are in the machine's own byte order (both ends are in one process).
+ * A tag with T_NUMBERED set gives its object the next number: lists,
+ * dicts and scalars when they start, tuples when they end (a tuple
+ * exists only once its items do); REF n means "the n-th numbered
+ * object".  A tuple that contains itself (through a list or dict)
+ * cannot be rebuilt in that order; the encoder detects it and gives up.
  *
  * All functions run under the GIL of the interpreter whose objects they
  * touch; the byte buffers are raw memory (pp_buf) that any interpreter
@@ -29,19 +35,26 @@ enum {
     T_NONE = 0,
     T_TRUE = 1,
     T_FALSE = 2,
-    T_INT = 3,    /* 8 bytes, little-endian two's complement */
-    T_FLOAT = 4,  /* 8 bytes, IEEE 754 little-endian */
-    T_STR = 5,    /* varint length, UTF-8 */
-    T_BYTES = 6,  /* varint length, bytes */
-    T_TUPLE = 7,  /* varint n, n items (REPEAT allowed) */
-    T_LIST = 8,   /* varint n, n items (REPEAT allowed) */
-    T_DICT = 9,   /* varint n, n (key, value) pairs */
-    T_REF = 10,   /* varint index of an object created earlier */
-    T_REPEAT = 11 /* inside a tuple/list: varint k, the previous item k
-                     more times */
+    T_INT8 = 3,      /* 1 byte, signed */
+    T_INT32 = 4,     /* 4 bytes */
+    T_INT64 = 5,     /* 8 bytes */
+    T_BIGINT = 6,    /* varint n, n ASCII bytes: hex as int(s, 0) reads */
+    T_FLOAT = 7,     /* 8 bytes, a C double */
+    T_STR1 = 8,      /* varint n, n code points below 256, one byte each */
+    T_STR8 = 9,      /* varint n, n bytes of UTF-8 (surrogates passed) */
+    T_BYTES = 10,    /* varint n, n bytes */
+    T_BYTEARRAY = 11, /* varint n, n bytes */
+    T_TUPLE = 12,    /* varint n, n items (REPEAT allowed) */
+    T_LIST = 13,     /* varint n, n items (REPEAT allowed) */
+    T_DICT = 14,     /* varint n, n (key, value) pairs */
+    T_REF = 15,      /* varint number of an object numbered earlier */
+    T_REPEAT = 16    /* inside a tuple/list: varint k, the previous item k
+                        more times */
 };
+#define T_NUMBERED 0x80 /* flag on a tag: number the object it makes */
 
-#define MAX_DEPTH 200
+/* Enough room for any tag, varint and fixed-size number together. */
+#define SMALL 24
 #define IN_PROGRESS ((uint64_t)-1)
 
 /* ---- growable output buffer ---------------------------------------- */
@@ -49,24 +62,28 @@ enum {
 void
 pp__buf_fini(pp_buf *b)
 {
-    PyMem_RawFree(b->data);
-    b->data = NULL;
-    b->size = b->capacity = 0;
+    if (b->grow == NULL) {
+        PyMem_RawFree(b->data);
+        b->data = NULL;
+        b->size = b->capacity = 0;
+    }
 }
 
 /* 0, or -1 when out of memory.  No GIL needed. */
 static int
-buf_reserve(pp_buf *b, size_t extra)
+buf_grow(pp_buf *b, size_t extra)
 {
-    if (b->capacity - b->size >= extra) {
-        return 0;
+    /* Doubling, or just what is asked when that is more: an 8 MB blob
+     * then takes 8 MB, not 16. */
+    if (extra > SIZE_MAX / 2 - b->size || b->capacity > SIZE_MAX / 2) {
+        return -1;
     }
-    size_t want = b->capacity ? b->capacity : 256;
-    while (want - b->size < extra) {
-        if (want > SIZE_MAX / 2) {
-            return -1;
-        }
-        want *= 2;
+    size_t want = b->capacity ? b->capacity * 2 : 256;
+    if (want < b->size + extra) {
+        want = b->size + extra;
+    }
+    if (b->grow != NULL) {
+        return b->grow(b, want);
     }
     unsigned char *data = PyMem_RawRealloc(b->data, want);
     if (data == NULL) {
@@ -77,60 +94,55 @@ buf_reserve(pp_buf *b, size_t extra)
     return 0;
 }
 
-static int
-put(pp_buf *b, const void *data, size_t size)
+/* Room for `extra` more bytes; 0, or -1 when out of memory.  The emit_*
+ * functions below write into room reserved this way. */
+static inline int
+reserve(pp_buf *b, size_t extra)
 {
-    if (buf_reserve(b, size) < 0) {
-        return -1;
-    }
-    memcpy(b->data + b->size, data, size);
-    b->size += size;
-    return 0;
+    return b->capacity - b->size >= extra ? 0 : buf_grow(b, extra);
 }
 
-static int
-put_byte(pp_buf *b, unsigned char byte)
+static inline void
+emit_byte(pp_buf *b, unsigned char byte)
 {
-    return put(b, &byte, 1);
+    b->data[b->size++] = byte;
 }
 
-static int
-put_varint(pp_buf *b, uint64_t value)
+/* At most 10 bytes. */
+static inline void
+emit_varint(pp_buf *b, uint64_t value)
 {
-    unsigned char bytes[10];
-    size_t n = 0;
     do {
         unsigned char byte = value & 0x7f;
         value >>= 7;
-        bytes[n++] = byte | (value ? 0x80 : 0);
+        b->data[b->size++] = byte | (value ? 0x80 : 0);
     } while (value);
-    return put(b, bytes, n);
 }
 
-static int
-put_u64(pp_buf *b, uint64_t value)
+static inline void
+emit_raw(pp_buf *b, const void *data, size_t size)
 {
-    unsigned char bytes[8];
-    for (int i = 0; i < 8; i++) {
-        bytes[i] = (unsigned char)(value >> (8 * i));
-    }
-    return put(b, bytes, 8);
+    memcpy(b->data + b->size, data, size);
+    b->size += size;
 }
 
-/* ---- identity memo: object pointer -> creation index ----------------- */
+/* ---- identity memo: object pointer -> number ------------------------- */
 
 typedef struct {
-    PyObject **keys;   /* borrowed: the encoded object keeps them alive */
-    uint64_t *values;
-    size_t capacity;   /* a power of two, or 0 */
+    PyObject *key; /* borrowed: the encoded object keeps it alive */
+    uint64_t value;
+} memo_entry;
+
+typedef struct {
+    memo_entry *table;
+    size_t capacity; /* a power of two, or 0 */
     size_t used;
 } memo;
 
 static void
 memo_fini(memo *m)
 {
-    PyMem_RawFree(m->keys);
-    PyMem_RawFree(m->values);
+    PyMem_RawFree(m->table);
     memset(m, 0, sizeof(*m));
 }
 
@@ -139,13 +151,13 @@ memo_slot(const memo *m, PyObject *key)
 {
     size_t mask = m->capacity - 1;
     size_t i = ((uintptr_t)key >> 4) * 0x9E3779B97F4A7C15u & mask;
-    while (m->keys[i] != NULL && m->keys[i] != key) {
+    while (m->table[i].key != NULL && m->table[i].key != key) {
         i = (i + 1) & mask;
     }
     return i;
 }
 
-/* The index stored for key, or NULL if none. */
+/* The number stored for key, or NULL if none. */
 static uint64_t *
 memo_get(memo *m, PyObject *key)
 {
@@ -153,7 +165,7 @@ memo_get(memo *m, PyObject *key)
         return NULL;
     }
     size_t i = memo_slot(m, key);
-    return m->keys[i] == key ? &m->values[i] : NULL;
+    return m->table[i].key == key ? &m->table[i].value : NULL;
 }
 
 /* 0, or -1 when out of memory. */
@@ -162,18 +174,15 @@ memo_put(memo *m, PyObject *key, uint64_t value)
 {
     if ((m->used + 1) * 2 > m->capacity) {
         size_t capacity = m->capacity ? m->capacity * 2 : 64;
-        memo bigger = {PyMem_RawCalloc(capacity, sizeof(PyObject *)),
-                       PyMem_RawCalloc(capacity, sizeof(uint64_t)),
+        memo bigger = {PyMem_RawCalloc(capacity, sizeof(memo_entry)),
                        capacity, 0};
-        if (bigger.keys == NULL || bigger.values == NULL) {
-            memo_fini(&bigger);
+        if (bigger.table == NULL) {
             return -1;
         }
         for (size_t i = 0; i < m->capacity; i++) {
-            if (m->keys[i] != NULL) {
-                size_t j = memo_slot(&bigger, m->keys[i]);
-                bigger.keys[j] = m->keys[i];
-                bigger.values[j] = m->values[i];
+            if (m->table[i].key != NULL) {
+                bigger.table[memo_slot(&bigger, m->table[i].key)] =
+                    m->table[i];
                 bigger.used++;
             }
         }
@@ -181,11 +190,11 @@ memo_put(memo *m, PyObject *key, uint64_t value)
         *m = bigger;
     }
     size_t i = memo_slot(m, key);
-    if (m->keys[i] == NULL) {
+    if (m->table[i].key == NULL) {
         m->used++;
     }
-    m->keys[i] = key;
-    m->values[i] = value;
+    m->table[i].key = key;
+    m->table[i].value = value;
     return 0;
 }
 
@@ -194,15 +203,16 @@ memo_put(memo *m, PyObject *key, uint64_t value)
 typedef struct {
     pp_buf *out;
     memo seen;
-    uint64_t created; /* objects the decoder will have created so far */
+    uint64_t numbered; /* objects numbered so far */
 } encoder;
 
 /* Results of the encoder's functions. */
 #define ENC_OK 0
 #define ENC_UNSUPPORTED 1 /* fall back to pickle */
 #define ENC_ERROR (-1)    /* exception set (MemoryError) */
+#define ENC_DONE 2        /* internal: written as a back-reference */
 
-static int encode_value(encoder *e, PyObject *obj, int depth);
+static int encode_value(encoder *e, PyObject *obj);
 
 static int
 enc_nomem(void)
@@ -211,148 +221,235 @@ enc_nomem(void)
     return ENC_ERROR;
 }
 
-/* Items of a tuple or list, with runs of one object as REPEAT. */
+/* An object that has more than one reference may be met again.  Met
+ * before: writes its REF (SMALL bytes reserved) and returns ENC_DONE.
+ * Else numbers it -- a tuple only once its items are written, so it is
+ * marked in progress until then -- and sets *flag to T_NUMBERED. */
 static int
-encode_items(encoder *e, PyObject *const *items, Py_ssize_t n, int depth)
+shared(encoder *e, PyObject *obj, unsigned char *flag)
+{
+    uint64_t *known = memo_get(&e->seen, obj);
+    if (known != NULL) {
+        if (*known == IN_PROGRESS) {
+            return ENC_UNSUPPORTED; /* a tuple inside itself */
+        }
+        emit_byte(e->out, T_REF);
+        emit_varint(e->out, *known);
+        return ENC_DONE;
+    }
+    uint64_t number = PyTuple_CheckExact(obj) ? IN_PROGRESS : e->numbered++;
+    if (memo_put(&e->seen, obj, number) < 0) {
+        return enc_nomem();
+    }
+    *flag = T_NUMBERED;
+    return ENC_OK;
+}
+
+/* Items of a tuple or list, with runs of one object as REPEAT.  No
+ * Python code runs while the encoder holds the GIL (it makes no object
+ * the garbage collector tracks), so the items cannot change under it. */
+static int
+encode_items(encoder *e, PyObject *const *items, Py_ssize_t n)
 {
     Py_ssize_t i = 0;
     while (i < n) {
-        int rc = encode_value(e, items[i], depth + 1);
+        PyObject *item = items[i];
+        int rc = encode_value(e, item);
         if (rc != ENC_OK) {
             return rc;
         }
         Py_ssize_t run = 1;
-        while (i + run < n && items[i + run] == items[i]) {
+        while (i + run < n && items[i + run] == item) {
             run++;
         }
-        if (run > 1 && (put_byte(e->out, T_REPEAT) < 0 ||
-                        put_varint(e->out, (uint64_t)(run - 1)) < 0)) {
-            return enc_nomem();
+        if (run > 1) {
+            if (reserve(e->out, SMALL) < 0) {
+                return enc_nomem();
+            }
+            emit_byte(e->out, T_REPEAT);
+            emit_varint(e->out, (uint64_t)(run - 1));
         }
         i += run;
     }
     return ENC_OK;
 }
 
-/* Register obj as the next object the decoder creates. */
+/* tag, varint size, then size bytes from data. */
 static int
-remember(encoder *e, PyObject *obj)
+encode_blob(pp_buf *out, unsigned char tag, const void *data, size_t size)
 {
-    if (memo_put(&e->seen, obj, e->created++) < 0) {
+    if (reserve(out, SMALL + size) < 0) {
         return enc_nomem();
     }
+    emit_byte(out, tag);
+    emit_varint(out, (uint64_t)size);
+    emit_raw(out, data, size);
     return ENC_OK;
 }
 
+/* An int beyond 64 bits, as hex text (linear in its size, and with no
+ * digit limit, unlike decimal). */
 static int
-encode_value(encoder *e, PyObject *obj, int depth)
+encode_bigint(pp_buf *out, unsigned char flag, PyObject *obj)
 {
-    pp_buf *out = e->out;
-    if (depth > MAX_DEPTH) {
+    PyObject *hex = PyNumber_ToBase(obj, 16);
+    if (hex == NULL) {
+        PyErr_Clear();
         return ENC_UNSUPPORTED;
     }
-    if (obj == Py_None) {
-        return put_byte(out, T_NONE) < 0 ? enc_nomem() : ENC_OK;
+    Py_ssize_t size;
+    const char *text = PyUnicode_AsUTF8AndSize(hex, &size);
+    int rc = text == NULL ? enc_nomem()
+                          : encode_blob(out, T_BIGINT | flag, text,
+                                        (size_t)size);
+    Py_DECREF(hex);
+    return rc;
+}
+
+static int
+encode_str(pp_buf *out, unsigned char flag, PyObject *obj)
+{
+    if (PyUnicode_KIND(obj) == PyUnicode_1BYTE_KIND) {
+        /* ASCII and Latin-1: the string's own bytes, no UTF-8 step. */
+        return encode_blob(out, T_STR1 | flag, PyUnicode_1BYTE_DATA(obj),
+                           (size_t)PyUnicode_GET_LENGTH(obj));
     }
-    if (obj == Py_True || obj == Py_False) {
-        return put_byte(out, obj == Py_True ? T_TRUE : T_FALSE) < 0
-                   ? enc_nomem()
-                   : ENC_OK;
+    Py_ssize_t size;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(obj, &size);
+    if (utf8 != NULL) {
+        return encode_blob(out, T_STR8 | flag, utf8, (size_t)size);
     }
-    uint64_t *known = memo_get(&e->seen, obj);
-    if (known != NULL) {
-        if (*known == IN_PROGRESS) {
-            return ENC_UNSUPPORTED; /* a tuple inside itself */
-        }
-        return put_byte(out, T_REF) < 0 || put_varint(out, *known) < 0
-                   ? enc_nomem()
-                   : ENC_OK;
+    /* Lone surrogates: pass them through, as pickle does. */
+    PyErr_Clear();
+    PyObject *bytes = PyUnicode_AsEncodedString(obj, "utf-8", "surrogatepass");
+    if (bytes == NULL) {
+        PyErr_Clear();
+        return ENC_UNSUPPORTED;
     }
+    int rc = encode_blob(out, T_STR8 | flag, PyBytes_AS_STRING(bytes),
+                         (size_t)PyBytes_GET_SIZE(bytes));
+    Py_DECREF(bytes);
+    return rc;
+}
+
+/* A list, tuple or dict: the recursion is bounded the way the
+ * interpreter bounds its own (too deep: pickle's turn, which raises
+ * RecursionError or copes). */
+static int
+encode_container(encoder *e, PyObject *obj, unsigned char flag)
+{
+    pp_buf *out = e->out;
     PyTypeObject *type = Py_TYPE(obj);
-    if (type == &PyLong_Type) {
-        int overflow;
-        long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
-        if (overflow || (value == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
-            return ENC_UNSUPPORTED;
-        }
-        if (put_byte(out, T_INT) < 0 || put_u64(out, (uint64_t)value) < 0) {
-            return enc_nomem();
-        }
-        return remember(e, obj);
+    if (Py_EnterRecursiveCall(" while encoding for poolparty")) {
+        PyErr_Clear();
+        return ENC_UNSUPPORTED;
     }
-    if (type == &PyFloat_Type) {
-        double value = PyFloat_AS_DOUBLE(obj);
-        uint64_t bits;
-        memcpy(&bits, &value, sizeof(bits));
-        if (put_byte(out, T_FLOAT) < 0 || put_u64(out, bits) < 0) {
-            return enc_nomem();
+    int rc = ENC_OK;
+    if (type == &PyList_Type || type == &PyTuple_Type) {
+        Py_ssize_t n = Py_SIZE(obj);
+        emit_byte(out, (type == &PyList_Type ? T_LIST : T_TUPLE) | flag);
+        emit_varint(out, (uint64_t)n);
+        rc = encode_items(e, PySequence_Fast_ITEMS(obj), n);
+        if (rc == ENC_OK && flag && type == &PyTuple_Type &&
+            memo_put(&e->seen, obj, e->numbered++) < 0) {
+            rc = enc_nomem();
         }
-        return remember(e, obj);
     }
-    if (type == &PyUnicode_Type) {
-        Py_ssize_t size;
-        const char *utf8 = PyUnicode_AsUTF8AndSize(obj, &size);
-        if (utf8 == NULL) { /* lone surrogates: pickle copes */
-            PyErr_Clear();
-            return ENC_UNSUPPORTED;
-        }
-        if (put_byte(out, T_STR) < 0 || put_varint(out, (uint64_t)size) < 0 ||
-            put(out, utf8, (size_t)size) < 0) {
-            return enc_nomem();
-        }
-        return remember(e, obj);
-    }
-    if (type == &PyBytes_Type) {
-        Py_ssize_t size = PyBytes_GET_SIZE(obj);
-        if (put_byte(out, T_BYTES) < 0 ||
-            put_varint(out, (uint64_t)size) < 0 ||
-            put(out, PyBytes_AS_STRING(obj), (size_t)size) < 0) {
-            return enc_nomem();
-        }
-        return remember(e, obj);
-    }
-    if (type == &PyList_Type) {
-        Py_ssize_t n = PyList_GET_SIZE(obj);
-        if (put_byte(out, T_LIST) < 0 || put_varint(out, (uint64_t)n) < 0) {
-            return enc_nomem();
-        }
-        int rc = remember(e, obj);
-        if (rc != ENC_OK) {
-            return rc;
-        }
-        /* No Python code runs while we hold the GIL here, so the list
-         * cannot change under us. */
-        return encode_items(e, PySequence_Fast_ITEMS(obj), n, depth);
-    }
-    if (type == &PyTuple_Type) {
-        Py_ssize_t n = PyTuple_GET_SIZE(obj);
-        if (put_byte(out, T_TUPLE) < 0 || put_varint(out, (uint64_t)n) < 0 ||
-            memo_put(&e->seen, obj, IN_PROGRESS) < 0) {
-            return enc_nomem();
-        }
-        int rc = encode_items(e, PySequence_Fast_ITEMS(obj), n, depth);
-        if (rc != ENC_OK) {
-            return rc;
-        }
-        return remember(e, obj);
-    }
-    if (type == &PyDict_Type) {
-        Py_ssize_t n = PyDict_GET_SIZE(obj);
-        if (put_byte(out, T_DICT) < 0 || put_varint(out, (uint64_t)n) < 0) {
-            return enc_nomem();
-        }
-        int rc = remember(e, obj);
-        Py_ssize_t pos = 0, seen = 0;
+    else {
+        Py_ssize_t n = PyDict_GET_SIZE(obj), pos = 0, seen = 0;
         PyObject *key, *value;
+        emit_byte(out, T_DICT | flag);
+        emit_varint(out, (uint64_t)n);
         while (rc == ENC_OK && PyDict_Next(obj, &pos, &key, &value)) {
-            rc = encode_value(e, key, depth + 1);
+            rc = encode_value(e, key);
             if (rc == ENC_OK) {
-                rc = encode_value(e, value, depth + 1);
+                rc = encode_value(e, value);
             }
             seen++;
         }
-        return rc == ENC_OK && seen != n ? ENC_UNSUPPORTED : rc;
+        if (rc == ENC_OK && seen != n) {
+            rc = ENC_UNSUPPORTED;
+        }
+    }
+    Py_LeaveRecursiveCall();
+    return rc;
+}
+
+static int
+encode_value(encoder *e, PyObject *obj)
+{
+    pp_buf *out = e->out;
+    if (reserve(out, SMALL) < 0) {
+        return enc_nomem();
+    }
+    PyTypeObject *type = Py_TYPE(obj);
+    unsigned char flag = 0;
+    long long value = 0;
+    int rc, overflow = 0;
+    if (type == &PyLong_Type) {
+        value = PyLong_AsLongLongAndOverflow(obj, &overflow);
+        if (value == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return ENC_UNSUPPORTED;
+        }
+        if (!overflow && value >= -128 && value <= 127) {
+            /* Not worth a memo lookup; -5..256 are singletons anyway. */
+            emit_byte(out, T_INT8);
+            emit_byte(out, (unsigned char)(signed char)value);
+            return ENC_OK;
+        }
+    }
+    else if (obj == Py_None || obj == Py_True || obj == Py_False) {
+        emit_byte(out, obj == Py_None   ? T_NONE
+                       : obj == Py_True ? T_TRUE
+                                        : T_FALSE);
+        return ENC_OK;
+    }
+    /* One reference -- the container's, or the caller's for the top
+     * value -- and it cannot be met again: no memo. */
+    if (Py_REFCNT(obj) > 1) {
+        rc = shared(e, obj, &flag);
+        if (rc != ENC_OK) {
+            return rc == ENC_DONE ? ENC_OK : rc;
+        }
+    }
+    if (type == &PyFloat_Type) {
+        double d = PyFloat_AS_DOUBLE(obj);
+        emit_byte(out, T_FLOAT | flag);
+        emit_raw(out, &d, sizeof(d));
+        return ENC_OK;
+    }
+    if (type == &PyLong_Type) {
+        if (overflow) {
+            return encode_bigint(out, flag, obj);
+        }
+        if (value >= INT32_MIN && value <= INT32_MAX) {
+            int32_t small = (int32_t)value;
+            emit_byte(out, T_INT32 | flag);
+            emit_raw(out, &small, sizeof(small));
+        }
+        else {
+            int64_t big = (int64_t)value;
+            emit_byte(out, T_INT64 | flag);
+            emit_raw(out, &big, sizeof(big));
+        }
+        return ENC_OK;
+    }
+    if (type == &PyUnicode_Type) {
+        return encode_str(out, flag, obj);
+    }
+    if (type == &PyList_Type || type == &PyTuple_Type ||
+        type == &PyDict_Type) {
+        return encode_container(e, obj, flag);
+    }
+    if (type == &PyBytes_Type) {
+        return encode_blob(out, T_BYTES | flag, PyBytes_AS_STRING(obj),
+                           (size_t)PyBytes_GET_SIZE(obj));
+    }
+    if (type == &PyByteArray_Type) {
+        /* Copied now: what the task does to it later is not sent. */
+        return encode_blob(out, T_BYTEARRAY | flag, PyByteArray_AS_STRING(obj),
+                           (size_t)PyByteArray_GET_SIZE(obj));
     }
     return ENC_UNSUPPORTED;
 }
@@ -363,9 +460,10 @@ pp__codec_encode(PyObject *obj, pp_buf *out)
 {
     encoder e = {out, {0}, 0};
     out->size = 0;
-    int rc = put(out, PP_CODEC_MAGIC, sizeof(PP_CODEC_MAGIC) - 1) < 0
+    int rc = reserve(out, sizeof(PP_CODEC_MAGIC) - 1) < 0
                  ? enc_nomem()
-                 : encode_value(&e, obj, 0);
+                 : (emit_raw(out, PP_CODEC_MAGIC, sizeof(PP_CODEC_MAGIC) - 1),
+                    encode_value(&e, obj));
     memo_fini(&e.seen);
     return rc;
 }
@@ -374,7 +472,7 @@ pp__codec_encode(PyObject *obj, pp_buf *out)
 
 typedef struct {
     const unsigned char *pos, *end;
-    PyObject **made;   /* strong references, in creation order */
+    PyObject **made; /* strong references to the numbered objects */
     size_t nmade, capacity;
 } decoder;
 
@@ -403,22 +501,26 @@ get_varint(decoder *d, uint64_t *out)
     return -1;
 }
 
-static int
-get_u64(decoder *d, uint64_t *out)
+/* Copy `size` bytes out of the input; -1 if it is shorter. */
+static inline int
+get_raw(decoder *d, void *out, size_t size)
 {
-    if (d->end - d->pos < 8) {
+    if ((size_t)(d->end - d->pos) < size) {
         return -1;
     }
-    uint64_t value = 0;
-    for (int i = 0; i < 8; i++) {
-        value |= (uint64_t)d->pos[i] << (8 * i);
-    }
-    d->pos += 8;
-    *out = value;
+    memcpy(out, d->pos, size);
+    d->pos += size;
     return 0;
 }
 
-/* Record a created object (a new strong reference is taken). */
+/* A varint length that the rest of the input holds; -1 if not. */
+static int
+get_length(decoder *d, uint64_t *n)
+{
+    return get_varint(d, n) < 0 || *n > (uint64_t)(d->end - d->pos) ? -1 : 0;
+}
+
+/* Number a created object (a new strong reference is taken). */
 static int
 made(decoder *d, PyObject *obj)
 {
@@ -436,8 +538,7 @@ made(decoder *d, PyObject *obj)
     return 0;
 }
 
-static PyObject *decode_value(decoder *d, int depth);
-
+static PyObject *decode_value(decoder *d);
 /* Py_INCREF(obj) `count` times.  A default build adds them in one step,
  * as CPython's own list repeat does (data_pass's 65,536 copies of one
  * float were half the decode time one by one); Py_SET_REFCNT leaves
@@ -462,8 +563,7 @@ add_references(PyObject *obj, Py_ssize_t count)
  * list's own storage) never sees it moved.  On failure every slot filled
  * is cleared back to NULL.  Needs: the GIL. */
 static int
-decode_items(decoder *d, PyObject ***items, size_t *capacity, Py_ssize_t n,
-             int depth)
+decode_items(decoder *d, PyObject ***items, size_t *capacity, Py_ssize_t n)
 {
     Py_ssize_t i = 0;
     while (i < n) {
@@ -500,7 +600,7 @@ decode_items(decoder *d, PyObject ***items, size_t *capacity, Py_ssize_t n,
             add_references(previous, (Py_ssize_t)k);
             continue;
         }
-        PyObject *item = decode_value(d, depth + 1);
+        PyObject *item = decode_value(d);
         if (item == NULL) {
             goto fail;
         }
@@ -530,7 +630,7 @@ fail:
  * a list longer than its input, and they are checked against n.  NULL
  * with an exception on failure.  Needs: the GIL. */
 static PyObject **
-decode_item_array(decoder *d, Py_ssize_t n, int depth)
+decode_item_array(decoder *d, Py_ssize_t n)
 {
     size_t remaining = (size_t)(d->end - d->pos);
     size_t capacity = (size_t)n < remaining ? (size_t)n : remaining;
@@ -540,161 +640,258 @@ decode_item_array(decoder *d, Py_ssize_t n, int depth)
         PyErr_NoMemory();
         return NULL;
     }
-    if (decode_items(d, &items, &capacity, n, depth) < 0) {
+    if (decode_items(d, &items, &capacity, n) < 0) {
         PyMem_Free(items);
         return NULL;
     }
     return items;
 }
 
+/* A list of n items, numbered (if it is) before them: it may contain
+ * itself.  New reference or NULL with an exception.  Needs: the GIL. */
 static PyObject *
-decode_value(decoder *d, int depth)
+decode_list(decoder *d, uint64_t n, int numbered)
 {
-    if (depth > MAX_DEPTH + 1 || d->pos >= d->end) {
+    if (n > (uint64_t)PY_SSIZE_T_MAX / 8) {
+        return corrupt();
+    }
+    if (n <= (uint64_t)(d->end - d->pos) || n <= LIST_PREALLOC_MAX) {
+        /* Each item takes at least a byte, or the list is small enough
+         * to trust its length: fill it in place.  PyList_New zero-fills,
+         * so a half-built list is safe to free. */
+        PyObject *obj = PyList_New((Py_ssize_t)n);
+        if (obj == NULL || (numbered && made(d, obj) < 0)) {
+            Py_XDECREF(obj);
+            return NULL;
+        }
+        PyObject **slots = PySequence_Fast_ITEMS(obj);
+        size_t capacity = (size_t)n;
+        if (decode_items(d, &slots, &capacity, (Py_ssize_t)n) < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+        return obj;
+    }
+    /* Longer than its input (REPEATs, or damage): the list starts empty,
+     * numbered, and takes its items at the end. */
+    PyObject *obj = PyList_New(0);
+    if (obj == NULL || (numbered && made(d, obj) < 0)) {
+        Py_XDECREF(obj);
+        return NULL;
+    }
+    PyObject **items = decode_item_array(d, (Py_ssize_t)n);
+    PyObject *filled = items ? PyList_New((Py_ssize_t)n) : NULL;
+    if (filled == NULL) {
+        if (items != NULL) {
+            for (uint64_t i = 0; i < n; i++) {
+                Py_DECREF(items[i]);
+            }
+            PyMem_Free(items);
+        }
+        Py_DECREF(obj);
+        return NULL;
+    }
+    memcpy(PySequence_Fast_ITEMS(filled), items, (size_t)n * sizeof(*items));
+    PyMem_Free(items);
+    int rc = PyList_SetSlice(obj, 0, 0, filled);
+    Py_DECREF(filled);
+    if (rc < 0) {
+        Py_CLEAR(obj);
+    }
+    return obj;
+}
+
+/* A tuple of n items (numbered by the caller, after them).  Needs: the
+ * GIL. */
+static PyObject *
+decode_tuple(decoder *d, uint64_t n)
+{
+    if (n > (uint64_t)PY_SSIZE_T_MAX / 8) {
+        return corrupt();
+    }
+    if (n <= (uint64_t)(d->end - d->pos) || n <= LIST_PREALLOC_MAX) {
+        /* In place, as a list: a new tuple's items are NULL until set,
+         * which its deallocator and the garbage collector allow. */
+        PyObject *obj = PyTuple_New((Py_ssize_t)n);
+        if (obj == NULL) {
+            return NULL;
+        }
+        PyObject **slots = PySequence_Fast_ITEMS(obj);
+        size_t capacity = (size_t)n;
+        if (decode_items(d, &slots, &capacity, (Py_ssize_t)n) < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+        return obj;
+    }
+    PyObject **items = decode_item_array(d, (Py_ssize_t)n);
+    if (items == NULL) {
+        return NULL;
+    }
+    PyObject *obj = PyTuple_New((Py_ssize_t)n);
+    for (uint64_t i = 0; i < n; i++) {
+        if (obj != NULL) {
+            PyTuple_SET_ITEM(obj, (Py_ssize_t)i, items[i]);
+        }
+        else {
+            Py_DECREF(items[i]);
+        }
+    }
+    PyMem_Free(items);
+    return obj;
+}
+
+/* A dict of n pairs, numbered (if it is) before them.  Needs: the GIL. */
+static PyObject *
+decode_dict(decoder *d, uint64_t n, int numbered)
+{
+    PyObject *obj = PyDict_New();
+    if (obj == NULL || (numbered && made(d, obj) < 0)) {
+        Py_XDECREF(obj);
+        return NULL;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        PyObject *key = decode_value(d);
+        PyObject *value = key ? decode_value(d) : NULL;
+        int rc = value ? PyDict_SetItem(obj, key, value) : -1;
+        Py_XDECREF(key);
+        Py_XDECREF(value);
+        if (rc < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+    }
+    return obj;
+}
+
+/* A list, tuple or dict, the recursion bounded as the interpreter
+ * bounds its own.  Needs: the GIL. */
+static PyObject *
+decode_container(decoder *d, unsigned char tag, int numbered)
+{
+    uint64_t n;
+    if (get_varint(d, &n) < 0) {
+        return corrupt();
+    }
+    if (Py_EnterRecursiveCall(" while decoding poolparty data")) {
+        return NULL;
+    }
+    PyObject *obj = tag == T_LIST    ? decode_list(d, n, numbered)
+                    : tag == T_TUPLE ? decode_tuple(d, n)
+                                     : decode_dict(d, n, numbered);
+    Py_LeaveRecursiveCall();
+    if (obj != NULL && numbered && tag == T_TUPLE && made(d, obj) < 0) {
+        Py_CLEAR(obj);
+    }
+    return obj;
+}
+
+/* An int written as hex text by encode_bigint.  Needs: the GIL. */
+static PyObject *
+decode_bigint(decoder *d)
+{
+    uint64_t n;
+    if (get_length(d, &n) < 0 || n == 0) {
+        return corrupt();
+    }
+    char *text = PyMem_Malloc((size_t)n + 1);
+    if (text == NULL) {
+        return PyErr_NoMemory();
+    }
+    memcpy(text, d->pos, (size_t)n);
+    text[n] = '\0';
+    d->pos += n;
+    char *end;
+    PyObject *obj = PyLong_FromString(text, &end, 0);
+    if (obj != NULL && end != text + n) {
+        Py_CLEAR(obj);
+        corrupt();
+    }
+    PyMem_Free(text);
+    return obj;
+}
+
+static PyObject *
+decode_value(decoder *d)
+{
+    if (d->pos >= d->end) {
         return corrupt();
     }
     unsigned char tag = *d->pos++;
+    int numbered = (tag & T_NUMBERED) != 0;
+    tag &= (unsigned char)~T_NUMBERED;
     uint64_t n;
     PyObject *obj = NULL;
     switch (tag) {
+    case T_FLOAT: {
+        double value;
+        if (get_raw(d, &value, sizeof(value)) < 0) {
+            return corrupt();
+        }
+        obj = PyFloat_FromDouble(value);
+        break;
+    }
+    case T_INT8:
+        if (d->pos >= d->end) {
+            return corrupt();
+        }
+        return PyLong_FromLong((signed char)*d->pos++);
+    case T_INT32: {
+        int32_t value;
+        if (get_raw(d, &value, sizeof(value)) < 0) {
+            return corrupt();
+        }
+        obj = PyLong_FromLong(value);
+        break;
+    }
+    case T_INT64: {
+        int64_t value;
+        if (get_raw(d, &value, sizeof(value)) < 0) {
+            return corrupt();
+        }
+        obj = PyLong_FromLongLong(value);
+        break;
+    }
+    case T_BIGINT:
+        obj = decode_bigint(d);
+        break;
+    case T_STR1:
+    case T_STR8:
+    case T_BYTES:
+    case T_BYTEARRAY: {
+        if (get_length(d, &n) < 0) {
+            return corrupt();
+        }
+        const char *data = (const char *)d->pos;
+        Py_ssize_t size = (Py_ssize_t)n;
+        d->pos += n;
+        obj = tag == T_STR1 ? PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND,
+                                                        data, size)
+              : tag == T_STR8
+                  ? PyUnicode_DecodeUTF8(data, size, "surrogatepass")
+              : tag == T_BYTES ? PyBytes_FromStringAndSize(data, size)
+                               : PyByteArray_FromStringAndSize(data, size);
+        break;
+    }
+    case T_LIST:
+    case T_TUPLE:
+    case T_DICT:
+        return decode_container(d, tag, numbered);
     case T_NONE:
         return Py_NewRef(Py_None);
     case T_TRUE:
         return Py_NewRef(Py_True);
     case T_FALSE:
         return Py_NewRef(Py_False);
-    case T_INT:
-        if (get_u64(d, &n) < 0) {
-            return corrupt();
-        }
-        obj = PyLong_FromLongLong((long long)n);
-        break;
-    case T_FLOAT: {
-        if (get_u64(d, &n) < 0) {
-            return corrupt();
-        }
-        double value;
-        memcpy(&value, &n, sizeof(value));
-        obj = PyFloat_FromDouble(value);
-        break;
-    }
-    case T_STR:
-    case T_BYTES:
-        if (get_varint(d, &n) < 0 || n > (uint64_t)(d->end - d->pos)) {
-            return corrupt();
-        }
-        obj = tag == T_STR
-                  ? PyUnicode_DecodeUTF8((const char *)d->pos, (Py_ssize_t)n,
-                                         "strict")
-                  : PyBytes_FromStringAndSize((const char *)d->pos,
-                                              (Py_ssize_t)n);
-        d->pos += n;
-        break;
     case T_REF:
         if (get_varint(d, &n) < 0 || n >= d->nmade) {
             return corrupt();
         }
         return Py_NewRef(d->made[n]);
-    case T_LIST:
-        if (get_varint(d, &n) < 0 || n > (uint64_t)PY_SSIZE_T_MAX / 8) {
-            return corrupt();
-        }
-        if (n <= (uint64_t)(d->end - d->pos) || n <= LIST_PREALLOC_MAX) {
-            /* Each item takes at least a byte, or the list is small
-             * enough to trust its length: fill it in place.  PyList_New
-             * zero-fills, so a half-built list is safe to free. */
-            obj = PyList_New((Py_ssize_t)n);
-            if (obj == NULL || made(d, obj) < 0) {
-                Py_XDECREF(obj);
-                return NULL;
-            }
-            PyObject **slots = PySequence_Fast_ITEMS(obj);
-            size_t capacity = (size_t)n;
-            if (decode_items(d, &slots, &capacity, (Py_ssize_t)n,
-                             depth) < 0) {
-                Py_DECREF(obj);
-                return NULL;
-            }
-            return obj;
-        }
-        else {
-            /* Longer than its input (REPEATs, or damage): the list is
-             * numbered before its items (it may contain itself), so it
-             * starts empty and takes them at the end. */
-            obj = PyList_New(0);
-            if (obj == NULL || made(d, obj) < 0) {
-                Py_XDECREF(obj);
-                return NULL;
-            }
-            PyObject **items = decode_item_array(d, (Py_ssize_t)n, depth);
-            PyObject *filled = items ? PyList_New((Py_ssize_t)n) : NULL;
-            if (filled == NULL) {
-                if (items != NULL) {
-                    for (uint64_t i = 0; i < n; i++) {
-                        Py_DECREF(items[i]);
-                    }
-                    PyMem_Free(items);
-                }
-                Py_DECREF(obj);
-                return NULL;
-            }
-            memcpy(PySequence_Fast_ITEMS(filled), items,
-                   (size_t)n * sizeof(*items));
-            PyMem_Free(items);
-            int rc = PyList_SetSlice(obj, 0, 0, filled);
-            Py_DECREF(filled);
-            if (rc < 0) {
-                Py_DECREF(obj);
-                return NULL;
-            }
-            return obj;
-        }
-    case T_TUPLE: {
-        if (get_varint(d, &n) < 0 || n > (uint64_t)PY_SSIZE_T_MAX / 8) {
-            return corrupt();
-        }
-        /* Items first (the tuple is numbered after them). */
-        PyObject **items = decode_item_array(d, (Py_ssize_t)n, depth);
-        if (items == NULL) {
-            return NULL;
-        }
-        obj = PyTuple_New((Py_ssize_t)n);
-        for (uint64_t i = 0; i < n; i++) {
-            if (obj != NULL) {
-                PyTuple_SET_ITEM(obj, (Py_ssize_t)i, items[i]);
-            }
-            else {
-                Py_DECREF(items[i]);
-            }
-        }
-        PyMem_Free(items);
-        break;
-    }
-    case T_DICT:
-        if (get_varint(d, &n) < 0) {
-            return corrupt();
-        }
-        obj = PyDict_New();
-        if (obj == NULL || made(d, obj) < 0) {
-            Py_XDECREF(obj);
-            return NULL;
-        }
-        for (uint64_t i = 0; i < n; i++) {
-            PyObject *key = decode_value(d, depth + 1);
-            PyObject *value = key ? decode_value(d, depth + 1) : NULL;
-            int rc = value ? PyDict_SetItem(obj, key, value) : -1;
-            Py_XDECREF(key);
-            Py_XDECREF(value);
-            if (rc < 0) {
-                Py_DECREF(obj);
-                return NULL;
-            }
-        }
-        return obj;
     default:
         return corrupt();
     }
-    if (obj != NULL && made(d, obj) < 0) {
+    if (obj != NULL && numbered && made(d, obj) < 0) {
         Py_CLEAR(obj);
     }
     return obj;
@@ -709,7 +906,7 @@ pp__codec_decode(const unsigned char *data, size_t size)
         return corrupt();
     }
     decoder d = {data + magic, data + size, NULL, 0, 0};
-    PyObject *obj = decode_value(&d, 0);
+    PyObject *obj = decode_value(&d);
     if (obj != NULL && d.pos != d.end) {
         Py_CLEAR(obj);
         corrupt();

@@ -65,12 +65,19 @@ void pp__boot_fini(pp_boot *boot);
 
 /* Opening bytes of a codec payload; pickle's start with 0x80 and the
  * core's plain-text errors with ASCII, so the three never mix up. */
-#define PP_CODEC_MAGIC "\xb5pp1"
+#define PP_CODEC_MAGIC "\xb5pp2"
 
-/* A growable raw byte buffer; {0} is an empty one. */
-typedef struct {
+/* A growable byte buffer; {0} is an empty one in raw memory
+ * (PyMem_RawRealloc).  With `grow` set, the memory belongs to `owner`
+ * instead (a bytes object, a message), so that what is encoded into it
+ * need not be copied again: grow(b, capacity) makes room for at least
+ * `capacity` bytes and sets data and capacity, 0 or -1 (no exception);
+ * pp__buf_fini leaves such memory alone. */
+typedef struct pp_buf {
     unsigned char *data;
     size_t size, capacity;
+    int (*grow)(struct pp_buf *b, size_t capacity);
+    void *owner;
 } pp_buf;
 void pp__buf_fini(pp_buf *b);
 

@@ -136,23 +136,49 @@ module_main_import(PyObject *module, PyObject *arg)
     Py_RETURN_TRUE;
 }
 
+/* pp_buf.grow for encode(): the buffer is a bytes object (b->owner), so
+ * the encoding is not copied again once done, as pickle.dumps does.
+ * Needs: the GIL of the bytes' interpreter. */
+static int
+grow_bytes(pp_buf *b, size_t capacity)
+{
+    PyObject *bytes = b->owner;
+    if (capacity > (size_t)PY_SSIZE_T_MAX) {
+        return -1;
+    }
+    if (bytes == NULL) {
+        bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)capacity);
+    }
+    else if (_PyBytes_Resize(&bytes, (Py_ssize_t)capacity) < 0) {
+        bytes = NULL; /* _PyBytes_Resize freed it */
+    }
+    b->owner = bytes;
+    if (bytes == NULL) {
+        PyErr_Clear(); /* the encoder raises its own MemoryError */
+        return -1;
+    }
+    b->data = (unsigned char *)PyBytes_AS_STRING(bytes);
+    b->capacity = capacity;
+    return 0;
+}
+
 /* encode(obj) -> bytes, or None when obj is not plain data (use pickle).
  * Runs under the calling interpreter's GIL. */
 static PyObject *
 module_encode(PyObject *Py_UNUSED(module), PyObject *obj)
 {
-    pp_buf buf = {0};
-    PyObject *result = NULL;
+    pp_buf buf = {.grow = grow_bytes};
+    PyObject *bytes = NULL;
     int rc = pp__codec_encode(obj, &buf);
-    if (rc == 0) {
-        result = PyBytes_FromStringAndSize((const char *)buf.data,
-                                           (Py_ssize_t)buf.size);
+    bytes = buf.owner;
+    if (rc != 0) {
+        Py_XDECREF(bytes);
+        return rc > 0 ? Py_NewRef(Py_None) : NULL;
     }
-    else if (rc > 0) {
-        result = Py_NewRef(Py_None);
+    if (_PyBytes_Resize(&bytes, (Py_ssize_t)buf.size) < 0) {
+        return NULL;
     }
-    pp__buf_fini(&buf);
-    return result;
+    return bytes;
 }
 
 /* decode(buffer) -> obj, for a payload made by encode(). */

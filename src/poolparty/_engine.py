@@ -222,8 +222,8 @@ def boot_payload(initializer, initargs):
             raise TypeError("initializer must be a callable")
         init = pickle.dumps((initializer, tuple(initargs)), 5)
     path, modname = _main_info()
-    # The path as bytes: a str from undecodable file-name bytes holds
-    # surrogates, which the codec (plain UTF-8) refuses.
+    # The path as bytes: the file name's own bytes, whatever the
+    # worker's file-system encoding makes of them.
     path = None if path is None else os.fsencode(path)
     return _core.encode((path, modname, init))
 
@@ -295,7 +295,7 @@ def function_pickle(func):
     return data, flags
 
 
-_CODEC_MAGIC = b"\xb5pp1"
+_CODEC_MAGIC = b"\xb5pp2"
 
 
 def pickle_dumps(obj):

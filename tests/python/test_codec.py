@@ -84,10 +84,60 @@ def test_lists_far_longer_than_their_encoding():
 
 
 @pytest.mark.parametrize("value", [
-    2**63, -2**63 - 1,                    # beyond 64 bits
-    "lone \udc80 surrogate",
-    {1, 2}, frozenset(), bytearray(b"x"), 1 + 2j,
+    2**63, -2**63 - 1, 2**64, -(2**64), 3**1000, -(7**2000),   # beyond 64 bits
+    -129, -128, 127, 128, -2**31 - 1, -2**31, 2**31 - 1, 2**31,  # width edges
+    "", "ascii", "caf\u00e9", "\u20ac uro", "\U0001f600", "\x00\xff",
+    "lone \udc80 surrogate", "\ud800", "x" * 100_000,
+    b"", bytearray(), bytearray(b"x\x00y"),
+])
+def test_scalars_round_trip_exactly(value):
+    back = core.decode(core.encode(value))
+    assert type(back) is type(value) and back == value
+    assert same(core.decode(core.encode([value, value, 0])), [value, value, 0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers() | st.text(st.characters(codec=None)), max_size=20))
+def test_any_int_and_any_text_round_trip(value):
+    assert same(core.decode(core.encode(value)), value)
+
+
+def test_an_object_met_again_stays_one_object():
+    # Objects with more than one reference are numbered and sent once;
+    # the rest (one reference: the container's) cannot be met again.
+    x, big, text, blob, inner = 1.5, 2**100, "shared", b"blob", [1]
+    back = core.decode(core.encode([x, 2.0, x, big, text, big, text, blob, 7,
+                                    blob, 10**12, inner, (inner,)]))
+    assert back[0] is back[2] and back[3] is back[5] and back[4] is back[6]
+    assert back[7] is back[9] and back[11] is back[12][0]
+    records = core.decode(core.encode([{"id": i, "name": str(i)} for i in range(3)]))
+    first, second, _ = (list(r) for r in records)
+    assert first[0] is second[0] and first[1] is second[1]  # keys sent once
+
+
+def test_a_bytearray_is_copied_when_encoded():
+    value = bytearray(b"abc")
+    data = core.encode(value)
+    value[0] = ord("z")
+    assert core.decode(data) == bytearray(b"abc")
+
+
+def test_too_deep_falls_back_to_pickle_and_never_crashes():
+    deep = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert core.encode(deep) is None          # pickle's turn
+    with pytest.raises(RecursionError):
+        pickle.dumps(deep)
+    nested = b"\xb5pp2" + b"\x0d\x01" * 100_000 + b"\x00"   # 100,000 lists
+    with pytest.raises((RecursionError, ValueError)):
+        core.decode(nested)
+
+
+@pytest.mark.parametrize("value", [
+    {1, 2}, frozenset(), 1 + 2j, memoryview(b"x"),
     type("Sub", (list,), {})(),           # subclasses are pickle's job
+    type("Text", (str,), {})("x"), type("Int", (int,), {})(5),
 ])
 def test_falls_back_for_what_it_does_not_do(value):
     assert core.encode(value) is None
@@ -101,8 +151,12 @@ def test_a_tuple_inside_itself_falls_back():
     assert core.encode(cycle) is None
 
 
-@pytest.mark.parametrize("data", [b"", b"\xb5pp1", b"\xb5pp1\x63", b"\xb5pp1\x08\x05\x00",
-                                  b"\xb5pp1\x0a\x07", b"junk", b"\xb5pp1\x00\x00"])
+@pytest.mark.parametrize("data", [
+    b"", b"junk", b"\xb5pp1\x00", b"\xb5pp2", b"\xb5pp2\x63", b"\xb5pp2\x0d\x05\x00",
+    b"\xb5pp2\x0f\x07", b"\xb5pp2\x00\x00", b"\xb5pp2\x06\x02zz", b"\xb5pp2\x06\x03\x30x\x00",
+    b"\xb5pp2\x06\x00", b"\xb5pp2\x08\x05abc", b"\xb5pp2\x09\x02\xff\xfe", b"\xb5pp2\x04\x01",
+    b"\xb5pp2\x07\x00\x00", b"\xb5pp2\x03", b"\xb5pp2\x8d\x01\x0f\x01",
+])
 def test_corrupt_input_raises_value_error(data):
     with pytest.raises(ValueError):
         core.decode(data)
@@ -113,7 +167,8 @@ def test_results_through_the_pool_keep_sharing_and_fall_back():
         shared = pool.apply(list.__mul__, ([0.25], 1000))
         assert all(item is shared[0] for item in shared)
         assert pool.apply(set, ([1, 2],)) == {1, 2}           # pickle fallback
-        assert pool.apply(pow, (2, 100)) == 2**100            # big int fallback
+        assert pool.apply(pow, (2, 100)) == 2**100            # big int, as hex
+        assert pool.apply(frozenset, ([1],)) == frozenset([1])
         big = pool.apply(bytes, (10_000_000,))
         assert len(big) == 10_000_000 and not any(big[:100])
         assert pickle.loads(pickle.dumps(shared)) == shared

@@ -1,0 +1,99 @@
+"""The plain-data codec against pickle protocol 5, side by side.
+
+``python -m poolparty_bench.codec`` encodes and decodes each kind of
+value with poolparty's codec (``poolparty._poolparty.encode/decode``, what
+every task's arguments and result go through) and with
+``pickle.dumps(value, 5)`` / ``pickle.loads``, in the same process, and
+prints each one's best time of ``--repeat`` runs and the ratio codec /
+pickle (below 1: the codec is faster).  The garbage collector is off
+while timing, for both: its passes would land on one or the other by
+chance; the pool's own share of that is measured by the suite.
+"""
+
+import argparse
+import gc
+import pickle
+import random
+import sys
+import time
+
+N = 65_536
+
+
+def kinds(n=N):
+    """{name: value} for every kind of value measured (fixed seed)."""
+    rng = random.Random(13)
+    records = [
+        {"id": i, "name": f"user{i}", "score": rng.random(),
+         "tags": ["a", "b"] if i % 2 else ["c"], "flag": bool(i % 3)}
+        for i in range(n // 8)
+    ]
+    return {
+        "ints": list(range(n)),
+        "big ints": [rng.getrandbits(62) for _ in range(n)],
+        "floats": [rng.random() for _ in range(n)],
+        "short strs": [f"item-{i}" for i in range(n)],
+        "text (non-ASCII)": [f"caf\u00e9 {i} \u20ac" for i in range(n // 4)],
+        "small dicts": records,
+        "tuples": [(i, float(i), str(i)) for i in range(n // 4)],
+        "one float x n": [1000.0] * n,
+        "bytes 8 MB": rng.randbytes(8 << 20),
+    }
+
+
+def best_pair(fn_a, arg_a, fn_b, arg_b, repeat):
+    """Best wall times of fn_a(arg_a) and fn_b(arg_b), in seconds, over
+    `repeat` runs each, alternated so that a slow spell of a busy machine
+    does not fall on one side only."""
+    times_a, times_b = [], []
+    for _ in range(repeat):
+        for fn, arg, times in ((fn_a, arg_a, times_a), (fn_b, arg_b, times_b)):
+            start = time.perf_counter()
+            fn(arg)
+            times.append(time.perf_counter() - start)
+    return min(times_a), min(times_b)
+
+
+def measure(repeat=20, n=N):
+    """[(kind, codec_enc, pickle_enc, codec_dec, pickle_dec, sizes)]."""
+    from poolparty import _poolparty as core
+
+    rows = []
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for name, value in kinds(n).items():
+            data = core.encode(value)
+            if data is None:
+                raise SystemExit(f"the codec refused {name!r}")
+            pickled = pickle.dumps(value, 5)
+            if core.decode(data) != value:
+                raise SystemExit(f"the codec got {name!r} wrong")
+            encode = best_pair(core.encode, value,
+                               lambda v: pickle.dumps(v, 5), value, repeat)
+            decode = best_pair(core.decode, data, pickle.loads, pickled, repeat)
+            rows.append((name, *encode, *decode, (len(data), len(pickled))))
+    finally:
+        if gc_was:
+            gc.enable()
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("-n", type=int, default=N, help="items per value")
+    args = parser.parse_args(argv)
+    rows = measure(args.repeat, args.n)
+    print(f"Python {sys.version.split()[0]}, n={args.n}, best of {args.repeat}; "
+          "times in ms, ratio = codec / pickle")
+    print(f"{'kind':<18} {'enc':>7} {'pickle':>7} {'ratio':>6}   "
+          f"{'dec':>7} {'pickle':>7} {'ratio':>6}   {'bytes':>9} {'pickle':>9}")
+    for name, ce, pe, cd, pd, (cs, ps) in rows:
+        print(f"{name:<18} {ce * 1e3:7.2f} {pe * 1e3:7.2f} {ce / pe:6.2f}   "
+              f"{cd * 1e3:7.2f} {pd * 1e3:7.2f} {cd / pd:6.2f}   {cs:9d} {ps:9d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
