@@ -71,7 +71,7 @@ while IFS=$'\t' read -r name python; do
     # dependencies have no free-threaded wheels).
     # Free-threaded builds also take only releases that have wheels: the
     # newest hypothesis, for one, would need cargo to reach crates.io.
-    extras="test,bench,dask" only_binary=()
+    extras="test,bench,dask,notebook" only_binary=()
     if "$venv/bin/python" -c 'import sys, sysconfig; sys.exit(not sysconfig.get_config_var("Py_GIL_DISABLED"))'; then
         extras="test" only_binary=(--only-binary=:all:)
     fi

@@ -65,8 +65,10 @@ typedef enum {
     PP_TASK_REUSE_FUNC = 0x100,
     /* The function bytes are not a pickle but "module\0qualname", what a
      * by-reference pickle holds: the worker imports the module and
-     * follows the name, as unpickling would, without the pickle module.
-     * Set together with PP_TASK_REUSE_FUNC. */
+     * follows the name, as unpickling would, without the pickle module;
+     * or a by-value reference ("\0v" token, name, cloudpickle's bytes),
+     * unpickled once per worker.  _worker.resolve_function resolves
+     * both.  Set together with PP_TASK_REUSE_FUNC. */
     PP_TASK_FUNC_BY_NAME = 0x200,
 } pp_task_kind;
 

@@ -561,8 +561,10 @@ prepare(pp_interp *it, const pp_boot *boot, int site_deferred)
     it->call_in_frame = PyObject_GetAttrString(worker, "call_in_frame");
     it->map_in_frame = PyObject_GetAttrString(worker, "map_in_frame");
     it->resolve_function = PyObject_GetAttrString(worker, "resolve_function");
+    it->dumps_by_value = PyObject_GetAttrString(worker, "dumps_by_value");
     if (it->encode_error == NULL || it->call_in_frame == NULL ||
-        it->map_in_frame == NULL || it->resolve_function == NULL) {
+        it->map_in_frame == NULL || it->resolve_function == NULL ||
+        it->dumps_by_value == NULL) {
         goto done;
     }
     /* The payload is codec data (see _engine.boot_payload): no pickle
@@ -627,6 +629,7 @@ release_objects(pp_interp *it)
     Py_CLEAR(it->call_in_frame);
     Py_CLEAR(it->map_in_frame);
     Py_CLEAR(it->resolve_function);
+    Py_CLEAR(it->dumps_by_value);
     Py_CLEAR(it->func);
     pp__buf_fini(&it->out);
     PyMem_RawFree(it->func_pickle);
@@ -856,6 +859,25 @@ run_map(pp_interp *it, PyObject *func, PyObject *items, int star)
     return results;
 }
 
+/* A result that pickle refused, pickled by value instead (a lambda, an
+ * instance of a class the worker got by value), or NULL with pickle's
+ * exception still set when that fails too.  New reference.  Needs: sub
+ * GIL; pickle's exception set. */
+static PyObject *
+dumps_by_value(pp_interp *it, PyObject *result)
+{
+    PyObject *refused = PyErr_GetRaisedException();
+    PyObject *pickled = PyObject_CallOneArg(it->dumps_by_value, result);
+    if (pickled != NULL && PyBytes_Check(pickled)) {
+        Py_XDECREF(refused);
+        return pickled;
+    }
+    Py_XDECREF(pickled);
+    PyErr_Clear();
+    PyErr_SetRaisedException(refused);
+    return NULL;
+}
+
 /* Needs: sub GIL.  See pp_internal.h. */
 pp_msg *
 pp__interp_run(pp_interp *it, const pp_msg *task)
@@ -913,6 +935,9 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
     }
     pickled = PyObject_CallFunctionObjArgs(it->dumps, result, it->protocol,
                                            NULL);
+    if (pickled == NULL) {
+        pickled = dumps_by_value(it, result);
+    }
     if (pickled == NULL) {
         done = error_message(it->encode_error, task->job, task->index,
                              PP_DONE_UNPICKLABLE, result);

@@ -120,6 +120,7 @@ typedef struct pp_interp {
     PyObject *call_in_frame;      /* _worker.call_in_frame (sub GIL) */
     PyObject *map_in_frame;       /* _worker.map_in_frame  (sub GIL) */
     PyObject *resolve_function;   /* _worker.resolve_function (sub GIL) */
+    PyObject *dumps_by_value;     /* _worker.dumps_by_value (sub GIL) */
     /* The last by-reference function unpickled here, kept with its
      * pickle so that the tasks of one map() unpickle it once. */
     PyObject *func;               /* (sub GIL) */

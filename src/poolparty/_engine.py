@@ -24,6 +24,7 @@ import traceback
 import types
 import weakref
 
+from . import _byvalue
 from . import _poolparty as _core
 from . import _worker
 from ._errors import BrokenInterpreterPool, decode_error
@@ -220,7 +221,7 @@ def boot_payload(initializer, initargs):
     if initializer is not None:
         if not callable(initializer):
             raise TypeError("initializer must be a callable")
-        init = pickle.dumps((initializer, tuple(initargs)), 5)
+        init = _byvalue.dumps((initializer, tuple(initargs)))
     path, modname = _main_info()
     # The path as bytes: the file name's own bytes, whatever the
     # worker's file-system encoding makes of them.
@@ -277,20 +278,31 @@ def function_pickle(func):
     For a function pickled by reference the flags include REUSE_FUNC,
     telling the worker that it may keep the object for the next task with
     the same data, and, for plain functions and builtins, FUNC_BY_NAME:
-    the data is then just the name (see _name_reference).  Objects
-    pickled by value (partials, callables with state) are unpickled afresh
-    for every task, as multiprocessing does.
+    the data is then just the name (see _name_reference).  Functions and
+    classes that pickle cannot send by name (lambdas, closures, a
+    notebook's) travel by value, pickled once (see _byvalue).  Other
+    callables pickled by value (partials, callables with state) are
+    unpickled afresh for every task, as multiprocessing does.
     """
     known = _core.function_ref(func)
     if known is not None:
         return known
-    data = pickle.dumps(func, 5)
-    if not _by_reference(func):
+    try:
+        data = pickle.dumps(func, 5)
+    except _byvalue.REFUSED:
+        data = None
+    if data is None or _byvalue.needs_value(data):
+        # A lambda, a closure, a notebook's function: by value, once.
+        data, flags = _byvalue.function_data(func)
+        if not flags:
+            return data, 0
+    elif not _by_reference(func):
         return data, 0
-    flags = REUSE_FUNC
-    name = _name_reference(func)
-    if name is not None:
-        data, flags = name, REUSE_FUNC | FUNC_BY_NAME
+    else:
+        flags = REUSE_FUNC
+        name = _name_reference(func)
+        if name is not None:
+            data, flags = name, REUSE_FUNC | FUNC_BY_NAME
     _core.remember_function(func, data, flags)
     return data, flags
 
@@ -298,15 +310,15 @@ def function_pickle(func):
 _CODEC_MAGIC = b"\xb5pp2"
 
 
-def pickle_dumps(obj):
-    """The pickle fallback of the codec (the C core calls it for chunks)."""
-    return pickle.dumps(obj, 5)
+# The pickle fallback of the codec (the C core calls it for chunks):
+# pickle, or cloudpickle for what pickle cannot send by name.
+pickle_dumps = _byvalue.dumps
 
 
 def dumps(obj):
     """Bytes for ``obj``: the core's codec for plain data, else pickle."""
     data = _core.encode(obj)
-    return data if data is not None else pickle.dumps(obj, 5)
+    return data if data is not None else _byvalue.dumps(obj)
 
 
 def decode(kind, payload):

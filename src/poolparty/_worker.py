@@ -163,8 +163,11 @@ def resolve_function(reference):
 
     What unpickling a by-reference pickle of it does: import the module,
     then follow the dotted qualified name (in ``__main__``, the parent's
-    script, run as ``__mp_main__`` on first use).
+    script, run as ``__mp_main__`` on first use).  A by-value reference
+    (see poolparty._byvalue.function_data) is unpickled once per worker.
     """
+    if reference[:2] == b"\0v":
+        return _by_value_function(reference)
     module_name, _, qualname = reference.decode(
         "utf-8", "surrogatepass").partition("\0")
     __import__(module_name)
@@ -172,6 +175,77 @@ def resolve_function(reference):
     for part in qualname.split("."):
         found = getattr(found, part)
     return found
+
+
+# This worker's copies of functions and classes sent by value, by token.
+_by_value = {}
+_BY_VALUE_MAX = 256
+
+
+def _by_value_function(reference):
+    """Unpickle a by-value reference's function, or the copy kept from before.
+
+    The bytes are cloudpickle's; the C pickler loads them, importing
+    cloudpickle for its reconstructors.
+    """
+    token, module, qualname, data = reference[1:].split(b"\0", 3)
+    found = _by_value.get(token)
+    if found is not None:
+        return found
+    try:
+        found = _pickle().loads(data)
+    except ImportError as exc:
+        name = module.decode("utf-8", "surrogatepass")
+        qualname = qualname.decode("utf-8", "surrogatepass")
+        missing = _module_named(exc)
+        error = ImportError(
+            f"{name}.{qualname} was sent by value and needs "
+            f"{'module ' + repr(missing) if missing else 'a module'}, which "
+            f"cannot be imported in this worker: {exc} "
+            f"(a worker imports from the sys.path the pool started with)",
+            name=missing,
+        )
+        raise error from exc
+    if len(_by_value) >= _BY_VALUE_MAX:
+        _by_value.clear()
+    _by_value[token] = found
+    _name_in_main(found)
+    for value in getattr(found, "__globals__", {}).values():
+        _name_in_main(value)
+    return found
+
+
+def _name_in_main(obj):
+    """Make a class or function of the parent's ``__main__`` findable here.
+
+    pickle sends a class by name, so a result that is an instance of a
+    class defined in a notebook must find it as ``__main__.Name`` in the
+    worker to be pickled (the caller then gets its own class, the one of
+    that name).  cloudpickle's copy is put under that name in this
+    worker's ``__main__`` -- unless the name is already there (a script
+    run as ``__mp_main__``), read without running the script.
+    """
+    if not isinstance(obj, type) or obj.__module__ != "__main__":
+        return
+    name = obj.__qualname__
+    main = sys.modules.get("__main__")
+    if main is not None and name.isidentifier() and name not in main.__dict__:
+        setattr(main, name, obj)
+
+
+def dumps_by_value(value):
+    """cloudpickle's bytes for a result pickle refused, or None.
+
+    The C core calls this only when pickling a result failed: a lambda,
+    or an instance of a class that this worker got by value and whose
+    name pickle cannot find.  None keeps pickle's error.
+    """
+    try:
+        import cloudpickle
+
+        return cloudpickle.dumps(value, 5)
+    except Exception:
+        return None
 
 
 def call_in_frame(func, args, kwargs):
@@ -192,16 +266,19 @@ def map_in_frame(func, items, star):
     return [func(item) for item in items]
 
 
+def _module_named(exc):
+    """The module an ImportError is about, or None."""
+    # CPython says "module X does not support loading in subinterpreters"
+    # without setting exc.name.
+    words = str(exc).split()
+    return getattr(exc, "name", None) or (
+        words[1] if len(words) > 1 and words[0] == "module" else None)
+
+
 def _with_hint(exc):
     """Add what a pool user needs to know to errors peculiar to workers."""
-    message = str(exc)
-    if isinstance(exc, ImportError) and "subinterpreter" in message:
-        # CPython says "module X does not support loading in
-        # subinterpreters" without setting exc.name.
-        words = message.split()
-        name = getattr(exc, "name", None) or (
-            words[1] if len(words) > 1 and words[0] == "module"
-            else "this extension module")
+    if isinstance(exc, ImportError) and "subinterpreter" in str(exc):
+        name = _module_named(exc) or "this extension module"
         exc.add_note(
             f"poolparty: {name} cannot be imported in an isolated "
             "subinterpreter (it does not support per-interpreter state). "

@@ -101,9 +101,13 @@ def test_large_payload(executor):
     assert executor.submit(tasks.identity, payload).result(timeout=60) == payload
 
 
+_LOCK = threading.Lock()
+
+
 def test_unpicklable_function(executor):
+    # Uses a lock: neither pickle nor poolparty's cloudpickle can send it.
     with pytest.raises(PICKLING_ERRORS):
-        executor.submit(lambda: 1).result(timeout=60)
+        executor.submit(lambda: _LOCK).result(timeout=60)
     assert_executor_still_works(executor)
 
 
@@ -244,7 +248,7 @@ def test_map_after_shutdown_raises(make_executor):
 
 
 def test_map_unpicklable_function_or_item_raises_when_iterated(executor):
-    it = executor.map(lambda x: x, range(3))
+    it = executor.map(lambda x: (_LOCK, x), range(3))
     with pytest.raises(PICKLING_ERRORS):
         next(it)
     it = executor.map(tasks.identity, [1, threading.Lock(), 3])

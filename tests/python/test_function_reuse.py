@@ -96,17 +96,17 @@ def test_name_reference_is_what_pickle_would_resolve():
     assert flags == 0
 
 
-def test_a_function_shadowed_under_its_name_keeps_its_pickle():
+def test_a_function_shadowed_under_its_name_travels_by_value(pool):
     # pickle.dumps refuses a function whose name now leads to another
-    # object, and so does the by-name path: the same error as before.
-    import pickle
-
+    # object, and so must the by-name path; it goes by value instead, and
+    # the worker runs it, not what the name leads to.
     from poolparty import _engine
 
     def shadowed(x):
-        return x
+        return ("shadowed", x)
 
     shadowed.__qualname__ = "count_calls"
     shadowed.__module__ = "reuse_tasks"
-    with pytest.raises(pickle.PicklingError):
-        _engine.function_pickle(shadowed)
+    data, _ = _engine.function_pickle(shadowed)
+    assert data.startswith(b"\0v")
+    assert pool.map(shadowed, [1, 2]) == [("shadowed", 1), ("shadowed", 2)]

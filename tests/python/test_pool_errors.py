@@ -20,14 +20,21 @@ def assert_pool_still_works(pool):
 
 
 def make_local_function():
+    lock = threading.Lock()
+
     def local_function(x):
-        return x
+        with lock:
+            return x
 
     return local_function
 
 
+_LOCK = threading.Lock()
+
+# Functions that neither pickle (by name) nor poolparty's cloudpickle (by
+# value) can send: each uses a lock.
 UNPICKLABLE_FUNCTIONS = {
-    "lambda": lambda x: x,
+    "lambda": lambda x: (_LOCK, x),
     "local function": make_local_function(),
 }
 
