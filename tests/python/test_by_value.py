@@ -7,8 +7,6 @@ per worker.  Module-level functions keep the by-name path.
 
 import functools
 import socket
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -208,34 +206,3 @@ def test_a_module_workers_cannot_import_is_named(tmp_path, make_pool, monkeypatc
         assert "cannot be imported in this worker" in message
         assert "No module named" in message  # and why
         assert pool.apply(lambda: 1) == 1
-
-
-def run_python(*args, stdin=None):
-    proc = subprocess.run(
-        [sys.executable, *args], input=stdin, capture_output=True, text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def test_python_c_functions_and_classes(dispatch):
-    # `python -c`: __main__ has no file, so workers cannot run it again;
-    # functions and classes defined there travel by value.
-    out = run_python("-c", f"""
-from poolparty import SubinterpreterPool, SubinterpreterPoolExecutor
-def square(x):
-    return x * x
-class Box:
-    def __init__(self, v):
-        self.v = v
-scale = 3
-with SubinterpreterPool(2, dispatch={dispatch!r}) as pool:
-    boxes = pool.map(Box, [1, 2])
-    print(pool.map(square, range(4)), [type(b) is Box for b in boxes],
-          pool.map(lambda x: x * scale, [1, 2]))
-with SubinterpreterPoolExecutor(2, dispatch={dispatch!r}) as ex:
-    print(ex.submit(square, 5).result(), list(ex.map(Box, [7]))[0].v)
-""")
-    assert out.split("\n")[:2] == [
-        "[0, 1, 4, 9] [True, True] [3, 6]", "25 7"]
