@@ -136,7 +136,9 @@ int pp_queue_push(pp_queue *q, pp_msg *msg);
 int pp_queue_push_chain(pp_queue *q, pp_msg *first, size_t count);
 /* Pop the oldest message into *out, waiting up to timeout_ns
  * (negative: forever; 0: don't wait).  PP_OK, PP_ETIMEDOUT, or
- * PP_ECLOSED once the queue is closed *and* empty. */
+ * PP_ECLOSED once the queue is closed *and* empty.  A waiting thread
+ * is handed the next pushed message at the push: from then on it is
+ * this thread's, and drain/remove do not see it. */
 int pp_queue_pop(pp_queue *q, int64_t timeout_ns, pp_msg **out);
 /* Like pp_queue_pop but takes every queued message at once (a chain
  * in FIFO order) after waiting for the first one; *count is set to
@@ -157,6 +159,9 @@ int pp_queue_remove(pp_queue *q, uint64_t job, uint64_t index,
                     pp_msg **out);
 /* Messages queued right now (a snapshot). */
 size_t pp_queue_length(pp_queue *q);
+/* Threads waiting in pp_queue_pop for a hand-off right now (a
+ * snapshot). */
+size_t pp_queue_waiting(pp_queue *q);
 
 /* ---- engine lifecycle (pure state machine) ------------------------- */
 

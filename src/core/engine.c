@@ -39,8 +39,11 @@ struct pp_engine {
     pp_queue *completions;      /* own lock */
     pthread_mutex_t mutex;
     pthread_cond_t exited;      /* signalled when live_workers drops */
+    pthread_cond_t started;     /* signalled when booting drops */
     pp_engine_state state;      /* mutex */
     uint32_t live_workers;      /* mutex */
+    uint32_t booting;           /* mutex: workers not yet at their first
+                                   task (creating their interpreter) */
     uint32_t nworkers;          /* immutable */
     pp_worker workers[];
 };
@@ -67,6 +70,7 @@ pp__engine_decref(pp_engine *e)
     pp_queue_free(e->tasks);
     pp_queue_free(e->completions);
     pp__boot_fini(&e->boot);
+    pthread_cond_destroy(&e->started);
     pthread_cond_destroy(&e->exited);
     pthread_mutex_destroy(&e->mutex);
     PyMem_RawFree(e);
@@ -139,6 +143,22 @@ next_task(pp_engine *e, pp_msg **task)
     return pp_queue_pop(e->tasks, -1, task);
 }
 
+/* A worker has its first interpreter (or failed to make one): it no
+ * longer counts as booting.  When it has one, it takes a queued task in
+ * the same step, under e->mutex, so that a discard waiting for the
+ * workers to start (pp__engine_discard) cannot drop that task between
+ * the two.  Then as next_task.  Needs: no tstate. */
+static int
+first_task(pp_engine *e, int made, pp_msg **task)
+{
+    pthread_mutex_lock(&e->mutex);
+    e->booting--;
+    int rc = made ? pp_queue_pop(e->tasks, 0, task) : PP_ECLOSED;
+    pthread_cond_broadcast(&e->started);
+    pthread_mutex_unlock(&e->mutex);
+    return rc == PP_ETIMEDOUT ? next_task(e, task) : rc;
+}
+
 /* THE QUEUE-DESIGN WORKER LOOP.
  *
  * Runs on its own native thread, which belongs to no interpreter until
@@ -158,12 +178,17 @@ queue_worker_main(void *arg)
     pp_engine *e = w->engine;
     int stopping = 0;
 
+    int booting = 1;
+
     current_worker = w;
     while (!stopping) {
         pp_interp *it = NULL;
         pp_msg *failure = NULL;
         if (pp__interp_create(&e->boot, w->id, &it, &failure) != PP_OK) {
             complete(e, w, failure);
+            if (booting) {
+                first_task(e, 0, NULL);
+            }
             break;
         }
         PyThreadState *ts = PyEval_SaveThread();
@@ -171,7 +196,10 @@ queue_worker_main(void *arg)
         uint64_t served = 0;
         while (e->maxtasks == 0 || served < e->maxtasks) {
             pp_msg *task;
-            if (next_task(e, &task) != PP_OK) {
+            int popped = booting ? first_task(e, 1, &task)
+                                 : next_task(e, &task);
+            booting = 0;
+            if (popped != PP_OK) {
                 stopping = 1;
                 break;
             }
@@ -201,7 +229,7 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
         return PP_EINVAL;
     }
     pp_worker *w = &e->workers[worker];
-    int stopping = 0;
+    int stopping = 0, booting = 1;
     PyThreadState *caller;
 
     current_worker = w;
@@ -218,6 +246,11 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
         PyEval_RestoreThread(caller);
         if (rc != PP_OK) {
             complete(e, w, failure);
+            if (booting) {
+                Py_BEGIN_ALLOW_THREADS
+                first_task(e, 0, NULL);
+                Py_END_ALLOW_THREADS
+            }
             break;
         }
         uint64_t served = 0;
@@ -225,8 +258,9 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
             pp_msg *task;
             int popped;
             Py_BEGIN_ALLOW_THREADS
-            popped = next_task(e, &task);
+            popped = booting ? first_task(e, 1, &task) : next_task(e, &task);
             Py_END_ALLOW_THREADS
+            booting = 0;
             if (popped != PP_OK) {
                 stopping = 1;
                 break;
@@ -327,6 +361,8 @@ start_queue_workers(pp_engine *e)
             pp__engine_decref(e);
             pthread_mutex_lock(&e->mutex);
             e->live_workers--;
+            e->booting--;
+            pthread_cond_broadcast(&e->started);
             pthread_mutex_unlock(&e->mutex);
             rc = PP_ETHREAD;
             continue;
@@ -358,9 +394,11 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
     e->maxtasks = maxtasks;
     e->nworkers = nworkers;
     e->live_workers = nworkers;
+    e->booting = nworkers;
     e->state = PP_ENGINE_RUNNING;
     pthread_mutex_init(&e->mutex, NULL);
     pthread_cond_init(&e->exited, NULL);
+    pthread_cond_init(&e->started, NULL);
     for (uint32_t i = 0; i < nworkers; i++) {
         e->workers[i].engine = e;
         e->workers[i].id = i;
@@ -506,11 +544,21 @@ pp__engine_nworkers(pp_engine *e)
     return e->nworkers;
 }
 
-/* Any GIL or none. */
+/* Any GIL or none; no tstate when after_start.  See pp_internal.h. */
 pp_msg *
-pp__engine_discard(pp_engine *e)
+pp__engine_discard(pp_engine *e, int after_start)
 {
-    return pp_queue_drain(e->tasks);
+    if (!after_start) {
+        return pp_queue_drain(e->tasks);
+    }
+    pthread_mutex_lock(&e->mutex);
+    while (e->booting > 0) {
+        pthread_cond_wait(&e->started, &e->mutex);
+    }
+    /* Under e->mutex: ordered after each worker's first take. */
+    pp_msg *dropped = pp_queue_drain(e->tasks);
+    pthread_mutex_unlock(&e->mutex);
+    return dropped;
 }
 
 /* Any GIL or none. */

@@ -226,8 +226,11 @@ void pp__engine_close(pp_engine *e);
 pp_msg *pp__engine_terminate(pp_engine *e);
 
 /* Drop every queued task (returned as a chain) but keep the workers and
- * whatever they are running.  Any GIL or none. */
-pp_msg *pp__engine_discard(pp_engine *e);
+ * whatever they are running.  With after_start, first wait until every
+ * worker has made its interpreter and taken a task if one was queued,
+ * as a stdlib executor's new thread takes one as it starts.  Any GIL or
+ * none; no tstate with after_start (it blocks). */
+pp_msg *pp__engine_discard(pp_engine *e, int after_start);
 
 /* Remove a queued, not yet started task.  PP_OK (the task will never
  * run) or PP_ENOTFOUND. */

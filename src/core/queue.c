@@ -1,10 +1,21 @@
 /* pp_queue: an unbounded multi-producer multi-consumer FIFO of pp_msg.
  *
- * Locking: one mutex guards every field of the struct; `nonempty` is
- * signalled under it whenever a message arrives or the queue closes.
- * The mutex is a leaf lock: nothing else is locked while holding it,
- * and no Python API is called under it, so it can never take part in
- * a lock-order cycle with a GIL.
+ * Locking: one mutex guards every field of the struct and of the
+ * waiters queued on it; `nonempty` is signalled under it whenever a
+ * message is queued or the queue closes.  The mutex is a leaf lock:
+ * nothing else is locked while holding it, and no Python API is called
+ * under it, so it can never take part in a lock-order cycle with a GIL.
+ *
+ * Hand-off: a thread blocked in pp_queue_pop waits in line as a
+ * pp_waiter, and a push gives the message straight to the first one
+ * in line instead of queueing it.  From that moment the message is the
+ * consumer's: drain and remove no longer see it, as if the consumer had
+ * already woken and taken it.  Without this, whether a task submitted
+ * to an idle pool counts as started (cancel() fails) or not yet
+ * (shutdown(cancel_futures=True) drops it) depended on how soon the
+ * woken thread got a CPU -- tens of microseconds to milliseconds on a
+ * busy machine, during which every task stayed cancellable.  (3.13's
+ * queue.SimpleQueue hands off the same way.)
  *
  * Waits use CLOCK_MONOTONIC so that a wall-clock jump neither cuts a
  * timeout short nor stretches it. */
@@ -15,13 +26,26 @@
 #include <stdlib.h>
 #include <time.h>
 
+/* A thread blocked in pp_queue_pop, on its own stack.  Guarded by the
+ * queue's mutex. */
+typedef struct pp_waiter {
+    struct pp_waiter *next;
+    pthread_cond_t wake; /* signalled on hand-off and on close */
+    pp_msg *msg;         /* handed over by a push; then the waiter's */
+} pp_waiter;
+
 struct pp_queue {
     pthread_mutex_t mutex;
-    pthread_cond_t nonempty; /* signalled on push and on close */
+    pthread_cond_t nonempty; /* pop_all's: signalled on push and close */
     pp_msg *head;            /* oldest message, or NULL */
     pp_msg *tail;            /* newest message, or NULL */
     size_t length;
     int closed;
+    /* Threads in pp_queue_pop waiting for a hand-off, longest first.
+     * Only while head is NULL: a push serves them before it queues. */
+    pp_waiter *waiters;
+    pp_waiter *waiters_tail;
+    size_t nwaiters;
 };
 
 /* PP_OK or PP_ENOMEM.  No lock (the queue is not shared yet). */
@@ -83,15 +107,35 @@ pp_queue_push_chain(pp_queue *q, pp_msg *first, size_t count)
     if (first == NULL || count == 0) {
         return PP_OK;
     }
-    pp_msg *last = first;
-    while (last->next != NULL) {
-        last = last->next;
-    }
     int rc = PP_OK;
+    pp_msg *last;
     pthread_mutex_lock(&q->mutex);
     if (q->closed) {
         rc = PP_ECLOSED;
         goto done;
+    }
+    /* Hand the first messages to the threads waiting in pp_queue_pop,
+     * one each, longest-waiting first. */
+    while (q->waiters != NULL && first != NULL) {
+        pp_waiter *w = q->waiters;
+        q->waiters = w->next;
+        if (q->waiters == NULL) {
+            q->waiters_tail = NULL;
+        }
+        q->nwaiters--;
+        w->next = NULL;
+        w->msg = first;
+        first = first->next;
+        w->msg->next = NULL;
+        count--;
+        pthread_cond_signal(&w->wake);
+    }
+    if (first == NULL) {
+        goto done;
+    }
+    last = first;
+    while (last->next != NULL) {
+        last = last->next;
     }
     if (q->tail == NULL) {
         q->head = first;
@@ -101,14 +145,9 @@ pp_queue_push_chain(pp_queue *q, pp_msg *first, size_t count)
     }
     q->tail = last;
     q->length += count;
-    /* One message can satisfy one waiter (pop_all waiters take them
-     * all, so waking one is enough there too); several, several. */
-    if (count > 1) {
-        pthread_cond_broadcast(&q->nonempty);
-    }
-    else {
-        pthread_cond_signal(&q->nonempty);
-    }
+    /* Only pop_all waits on `nonempty`, and each takes everything:
+     * waking one is enough. */
+    pthread_cond_signal(&q->nonempty);
 done:
     pthread_mutex_unlock(&q->mutex);
     return rc;
@@ -154,26 +193,109 @@ wait_nonempty_locked(pp_queue *q, int64_t timeout_ns)
     return PP_OK;
 }
 
+/* Take the oldest queued message.  Needs q->mutex and a non-empty
+ * queue. */
+static pp_msg *
+take_head_locked(pp_queue *q)
+{
+    pp_msg *msg = q->head;
+    q->head = msg->next;
+    if (q->head == NULL) {
+        q->tail = NULL;
+    }
+    q->length--;
+    msg->next = NULL;
+    return msg;
+}
+
+/* Take `w` out of the line of waiters.  Needs q->mutex. */
+static void
+unlink_waiter_locked(pp_queue *q, pp_waiter *w)
+{
+    pp_waiter *prev = NULL;
+    for (pp_waiter *it = q->waiters; it != NULL; prev = it, it = it->next) {
+        if (it != w) {
+            continue;
+        }
+        if (prev == NULL) {
+            q->waiters = w->next;
+        }
+        else {
+            prev->next = w->next;
+        }
+        if (q->waiters_tail == w) {
+            q->waiters_tail = prev;
+        }
+        q->nwaiters--;
+        return;
+    }
+}
+
+/* Wait in line for a hand-off (see the top of this file).  Needs
+ * q->mutex, an empty open queue and timeout_ns != 0.  PP_OK with *out
+ * set, PP_ECLOSED or PP_ETIMEDOUT. */
+static int
+wait_for_handoff_locked(pp_queue *q, int64_t timeout_ns, pp_msg **out)
+{
+    pp_waiter w = {.next = NULL, .msg = NULL};
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&w.wake, &attr);
+    pthread_condattr_destroy(&attr);
+    if (q->waiters_tail == NULL) {
+        q->waiters = &w;
+    }
+    else {
+        q->waiters_tail->next = &w;
+    }
+    q->waiters_tail = &w;
+    q->nwaiters++;
+
+    struct timespec deadline;
+    if (timeout_ns > 0) {
+        deadline = deadline_after(timeout_ns);
+    }
+    int timed_out = 0;
+    while (w.msg == NULL && !q->closed && !timed_out) {
+        if (timeout_ns < 0) {
+            pthread_cond_wait(&w.wake, &q->mutex);
+        }
+        else {
+            timed_out = pthread_cond_timedwait(&w.wake, &q->mutex,
+                                               &deadline) == ETIMEDOUT;
+        }
+    }
+    int rc = PP_OK;
+    if (w.msg != NULL) {
+        *out = w.msg; /* a push already took w out of the line */
+    }
+    else {
+        unlink_waiter_locked(q, &w);
+        rc = q->closed ? PP_ECLOSED : PP_ETIMEDOUT;
+    }
+    pthread_cond_destroy(&w.wake);
+    return rc;
+}
+
 /* Takes q->mutex; blocks: call with no GIL held. */
 int
 pp_queue_pop(pp_queue *q, int64_t timeout_ns, pp_msg **out)
 {
+    int rc;
     pthread_mutex_lock(&q->mutex);
-    int rc = wait_nonempty_locked(q, timeout_ns);
-    if (rc == PP_OK) {
-        pp_msg *msg = q->head;
-        q->head = msg->next;
-        if (q->head == NULL) {
-            q->tail = NULL;
-        }
-        q->length--;
-        msg->next = NULL;
-        *out = msg;
-        /* More left and maybe more waiters: pass the wake-up on, since
-         * push signalled only once per message it saw. */
-        if (q->head != NULL) {
-            pthread_cond_signal(&q->nonempty);
-        }
+    if (q->head != NULL) {
+        *out = take_head_locked(q);
+        rc = PP_OK;
+    }
+    else if (q->closed) {
+        rc = PP_ECLOSED;
+    }
+    else if (timeout_ns == 0) {
+        rc = PP_ETIMEDOUT;
+    }
+    else {
+        rc = wait_for_handoff_locked(q, timeout_ns, out);
     }
     pthread_mutex_unlock(&q->mutex);
     return rc;
@@ -203,6 +325,9 @@ pp_queue_close(pp_queue *q)
     pthread_mutex_lock(&q->mutex);
     q->closed = 1;
     pthread_cond_broadcast(&q->nonempty);
+    for (pp_waiter *w = q->waiters; w != NULL; w = w->next) {
+        pthread_cond_signal(&w->wake);
+    }
     pthread_mutex_unlock(&q->mutex);
 }
 
@@ -295,6 +420,16 @@ pp_queue_length(pp_queue *q)
 {
     pthread_mutex_lock(&q->mutex);
     size_t n = q->length;
+    pthread_mutex_unlock(&q->mutex);
+    return n;
+}
+
+/* Takes q->mutex. */
+size_t
+pp_queue_waiting(pp_queue *q)
+{
+    pthread_mutex_lock(&q->mutex);
+    size_t n = q->nwaiters;
     pthread_mutex_unlock(&q->mutex);
     return n;
 }

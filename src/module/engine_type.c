@@ -175,12 +175,26 @@ engine_terminate(PyObject *self, PyObject *Py_UNUSED(ignored))
     return dropped_list(dropped);
 }
 
-/* discard_queued() -> list of (job, index) of the queued tasks dropped;
- * running tasks and the workers carry on. */
+/* discard_queued(after_start=False) -> list of (job, index) of the
+ * queued tasks dropped; running tasks and the workers carry on. */
 static PyObject *
-engine_discard_queued(PyObject *self, PyObject *Py_UNUSED(ignored))
+engine_discard_queued(PyObject *self, PyObject *const *args,
+                      Py_ssize_t nargs)
 {
-    return dropped_list(pp__engine_discard(ENGINE(self)));
+    int after_start = 0;
+    if (nargs > 1 ||
+        (nargs == 1 && (after_start = PyObject_IsTrue(args[0])) < 0)) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError,
+                            "discard_queued(after_start=False)");
+        }
+        return NULL;
+    }
+    pp_msg *dropped;
+    Py_BEGIN_ALLOW_THREADS
+    dropped = pp__engine_discard(ENGINE(self), after_start);
+    Py_END_ALLOW_THREADS
+    return dropped_list(dropped);
 }
 
 /* cancel(job, index) -> True if the queued task was removed unrun. */
@@ -320,9 +334,11 @@ static PyMethodDef engine_methods[] = {
     {"terminate", engine_terminate, METH_NOARGS,
      "terminate(): drop queued tasks (returned as (job, index) pairs) and "
      "interrupt running ones."},
-    {"discard_queued", engine_discard_queued, METH_NOARGS,
-     "discard_queued(): drop queued tasks (returned as (job, index) pairs); "
-     "running tasks and the workers carry on."},
+    {"discard_queued", (PyCFunction)(void (*)(void))engine_discard_queued,
+     METH_FASTCALL,
+     "discard_queued(after_start=False): drop queued tasks (returned as "
+     "(job, index) pairs); running tasks and the workers carry on.  "
+     "after_start: first let workers still starting take a task each."},
     {"cancel", (PyCFunction)(void (*)(void))engine_cancel, METH_FASTCALL,
      "cancel(job, index): remove a queued task; True if it will not run."},
     {"cancel_job", engine_cancel_job, METH_O,

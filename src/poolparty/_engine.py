@@ -412,13 +412,15 @@ class Runner:
             for job, index in dropped:
                 self.sink.deliver(job, index, False, reason())
 
-    def discard_queued(self):
+    def discard_queued(self, after_start=False):
         """Drop queued tasks, keeping running ones and the workers.
 
         Returns the dropped ``(job, index)`` pairs; their results will
-        never arrive, so the caller must finish them.
+        never arrive, so the caller must finish them.  ``after_start``
+        first lets each worker still starting take a task, as a stdlib
+        executor's thread takes one when it starts.
         """
-        return self.engine.discard_queued()
+        return self.engine.discard_queued(after_start)
 
     def join(self):
         """Wait for every worker and the collector; Ctrl-C gets through.

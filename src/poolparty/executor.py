@@ -265,8 +265,10 @@ class SubinterpreterPoolExecutor(PoolBase, Executor):
             # that nothing is queued once shutdown() has begun.
             self._runner.close()
         if cancel_futures:
-            # Only what never reached a worker, as ThreadPoolExecutor does.
-            for job, index in self._runner.discard_queued():
+            # Only what never reached a worker, as ThreadPoolExecutor does;
+            # when waiting anyway, workers still starting take one each
+            # first, as its threads do (CPython's test_cancel_futures).
+            for job, index in self._runner.discard_queued(wait):
                 future = self._sink.futures.pop(job, None)
                 if future is not None:
                     cancel_unrun(future)  # already off the queue

@@ -241,6 +241,65 @@ test_queue_close(void)
     pp_queue_free(q);
 }
 
+struct taker {
+    pp_queue *q;
+    int rc;
+    pp_msg *m;
+};
+
+static void *
+take_one(void *arg)
+{
+    struct taker *t = arg;
+    t->rc = pp_queue_pop(t->q, -1, &t->m);
+    return NULL;
+}
+
+/* A consumer waiting in pop is handed the next message at the push:
+ * drain and remove, which run right after the push, no longer see it
+ * (the task counts as started however late the consumer wakes). */
+static void
+test_queue_handoff(void)
+{
+    pp_queue *q;
+    ASSERT_EQ(pp_queue_new(&q), PP_OK);
+    struct taker t[2] = {{q, 1, NULL}, {q, 1, NULL}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) {
+        ASSERT_EQ(pthread_create(&th[i], NULL, take_one, &t[i]), 0);
+    }
+    struct timespec pause = {0, 1000 * 1000};
+    while (pp_queue_waiting(q) < 2) {
+        nanosleep(&pause, NULL);
+    }
+    /* Three messages, two waiters: two handed off, one queued. */
+    pp_msg *chain = msg(7, 0);
+    chain->next = msg(7, 1);
+    chain->next->next = msg(7, 2);
+    ASSERT_EQ(pp_queue_push_chain(q, chain, 3), PP_OK);
+    ASSERT_EQ(pp_queue_waiting(q), 0);
+    ASSERT_EQ(pp_queue_length(q), 1);
+    pp_msg *m = NULL;
+    ASSERT_EQ(pp_queue_remove(q, 7, 0, &m), PP_ENOTFOUND);
+    pp_msg *rest = pp_queue_drain(q);
+    ASSERT(rest != NULL && rest->index == 2 && rest->next == NULL);
+    pp_msg_free(rest);
+    uint64_t seen = 0;
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        ASSERT_EQ(t[i].rc, PP_OK);
+        seen |= 1u << t[i].m->index;
+        pp_msg_free(t[i].m);
+    }
+    ASSERT_EQ(seen, 3); /* the first two, one each */
+    /* A waiter that times out leaves the line: the next push queues. */
+    ASSERT_EQ(pp_queue_pop(q, 1000 * 1000, &m), PP_ETIMEDOUT);
+    ASSERT_EQ(pp_queue_waiting(q), 0);
+    ASSERT_EQ(pp_queue_push(q, msg(8, 0)), PP_OK);
+    ASSERT_EQ(pp_queue_length(q), 1);
+    pp_queue_free(q);
+}
+
 static void
 test_queue_remove(void)
 {
@@ -398,6 +457,7 @@ static const struct {
     {"queue_remove_job", test_queue_remove_job},
     {"queue_timeout", test_queue_timeout},
     {"queue_close", test_queue_close},
+    {"queue_handoff", test_queue_handoff},
     {"queue_remove", test_queue_remove},
     {"queue_threads", test_queue_threads},
     {"lifecycle", test_lifecycle},
