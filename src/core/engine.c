@@ -191,7 +191,7 @@ queue_worker_main(void *arg)
             }
             break;
         }
-        PyThreadState *ts = PyEval_SaveThread();
+        PyThreadState *ts = pp__ts_detach();
         publish_interp(w, it);
         uint64_t served = 0;
         while (e->maxtasks == 0 || served < e->maxtasks) {
@@ -203,15 +203,15 @@ queue_worker_main(void *arg)
                 stopping = 1;
                 break;
             }
-            PyEval_RestoreThread(ts);
+            pp__ts_attach(ts);
             pp_msg *done = pp__interp_run(it, task);
-            ts = PyEval_SaveThread();
+            ts = pp__ts_detach();
             pp_msg_free(task);
             complete(e, w, done);
             served++;
         }
         retire_interp(w);
-        PyEval_RestoreThread(ts);
+        pp__ts_attach(ts);
         pp__interp_destroy_attached(it);
     }
     current_worker = NULL;
@@ -236,14 +236,14 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
     while (!stopping) {
         pp_interp *it = NULL;
         pp_msg *failure = NULL;
-        caller = PyEval_SaveThread();
+        caller = pp__ts_detach();
         int rc = pp__interp_create(&e->boot, w->id, &it, &failure);
         if (rc == PP_OK) {
             /* Created on this thread, so `it` is attached: detach. */
-            PyEval_SaveThread();
+            pp__ts_detach();
             publish_interp(w, it);
         }
-        PyEval_RestoreThread(caller);
+        pp__ts_attach(caller);
         if (rc != PP_OK) {
             complete(e, w, failure);
             if (booting) {
@@ -272,10 +272,10 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
             complete(e, w, done);
             served++;
         }
-        caller = PyEval_SaveThread();
+        caller = pp__ts_detach();
         retire_interp(w);
         pp__interp_destroy(it);
-        PyEval_RestoreThread(caller);
+        pp__ts_attach(caller);
     }
     current_worker = NULL;
     worker_exited(e);

@@ -54,15 +54,14 @@ now_ns(void)
 static int64_t
 knock(PyInterpreterState *interp)
 {
-    PyThreadState *ts = PyThreadState_New(interp);
+    PyThreadState *ts = pp__ts_new(interp);
     if (ts == NULL) {
         return 0;
     }
     int64_t t0 = now_ns();
-    PyEval_RestoreThread(ts);
+    pp__ts_attach(ts);
     int64_t waited = now_ns() - t0;
-    PyThreadState_Clear(ts);
-    PyThreadState_DeleteCurrent();
+    pp__ts_delete_current();
     return waited;
 }
 

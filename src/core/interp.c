@@ -1,11 +1,8 @@
 /* Subinterpreter lifecycle and the task runner.
  *
  * Every function states which GIL it needs (see pp_internal.h for the
- * vocabulary).  Moving between interpreters is always done with
- * PyEval_SaveThread / PyEval_RestoreThread, never PyThreadState_Swap:
- * those two release and take the right GIL on both 3.12 and 3.13,
- * whereas what a bare swap does with GILs has changed between
- * versions. */
+ * vocabulary).  Thread states are made, attached, detached and deleted
+ * only through tstate.c, whose rules hold here. */
 #include "pp_internal.h"
 
 #include <pthread.h>
@@ -111,7 +108,7 @@ make_template(pp_site_template *t, const PyInterpreterConfig *config)
      * thread state already initialized": it reuses the first one's
      * storage).  Every creating thread attaches one of its own. */
     t->home = ts;
-    PyEval_SaveThread();
+    pp__ts_detach();
 }
 
 /* Needs: no tstate; lifecycle_lock. */
@@ -119,12 +116,10 @@ static void
 end_template(pp_site_template *t)
 {
     if (t->state == TEMPLATE_LIVE) {
-        PyThreadState *ts = PyThreadState_New(t->interp);
+        PyThreadState *ts = pp__ts_attach_new(t->interp);
         if (ts != NULL) {
-            PyEval_RestoreThread(ts);
             /* Py_EndInterpreter insists on being the last thread state. */
-            PyThreadState_Clear(t->home);
-            PyThreadState_Delete(t->home);
+            pp__ts_delete_other(t->home);
             Py_EndInterpreter(ts); /* returns with no tstate */
         }
         /* else out of memory: the template is left behind. */
@@ -142,26 +137,22 @@ static PyStatus
 new_from_template(pp_site_template *t, PyThreadState **made,
                   const PyInterpreterConfig *config)
 {
-    PyThreadState *ts = PyThreadState_New(t->interp);
+    PyThreadState *ts = pp__ts_attach_new(t->interp);
     if (ts == NULL) {
         return PyStatus_NoMemory();
     }
-    PyEval_RestoreThread(ts);
     PyStatus status = Py_NewInterpreterFromConfig(made, config);
     if (PyStatus_Exception(status) || *made == NULL) {
         /* A failed creation puts `ts` back as it was: attached. */
-        PyThreadState_Clear(ts);
-        PyThreadState_DeleteCurrent();
+        pp__ts_delete_current();
         return status;
     }
     /* Now `*made` is attached and `ts` must go, which needs the
      * template's GIL: creation released it (3.12 and 3.13 alike, checked:
      * taking it again here would deadlock otherwise). */
-    PyEval_SaveThread();
-    PyEval_RestoreThread(ts);
-    PyThreadState_Clear(ts);
-    PyThreadState_DeleteCurrent();
-    PyEval_RestoreThread(*made);
+    pp__ts_switch(ts);
+    pp__ts_delete_current();
+    pp__ts_attach(*made);
     return status;
 }
 
@@ -255,11 +246,11 @@ new_interpreter_locked(const pp_boot *boot, PyThreadState **tstate,
          * any live subinterpreter kills the child of os.fork(). */
         int made = !PyStatus_Exception(status) && *tstate != NULL;
         if (made) {
-            PyEval_SaveThread();
+            pp__ts_detach();
         }
         end_template(t);
         if (made) {
-            PyEval_RestoreThread(*tstate);
+            pp__ts_attach(*tstate);
         }
     }
 #else
@@ -399,15 +390,15 @@ pp__boot_fini(pp_boot *boot)
      * it for a while, and this may run in the middle of that pool's
      * constructor (a garbage collection ending this pool). */
     if (t != NULL && t->state == TEMPLATE_LIVE) {
-        PyThreadState *caller = _PyThreadState_UncheckedGet();
+        PyThreadState *caller = pp__ts_current();
         if (caller != NULL) {
-            PyEval_SaveThread(); /* lifecycle_lock is taken with no GIL */
+            pp__ts_detach(); /* lifecycle_lock is taken with no GIL */
         }
         pthread_mutex_lock(&lifecycle_lock);
         end_template(t);
         pthread_mutex_unlock(&lifecycle_lock);
         if (caller != NULL) {
-            PyEval_RestoreThread(caller);
+            pp__ts_attach(caller);
         }
     }
 #endif
@@ -974,28 +965,29 @@ done:
 /* Attach to `it` on this thread: its home thread state when this is the
  * home thread, else a fresh one that *temporary tells the caller to
  * delete.  Needs: no tstate; returns with the sub GIL. */
-static PyThreadState *
+static void
 enter(pp_interp *it, int *temporary)
 {
-    PyThreadState *ts = it->home;
     *temporary = !pthread_equal(it->home_thread, pthread_self());
     if (*temporary) {
-        ts = PyThreadState_New(it->interp);
+        /* gilstate (tstate.c rule 5): this thread's slot now points
+         * into `it` until leave() deletes the thread state. */
+        pp__ts_attach_new(it->interp);
     }
-    PyEval_RestoreThread(ts);
-    return ts;
+    else {
+        pp__ts_attach(it->home);
+    }
 }
 
 /* Leave `it` (undoing enter).  Needs: sub GIL; returns with no tstate. */
 static void
-leave(PyThreadState *ts, int temporary)
+leave(int temporary)
 {
     if (temporary) {
-        PyThreadState_Clear(ts);
-        PyThreadState_DeleteCurrent();
+        pp__ts_delete_current();
     }
     else {
-        PyEval_SaveThread();
+        pp__ts_detach();
     }
 }
 
@@ -1010,13 +1002,13 @@ pp__interp_call(pp_interp *it, const pp_msg *task)
 {
     int temporary;
     PyThreadState *outer = set_aside_main;
-    PyThreadState *caller = PyEval_SaveThread();
+    PyThreadState *caller = pp__ts_detach();
     set_aside_main = caller;
-    PyThreadState *ts = enter(it, &temporary);
+    enter(it, &temporary);
     pp_msg *done = pp__interp_run(it, task);
-    leave(ts, temporary);
+    leave(temporary);
     set_aside_main = outer;
-    PyEval_RestoreThread(caller);
+    pp__ts_attach(caller);
     return done;
 }
 
@@ -1028,8 +1020,7 @@ pp__interp_import_in_main(const char *name, size_t size)
     if (main_ts == NULL) {
         return PP_ENOTFOUND;
     }
-    PyThreadState *sub_ts = PyEval_SaveThread();
-    PyEval_RestoreThread(main_ts);
+    PyThreadState *sub_ts = pp__ts_switch(main_ts);
     /* The main tstate was set aside in the middle of a call: keep
      * whatever it had raised out of the way of the import. */
     PyObject *pending = PyErr_GetRaisedException();
@@ -1048,8 +1039,7 @@ pp__interp_import_in_main(const char *name, size_t size)
     }
     PyErr_Clear();
     PyErr_SetRaisedException(pending);
-    PyEval_SaveThread();
-    PyEval_RestoreThread(sub_ts);
+    pp__ts_switch(sub_ts);
     return PP_OK;
 }
 
@@ -1059,9 +1049,9 @@ pp__interp_exec(pp_interp *it, const char *source, pp_msg **failure)
 {
     int temporary, rc = PP_OK;
     PyThreadState *outer = set_aside_main;
-    PyThreadState *caller = PyEval_SaveThread();
+    PyThreadState *caller = pp__ts_detach();
     set_aside_main = caller;
-    PyThreadState *ts = enter(it, &temporary);
+    enter(it, &temporary);
 
     PyObject *main_module = PyImport_AddModule("__main__"); /* borrowed */
     PyObject *globals = main_module ? PyModule_GetDict(main_module) : NULL;
@@ -1080,9 +1070,9 @@ pp__interp_exec(pp_interp *it, const char *source, pp_msg **failure)
         rc = PP_EINTERP;
     }
     Py_XDECREF(res);
-    leave(ts, temporary);
+    leave(temporary);
     set_aside_main = outer;
-    PyEval_RestoreThread(caller);
+    pp__ts_attach(caller);
     return rc;
 }
 
@@ -1108,18 +1098,16 @@ void
 pp__interp_destroy(pp_interp *it)
 {
     if (pthread_equal(it->home_thread, pthread_self())) {
-        PyEval_RestoreThread(it->home);
+        pp__ts_attach(it->home);
         pp__interp_destroy_attached(it);
         return;
     }
     /* From a foreign thread: attach with a thread state of our own, get
      * rid of the home one (Py_EndInterpreter wants to be the last),
      * then end the interpreter through ours. */
-    PyThreadState *ts = PyThreadState_New(it->interp);
-    PyEval_RestoreThread(ts);
+    PyThreadState *ts = pp__ts_attach_new(it->interp);
     release_objects(it);
-    PyThreadState_Clear(it->home);
-    PyThreadState_Delete(it->home);
+    pp__ts_delete_other(it->home);
     end_interpreter_locked(ts);
     PyMem_RawFree(it);
 }
@@ -1129,14 +1117,11 @@ void
 pp__interp_interrupt(PyInterpreterState *interp, unsigned long thread_id,
                      PyObject *exc_type)
 {
-    PyThreadState *ts = PyThreadState_New(interp);
-    if (ts == NULL) {
-        return;
-    }
     /* Waits for the worker's GIL: a running worker drops it within one
      * switch interval because we asked for it. */
-    PyEval_RestoreThread(ts);
+    if (pp__ts_attach_new(interp) == NULL) {
+        return;
+    }
     PyThreadState_SetAsyncExc(thread_id, exc_type);
-    PyThreadState_Clear(ts);
-    PyThreadState_DeleteCurrent();
+    pp__ts_delete_current();
 }

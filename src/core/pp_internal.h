@@ -24,6 +24,17 @@
 #error "poolparty needs CPython 3.12 or newer (per-interpreter GIL, PEP 684)"
 #endif
 
+/* ---- thread states (tstate.c: its rules are at its top) ---------- */
+
+PyThreadState *pp__ts_current(void);
+void pp__ts_attach(PyThreadState *ts);
+PyThreadState *pp__ts_detach(void);
+PyThreadState *pp__ts_switch(PyThreadState *to);
+PyThreadState *pp__ts_new(PyInterpreterState *interp);
+PyThreadState *pp__ts_attach_new(PyInterpreterState *interp);
+void pp__ts_delete_current(void);
+void pp__ts_delete_other(PyThreadState *ts);
+
 /* A template interpreter that pool workers are created from, so that
  * they start without importing `site` under the lifecycle lock (see
  * interp.c).  Opaque; guarded by that lock. */
@@ -262,7 +273,7 @@ int pp__engine_answer_import(pp_engine *e, uint32_t worker);
 
 /* Call fn(interp, arg) with worker `worker`'s interpreter, holding the
  * worker's life lock so that the interpreter cannot end meanwhile.  fn
- * may attach to it (PyThreadState_New + PyEval_RestoreThread) but must
+ * may attach to it (pp__ts_attach_new) but must
  * delete its thread state before returning.  PP_OK, PP_ENOTFOUND when
  * that worker has no live interpreter right now, PP_EINVAL for a bad
  * index.  Needs: no tstate. */

@@ -47,7 +47,7 @@ interpreter_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     Py_BEGIN_ALLOW_THREADS
     rc = pp__interp_create(&SELF(self)->boot, 0, &it, &failure);
     if (rc == PP_OK) {
-        PyEval_SaveThread(); /* created attached: detach */
+        pp__ts_detach(); /* created attached: detach */
     }
     Py_END_ALLOW_THREADS
     if (rc != PP_OK) {
