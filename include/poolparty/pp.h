@@ -8,16 +8,17 @@
  *    subinterpreter and loops *inside* it, popping tasks.
  *  - Design "call": a worker is a thread of the main interpreter that
  *    pops a task with the main GIL released, then calls into its
- *    subinterpreter once per task (pp_interp_call).
+ *    subinterpreter once per task (pp__interp_call in pp_internal.h).
  *
  * No PyObject ever travels between interpreters: tasks and results
- * are byte strings (pickles) inside pp_msg, in memory the core owns
- * (PyMem_Raw*, which needs no GIL).
+ * are bytes (the core's codec for plain data, else a pickle) inside
+ * pp_msg, in memory the core owns (malloc: msg.c needs no Python and
+ * no GIL).
  *
  * Error codes: functions return PP_OK (0) or a negative PP_E* code and
  * never set a Python exception, except where a contract says
- * otherwise.  src/module/errors.c is the one place that turns codes
- * into exceptions.
+ * otherwise.  pp__raise in src/module/module.c is the one place that
+ * turns codes into exceptions.
  */
 #ifndef POOLPARTY_PP_H
 #define POOLPARTY_PP_H
@@ -74,11 +75,13 @@ typedef enum {
 
 /* How a task ended; the kind of a completion message. */
 typedef enum {
-    PP_DONE_OK = 16,          /* payload: pickle of the result */
+    PP_DONE_OK = 16,          /* payload: the result, codec or pickle */
     PP_DONE_ERROR = 17,       /* payload: _worker.encode_error() output */
     PP_DONE_UNPICKLABLE = 18, /* payload: same, result could not be pickled */
     PP_DONE_INIT_FAILED = 19, /* a worker failed to start; payload as ERROR */
-    PP_DONE_CANCELLED = 20,   /* dropped before it ran (terminate/cancel) */
+    /* 20 was PP_DONE_CANCELLED, never produced: a task dropped before
+     * it ran (terminate, cancel) comes back to the caller as its
+     * (job, index), not as a completion. */
     PP_DONE_MAIN_IMPORT = 21, /* not a completion: a worker asks the main
                                  interpreter to import the module named by
                                  the payload first, and waits for the

@@ -1,11 +1,18 @@
 /* The engine: one pool's queues and workers.
  *
- * LOCK ORDER (outermost first):
- *     engine->mutex  >  worker->life  >  any GIL  >  pp_queue mutexes
- * A thread holding engine->mutex never waits for a GIL; queue mutexes
- * are leaves (see queue.c).  worker->life is held while the terminating
- * thread attaches to a worker's interpreter, so the worker releases its
- * GIL before it takes worker->life (see retire_interp).
+ * LOCK ORDER (a lock on the left may be held while taking one on its
+ * right, never the other way):
+ *     any GIL        >  engine->mutex  >  pp_queue mutexes
+ *     worker->life   >  a worker's sub GIL
+ * engine->mutex is taken with a GIL held (the main one: submit, close;
+ * a call-design worker's exit), and the queue mutexes under it (submit
+ * pushes, close closes).  What makes that safe is the rule: no thread
+ * waits for a GIL while it holds engine->mutex or a queue mutex (queue
+ * mutexes are leaves, see queue.c).  worker->life is held while the
+ * terminating thread attaches to a worker's interpreter (with no GIL of
+ * its own), so every other taker of worker->life -- the worker in
+ * publish_interp and retire_interp, an import request -- takes it with
+ * no GIL held.
  *
  * Which field each lock guards is written next to the field. */
 #include "pp_internal.h"

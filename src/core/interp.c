@@ -36,10 +36,9 @@ static pthread_mutex_t lifecycle_lock = PTHREAD_MUTEX_INITIALIZER;
 /* Py_NewInterpreterFromConfig copies the config of the interpreter whose
  * thread state is current (the main interpreter's when there is none)
  * and, when that config says site_import, imports `site` while it
- * creates.  That is about a third of a creation (3.13.0 here:
- * `_interpreters.create()` takes 6.5 ms, 4.6 ms under `python -S`),
- * all of it under lifecycle_lock, so a pool of 16 pays it 16 times one
- * after the other.
+ * creates.  That is about a third of a creation (measured in
+ * docs/design.md, "Measured costs"), all of it under lifecycle_lock, so
+ * a pool of 16 pays it 16 times one after the other.
  *
  * A big pool instead first creates one interpreter the plain way, the
  * template, clears site_import in the template's own config, and
@@ -579,9 +578,9 @@ done:
 
 /* Import the C pickler into `it` the first time a task needs it.  Not at
  * start-up: tasks whose function travels by name and whose data is
- * plain never do, and _pickle brings functools, collections and more --
- * 2.7 ms and eight imports for each worker on 3.13.  0 or -1 with an
- * exception.  Needs: sub GIL. */
+ * plain never do, and _pickle brings functools, collections and more
+ * (eight imports; its cost is in docs/design.md, "Measured costs").  0
+ * or -1 with an exception.  Needs: sub GIL. */
 static int
 need_pickle(pp_interp *it)
 {

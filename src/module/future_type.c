@@ -1,9 +1,10 @@
 /* _poolparty.Future: a concurrent.futures.Future whose hot paths are C.
  *
- * SubinterpreterPoolExecutor.submit() hands these out.  A stdlib Future
- * costs about 3 us to create, finish and read, most of it the
- * threading.Condition and the lists its __init__ makes, and about six
- * objects for the garbage collector to go over while it lives.  This
+ * SubinterpreterPoolExecutor.submit() hands these out.  Most of what a
+ * stdlib Future costs to create, finish and read is the
+ * threading.Condition and the lists its __init__ makes, and they are
+ * about six objects for the garbage collector to go over while it lives
+ * (measured in docs/design.md, "Measured costs").  This
  * subclass keeps its state in C fields and makes the Condition and the
  * waiter and callback lists only when something needs them: a result()
  * or exception() that has to wait, add_done_callback(), wait() and

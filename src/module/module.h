@@ -21,8 +21,8 @@
  * all that are ready: every tuple it makes counts towards the garbage
  * collector's next young-generation pass until the caller frees it, so
  * a batch of thousands (workers outrunning the collector) set off a pass
- * that went over every large result still young -- 130 ms for
- * data_pass's thousand 65,536-item lists. */
+ * that went over every large result still young (data_pass's, measured
+ * in docs/design.md, "The collector and the garbage collector"). */
 #define PP_COLLECT_BATCH 64
 
 /* What the Future type (future_type.c) needs; all NULL until
