@@ -56,9 +56,11 @@ class CheckResult:
     - ``"crashed"``: the process died (segfault, abort) while importing it;
     - ``"hung"``: no answer within the timeout.
 
-    ``reason`` says why in one line.  ``fallbacks`` names extension
-    modules that refused to load during an import that still succeeded
-    (the package fell back to something else).  ``at_exit`` is set when
+    ``reason`` says why in one line.  ``fallbacks`` lists the extension
+    modules that refused to load during the import, with why: for a
+    module that loads, what the package went on without (a C
+    accelerator, 3.12's ``_datetime``); for a refused one, the likely
+    cause.  ``at_exit`` is set when
     the process that imported this module, and no other, died or hung at
     exit afterwards.
     """

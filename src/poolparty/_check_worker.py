@@ -109,17 +109,24 @@ def describe(exc, refused=()):
     except BaseException:  # a broken __str__
         line = "(str() of the exception failed)"
     reason = type(culprit).__name__ + (f": {line}" if line else "")
+    culprit_name = (_refusing_module(culprit, refused)
+                    if kind == "extension" else None)
+    if culprit_name and "." in culprit_name:
+        # 3.13 names the module by its last part: say which it is.
+        short = culprit_name.rpartition(".")[2]
+        reason = reason.replace(f"module {short} ", f"module {culprit_name} ",
+                                1)
     if kind is None and refused:
-        # An extension module refused, the package caught that and then
-        # failed otherwise (PyYAML's _yaml shim): the refusal is the cause.
+        # Extension modules refused, the package caught that and then
+        # failed otherwise (PyYAML's _yaml shim; zoneinfo without the
+        # datetime C API on 3.12): the refusals are the likely cause.
         kind = "extension"
-        reason = f"ImportError: {refused[-1][1]}"
-        culprit = ImportError(name=refused[-1][0])
+        reason += (" (after " + ", ".join(name for name, _ in refused)
+                   + " refused to load)")
     return {
         "kind": kind,
         "reason": reason[:300],
-        "culprit": _refusing_module(culprit, refused) if kind == "extension"
-        else None,
+        "culprit": culprit_name,
         "not_found": isinstance(exc, ModuleNotFoundError),
         "missing_name": getattr(exc, "name", None),
     }
@@ -144,7 +151,8 @@ def trial(name):
         try:
             return create_module(self, spec)
         except ImportError as exc:
-            refused.append((spec.name, _first_line(str(exc))[:300]))
+            if all(spec.name != name for name, _ in refused):
+                refused.append((spec.name, _first_line(str(exc))[:300]))
             raise
 
     loader.create_module = recording_create_module

@@ -133,10 +133,10 @@ def test_refused_through_a_dependency(results):
 def test_refusal_caught_then_another_error(results):
     result = results["ppcheck_shim"]
     assert (result.status, result.kind) == ("refused", "extension")
-    assert result.culprit == REFUSED_STDLIB
-    assert result.reason == (f"needs {REFUSED_STDLIB}: ImportError: module "
-                             f"{REFUSED_STDLIB} does not support loading in "
-                             "subinterpreters")
+    assert result.culprit is None  # a guess: the refusal came first
+    assert result.reason == ("ModuleNotFoundError: No module named "
+                             f"ppcheck_shim (after {REFUSED_STDLIB} refused "
+                             "to load)")
 
 
 def test_fallback_is_reported(results):
@@ -202,6 +202,35 @@ def test_abort_at_exit_is_found_and_blamed_on_its_module(
     assert culprit.at_exit.endswith(") at exit")
     assert not culprit.ok
     assert json_result.ok and plain.ok  # tried again alone: not them
+
+
+def test_real_abort_at_exit_on_3_12_1(module_dir, tmp_path):
+    # CPython 3.12.1 aborts at exit after an isolated subinterpreter is the
+    # first to call binascii.b2a_base64(..., newline=False).  On 3.12 the
+    # main interpreter imports each module first (and so would make that
+    # call first): the module makes it in subinterpreters only, as a task
+    # would.  3.13 does not abort.
+    (tmp_path / "ppcheck_b64.py").write_text(
+        IS_MAIN + "import base64\n"
+        "if not IN_MAIN:\n    base64.b64encode(b'u:p')\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        found = poolparty.check(["json", "ppcheck_b64", "ppcheck_plain"],
+                                timeout=30)
+    finally:
+        sys.path.remove(str(tmp_path))
+    json_result, b64, plain = found
+    assert json_result.ok and plain.ok
+    assert b64.status == "loads"
+    if sys.version_info[:3] == (3, 12, 1):
+        # "munmap_chunk(): invalid pointer" and SIGABRT, or a SIGSEGV,
+        # depending on the heap's state.
+        assert b64.at_exit.startswith(("the process was killed by SIGABRT",
+                                       "the process was killed by SIGSEGV"))
+        assert b64.at_exit.endswith("at exit")
+        assert not b64.ok
+    elif VERSION >= (3, 13):
+        assert b64.ok
 
 
 def test_cli_table_and_exit_status(module_dir):
