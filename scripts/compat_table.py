@@ -484,7 +484,21 @@ def _summary(reports, dists):
     return lines
 
 
+def _wrapped(lines, width=76):
+    """The summary's paragraphs and list items, wrapped as the README is."""
+    import textwrap
+
+    out = []
+    for line in lines:
+        indent = "  " if line.startswith("- ") else ""
+        out.append(textwrap.fill(line, width, subsequent_indent=indent,
+                                 break_on_hyphens=False,
+                                 break_long_words=False) if line else "")
+    return out
+
+
 def _update_readme(path, summary):
+    summary = _wrapped(summary)
     with open(path) as readme:
         text = readme.read()
     start, end = text.index(BEGIN), text.index(END)
