@@ -25,7 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 
-__all__ = ["CheckResult", "check", "default_modules"]
+__all__ = ["CheckResult", "check", "default_modules", "stdlib_modules"]
 
 # What each class of refusal leaves the user (README, "Which modules load").
 ADVICE = {
@@ -85,20 +85,38 @@ class CheckResult:
         return dataclasses.asdict(self)
 
 
-def default_modules():
-    """Every importable top-level module of the installed distributions."""
-    from importlib import metadata, util
+def _importable(names):
+    """The names among ``names`` that name a findable top-level module."""
+    from importlib import util
 
-    names = set()
-    for name in metadata.packages_distributions():
+    found = set()
+    for name in names:
         if not name.isidentifier() or name.startswith("__"):
             continue  # __pycache__, editable-install hooks' helpers
         try:
             if util.find_spec(name) is not None:
-                names.add(name)
+                found.add(name)
         except (ImportError, ValueError):
             pass
-    return sorted(names)
+    return sorted(found)
+
+
+def default_modules():
+    """Every importable top-level module of the installed distributions."""
+    from importlib import metadata
+
+    return _importable(metadata.packages_distributions())
+
+
+# Standard-library modules whose import acts on the world (a browser, a
+# poem on stdout): not tried by --stdlib.
+_STDLIB_SKIPPED = {"antigravity", "this"}
+
+
+def stdlib_modules():
+    """Every importable top-level module of this CPython's standard library
+    (``sys.stdlib_module_names``)."""
+    return _importable(sys.stdlib_module_names - _STDLIB_SKIPPED)
 
 
 def _origins():
@@ -418,7 +436,8 @@ def main(argv=None):
         description="Import each MODULE in a fresh isolated own-GIL "
         "subinterpreter (as poolparty's pools run tasks), one at a time in "
         "a separate process, and say which load.  Without MODULE: every "
-        "top-level module of the installed distributions.  Exit status 1 "
+        "top-level module of the installed distributions (--stdlib: of the "
+        "standard library).  Exit status 1 "
         "when a named module does not load (or crashes the process at "
         "exit).")
     parser.add_argument("modules", nargs="*", metavar="MODULE")
@@ -427,6 +446,9 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds a module may take to import before it "
                         "counts as hung (default: 60)")
+    parser.add_argument("--stdlib", action="store_true",
+                        help="check the standard library's top-level "
+                        "modules instead of the installed distributions'")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress on stderr")
     args = parser.parse_args(argv)
@@ -443,8 +465,10 @@ def main(argv=None):
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
-    results = check(args.modules or None, timeout=args.timeout,
-                    progress=progress)
+    if args.stdlib and args.modules:
+        parser.error("name modules or give --stdlib, not both")
+    modules = stdlib_modules() if args.stdlib else (args.modules or None)
+    results = check(modules, timeout=args.timeout, progress=progress)
     if tty and not args.quiet:
         sys.stderr.write("\r\033[K")
     if args.json:

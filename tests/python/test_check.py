@@ -280,6 +280,21 @@ def test_default_modules_are_importable_top_level_names():
     assert names == sorted(names)
 
 
+def test_stdlib_modules():
+    names = _check.stdlib_modules()
+    assert {"json", "faulthandler", "asyncio"} <= set(names)
+    assert not {"antigravity", "this"} & set(names)  # they act on import
+    assert all(name in sys.stdlib_module_names for name in names)
+
+
+def test_cli_stdlib_and_names_are_exclusive():
+    proc = subprocess.run(
+        [sys.executable, "-m", "poolparty", "check", "--stdlib", "json"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "not both" in proc.stderr
+
+
 def test_cli_usage():
     proc = subprocess.run([sys.executable, "-m", "poolparty"],
                           capture_output=True, text=True, timeout=60)

@@ -19,8 +19,9 @@ VERSION = sys.version_info[:2]
 # Extension modules that refuse to load in an isolated subinterpreter
 # (single-phase init), measured on 3.12.1 and 3.13.0.
 REFUSED = {
-    (3, 12): ["_decimal", "_ctypes", "pyexpat", "_curses", "readline"],
-    (3, 13): ["_curses", "readline"],
+    (3, 12): ["_decimal", "_ctypes", "pyexpat", "_curses", "readline",
+              "faulthandler", "_tracemalloc", "_lsprof"],
+    (3, 13): ["_curses", "readline", "faulthandler", "_tracemalloc"],
 }
 # ...and a few that load fine on both.
 LOADS = ["_json", "_pickle", "_socket", "math", "array", "zlib", "_struct",
