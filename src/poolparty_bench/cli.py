@@ -13,8 +13,8 @@ import sys
 import time
 
 from . import modes
-from .modes import (ALL_MODES, DEFAULT_BUILD_MODES, DEFAULT_RUN_MODES,
-                    EXTRA_MODES, FREE_THREADED_MODES,
+from .modes import (ALL_MODES, API_MODES, DEFAULT_BUILD_MODES,
+                    DEFAULT_RUN_MODES, EXTRA_MODES, FREE_THREADED_MODES,
                     SEQUENTIAL_MODES)
 
 DEFAULT_BENCHES = ("fib", "fib2", "nbody", "nbody_no_share", "raytrace",
@@ -67,6 +67,8 @@ def _bench_list(text):
 
 
 def _mode_list(text):
+    if text.strip() == "api":
+        return list(API_MODES)
     return _names(text, ALL_MODES, "mode")
 
 
@@ -113,7 +115,9 @@ def build_parser():
         "--mode", type=_mode_list, default=None, metavar="LIST",
         help="comma-separated modes (default: all of them but "
              + ", ".join(EXTRA_MODES) + "; the nogil-* ones need a "
-             "free-threaded Python). Modes: " + ", ".join(ALL_MODES))
+             "free-threaded Python; 'api' = every API path on our pool and "
+             "on the stdlib's threads, for --bench overhead). Modes: "
+             + ", ".join(ALL_MODES))
     parser.add_argument(
         "--workers", type=_workers_list, default=None, metavar="LIST",
         help="comma-separated worker counts (default: the CPU count and 16, "
@@ -278,8 +282,7 @@ def probe_unavailable(cells, log_fn=log):
     from . import pythons
     import subprocess
 
-    needs_probe = ("interp", "interp2", "interp-executor", "interp-submit",
-                   "interp-futures", "loky")
+    needs_probe = modes.POOLPARTY_MODES + ("interp-futures", "loky")
     reasons = {}
     seen = set()
     for cell in cells:
@@ -585,6 +588,9 @@ def main(argv=None):
         results.write_csv(os.path.join(args.out, "results.csv"), records)
 
         print(results.format_table(records))
+        api_table = results.format_api_table(records)
+        if api_table:
+            print("\n" + api_table)
         log(f"\nwrote {json_path} and results.csv "
             f"in {Progress.clock(run_info['elapsed_s'])}")
         if not args.no_charts:

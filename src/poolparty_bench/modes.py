@@ -30,15 +30,42 @@ FREE_THREADED_MODES = ("nogil-sequential", "nogil-thread", "nogil-futures")
 DEFAULT_RUN_MODES = DEFAULT_BUILD_MODES + FREE_THREADED_MODES
 # Default-build modes that run only when named with --mode: measures of
 # one API's cost rather than rows of the study.
-EXTRA_MODES = ("interp-submit",)
+# The API paths, each on our pool and on the stdlib's threads (ThreadPool,
+# ThreadPoolExecutor): the overhead workload puts each pair side by side
+# (results.format_api_table).  (label, our mode, the threads' mode).
+API_PAIRS = (
+    ("Pool.map", "interp", "thread"),
+    ("Pool.apply_async", "interp-apply_async", "thread-apply_async"),
+    ("Pool.apply_async, callbacks", "interp-apply_async-cb",
+     "thread-apply_async-cb"),
+    ("Pool.apply", "interp-apply", "thread-apply"),
+    ("Pool.imap", "interp-imap", "thread-imap"),
+    ("Pool.imap_unordered", "interp-imap_unordered", "thread-imap_unordered"),
+    ("Pool.starmap_async", "interp-starmap_async", "thread-starmap_async"),
+    ("Executor.submit", "interp-submit", "futures-submit"),
+    ("Executor.map", "interp-executor", "futures"),
+)
+# `--mode api`: every mode of API_PAIRS.
+API_MODES = tuple(mode for _label, ours, threads in API_PAIRS
+                  for mode in (ours, threads))
+# How the Pool-kind API modes call the pool (see PoolApiRunner).
+_POOL_APIS = ("apply_async", "apply_async-cb", "apply", "imap",
+              "imap_unordered", "starmap_async")
+EXTRA_MODES = ("interp-submit",) + tuple(
+    mode for mode in API_MODES
+    if mode not in DEFAULT_RUN_MODES and mode != "interp-submit")
 ALL_MODES = DEFAULT_RUN_MODES + EXTRA_MODES
+
+# Modes that run poolparty (probed before a run: it may fail to import).
+POOLPARTY_MODES = ("interp", "interp2", "interp-executor") + tuple(
+    mode for mode in EXTRA_MODES if mode.startswith("interp-"))
 
 # Modes that ignore --workers: they run once, with one worker.
 SEQUENTIAL_MODES = ("sequential", "nogil-sequential")
 
 # Executors that start their workers only when the first task comes.
 LAZY_MODES = ("futures", "process-futures", "interp-futures", "loky",
-              "nogil-futures")
+              "nogil-futures", "futures-submit")
 
 DESCRIPTIONS = {
     "sequential": "plain map() in the main thread",
@@ -53,10 +80,22 @@ DESCRIPTIONS = {
                       "then result() of each"),
     "interp-futures": "concurrent.futures.InterpreterPoolExecutor (3.14+)",
     "loky": "loky.get_reusable_executor().map",
+    "futures-submit": ("concurrent.futures.ThreadPoolExecutor: submit() per "
+                       "task, then result() of each"),
     "nogil-sequential": "sequential, on a free-threaded build",
     "nogil-thread": "thread, on a free-threaded build",
     "nogil-futures": "futures, on a free-threaded build",
 }
+
+
+for _api in _POOL_APIS:
+    _call = _api.replace("-cb", "(callback=, error_callback=)")
+    DESCRIPTIONS[f"interp-{_api}"] = (
+        f"poolparty.SubinterpreterPool.{_call} per task (overhead's API "
+        "table)")
+    DESCRIPTIONS[f"thread-{_api}"] = (
+        f"multiprocessing.pool.ThreadPool.{_call} per task (overhead's API "
+        "table)")
 
 
 def is_free_threaded():
@@ -109,6 +148,62 @@ class ExecutorRunner:
 
     def close(self):
         self.pool.shutdown(wait=True)
+
+
+class PoolApiRunner(PoolRunner):
+    """One Pool API other than map, called as a user with many small tasks
+    would: per task for apply/apply_async, over the whole input for the
+    others (chunksize=1, as every mode here)."""
+
+    def __init__(self, pool, api):
+        super().__init__(pool)
+        self._api = api
+
+    def map(self, fn, items):
+        pool, api = self.pool, self._api
+        if api == "apply_async":
+            pending = [pool.apply_async(fn, (item,)) for item in items]
+            return [result.get() for result in pending]
+        if api == "apply_async-cb":
+            seen, errors = [], []
+            pending = [pool.apply_async(fn, (item,), callback=seen.append,
+                                        error_callback=errors.append)
+                       for item in items]
+            out = [result.get() for result in pending]
+            # A result is ready only after its callback ran.
+            if len(seen) != len(items) or errors:
+                raise RuntimeError(f"{len(seen)} callbacks and "
+                                   f"{len(errors)} error callbacks ran for "
+                                   f"{len(items)} tasks")
+            return out
+        if api == "apply":
+            return [pool.apply(fn, (item,)) for item in items]
+        if api == "imap":
+            return list(pool.imap(fn, items, chunksize=1))
+        if api == "imap_unordered":
+            return sorted(pool.imap_unordered(fn, items, chunksize=1))
+        if api == "starmap_async":
+            return pool.starmap_async(fn, [(item,) for item in items],
+                                      chunksize=1).get()
+        raise ValueError(f"unknown Pool API {api!r}")
+
+
+def _open_interp_api(workers, api):
+    import poolparty
+
+    return PoolApiRunner(poolparty.SubinterpreterPool(workers), api)
+
+
+def _open_thread_api(workers, api):
+    from multiprocessing.pool import ThreadPool
+
+    return PoolApiRunner(ThreadPool(workers), api)
+
+
+def _open_futures_submit(workers):
+    from concurrent.futures import ThreadPoolExecutor
+
+    return SubmitRunner(ThreadPoolExecutor(max_workers=workers))
 
 
 def _open_interp(workers, dispatch):
@@ -193,10 +288,18 @@ _OPENERS = {
     "interp-submit": _open_interp_submit,
     "interp-futures": _open_interp_futures,
     "loky": _open_loky,
+    "futures-submit": _open_futures_submit,
     "nogil-sequential": SequentialRunner,
     "nogil-thread": _open_thread,
     "nogil-futures": _open_futures,
 }
+
+
+for _api in _POOL_APIS:
+    _OPENERS[f"interp-{_api}"] = (
+        lambda workers, api=_api: _open_interp_api(workers, api))
+    _OPENERS[f"thread-{_api}"] = (
+        lambda workers, api=_api: _open_thread_api(workers, api))
 
 
 def open_runner(mode, workers):
@@ -264,7 +367,7 @@ def unavailable_reason(mode):
     if free_threaded:
         return "runs only on a default (GIL) build"
     try:
-        if mode in ("interp", "interp2", "interp-executor", "interp-submit"):
+        if mode in POOLPARTY_MODES:
             import poolparty
 
             if not hasattr(poolparty, "SubinterpreterPool"):

@@ -333,3 +333,44 @@ def format_table(records):
         out.append("")
         out.extend(footer)
     return "\n".join(text.rstrip() for text in out)
+
+
+def format_api_table(records):
+    """The overhead workload's API paths side by side, as a Markdown table.
+
+    One row per API call of modes.API_PAIRS that ran on both our pool and
+    the stdlib's threads, per Python and worker count: each one's median
+    microseconds per task and ours as a fraction of theirs.  "" when no
+    pair ran.
+    """
+    from .modes import API_PAIRS
+
+    found = {}
+    for rec in records:
+        if (rec["bench"] == "overhead" and rec["status"] == "ok"
+                and rec["us_per_task"] is not None):
+            found[(rec["python"], rec["workers"], rec["mode"])] = rec
+    groups = sorted({(python, workers) for python, workers, _ in found})
+    out = []
+    for python, workers in groups:
+        rows, tasks = [], None
+        for label, ours, threads in API_PAIRS:
+            a = found.get((python, workers, ours))
+            b = found.get((python, workers, threads))
+            if a is None or b is None:
+                continue
+            ratio = a["us_per_task"] / b["us_per_task"]
+            tasks = a["tasks"]
+            rows.append(f"| {label} | {a['us_per_task']:.2f} "
+                        f"| {b['us_per_task']:.2f} | {ratio:.2f} |")
+        if not rows:
+            continue
+        if out:
+            out.append("")
+        out.append(f"Python {python}, {workers} workers, "
+                   f"{tasks} no-op tasks (us per task, medians):")
+        out.append("")
+        out.append("| call | poolparty | stdlib threads | ratio |")
+        out.append("|---|---|---|---|")
+        out.extend(rows)
+    return "\n".join(out)

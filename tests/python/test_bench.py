@@ -407,6 +407,33 @@ def test_table():
     assert text.count("unavailable: why") == 1
 
 
+def test_api_table_puts_each_call_beside_the_stdlibs():
+    recs = [_record("3.13.0", "default", mode, median, bench="overhead")
+            for mode, median in (("interp-apply_async", 0.5),
+                                 ("thread-apply_async", 2.0),
+                                 ("interp-imap", 1.0),  # no thread-imap
+                                 ("interp", 1.0), ("thread", 4.0))]
+    text = results.format_api_table(recs)
+    lines = text.splitlines()
+    assert lines[0].startswith("Python 3.13.0, 2 workers, 64 no-op tasks")
+    assert "| Pool.map | 15625.00 | 62500.00 | 0.25 |" in lines
+    assert "| Pool.apply_async | 7812.50 | 31250.00 | 0.25 |" in lines
+    assert not any("imap" in line for line in lines)
+    assert results.format_api_table(recs[2:3]) == ""
+
+
+def test_api_mode_names_every_call_on_both_pools():
+    args = cli.parse_args(["--bench", "overhead", "--mode", "api"])
+    assert args.mode == list(modes.API_MODES)
+    for _label, ours, threads in modes.API_PAIRS:
+        assert ours.startswith("interp") and ours in modes.ALL_MODES
+        assert threads.startswith(("thread", "futures"))
+        assert threads in modes.ALL_MODES
+        assert ours in modes.DESCRIPTIONS and threads in modes.DESCRIPTIONS
+    # Only the study's own rows run by default.
+    assert "interp-imap" not in cli.parse_args([]).mode
+
+
 # --------------------------------------------------------------- sampler --
 
 ALLOCATE = """
@@ -524,7 +551,9 @@ def test_cell_reports_one_json_line(child_env):
     assert out["wall_s"] > 0 and out["cpu_s"] >= 0
 
 
-@pytest.mark.parametrize("mode", ["interp", "interp-executor", "interp-submit"])
+@pytest.mark.parametrize("mode", ["interp", "interp-executor", "interp-submit",
+                                  "interp-apply_async-cb", "interp-imap",
+                                  "thread-starmap_async", "futures-submit"])
 def test_overhead_cell_times_the_map_on_a_started_pool(child_env, mode):
     done = subprocess.run(
         pythons.cell_command(sys.executable, "--bench", "overhead",
