@@ -274,7 +274,8 @@ static int
 finish_future_here(pp_future_support *support, PyObject *futures,
                    const pp_msg *msg)
 {
-    if (msg->kind != PP_DONE_OK || !pp__codec_is(msg->data, msg->size)) {
+    if (support->type == NULL || msg->kind != PP_DONE_OK ||
+        !pp__codec_is(msg->data, msg->size)) {
         return 0;
     }
     PyObject *key = PyLong_FromUnsignedLongLong((unsigned long long)msg->job);
@@ -380,17 +381,15 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     PyObject *owner, *futures;
     bound_futures(self, &owner, &futures);
     Py_XDECREF(owner);
-    pp_future_support *support = NULL;
-    if (futures != NULL) {
-        support = &pp__state_from_type(Py_TYPE(self))->future;
-        if (support->type == NULL) {
-            Py_CLEAR(futures);
-        }
-    }
+    pp_module_state *st = pp__state_from_type(Py_TYPE(self));
     PyObject *list = PyList_New(0);
     for (pp_msg *msg = first; list != NULL && msg != NULL; msg = msg->next) {
         if (futures != NULL) {
-            int done = finish_future_here(support, futures, msg);
+            /* The executor's Futures, or the pool's results. */
+            int done = finish_future_here(&st->future, futures, msg);
+            if (done == 0) {
+                done = pp__result_collect(&st->result, futures, msg);
+            }
             if (done < 0) {
                 Py_CLEAR(list);
                 break;

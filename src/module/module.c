@@ -219,6 +219,12 @@ static PyMethodDef module_methods[] = {
      "future_type(concurrent.futures.Future, InvalidStateError): the "
      "Future subclass SubinterpreterPoolExecutor.submit() returns (made "
      "once per module)."},
+    {"result_types", (PyCFunction)(void (*)(void))pp__module_result_types,
+     METH_FASTCALL,
+     "result_types(ApplyResult, MapResult, IMapIterator, "
+     "IMapUnorderedIterator, TimeoutError, report): SubinterpreterPool's "
+     "result classes, subclasses of multiprocessing.pool's (made once per "
+     "module)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -283,7 +289,8 @@ static int
 module_traverse(PyObject *module, visitproc visit, void *arg)
 {
     pp_module_state *st = PyModule_GetState(module);
-    if (pp__future_support_traverse(&st->future, visit, arg) < 0) {
+    if (pp__future_support_traverse(&st->future, visit, arg) < 0 ||
+        pp__result_support_traverse(&st->result, visit, arg) < 0) {
         return -1;
     }
     Py_VISIT(st->func_refs);
@@ -299,6 +306,7 @@ module_clear(PyObject *module)
 {
     pp_module_state *st = PyModule_GetState(module);
     pp__future_support_clear(&st->future);
+    pp__result_support_clear(&st->result);
     Py_CLEAR(st->func_refs);
     Py_CLEAR(st->engine_type);
     Py_CLEAR(st->interpreter_type);

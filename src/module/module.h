@@ -41,8 +41,22 @@ typedef struct {
     PyObject *condition_class; /* threading.Condition */
 } pp_future_support;
 
+/* What the pool's result types (result_type.c) need; all NULL until
+ * _poolparty.result_types() makes them. */
+typedef struct {
+    PyTypeObject *apply_type;          /* multiprocessing's ApplyResult */
+    PyTypeObject *map_type;            /* ... MapResult */
+    PyTypeObject *imap_type;           /* ... IMapIterator */
+    PyTypeObject *imap_unordered_type; /* ... IMapUnorderedIterator */
+    PyObject *event_class;             /* threading.Event */
+    PyObject *timeout_error;           /* multiprocessing.TimeoutError */
+    PyObject *report;                  /* report(what, exc) */
+    PyObject *no_args;                 /* () */
+} pp_result_support;
+
 typedef struct {
     pp_future_support future;
+    pp_result_support result;
     /* The function-reference cache (engine_delivery.c): {id(fn): (fn,
      * (data, flags))}, made on first use.  Its layout is private to
      * engine_delivery.c; Python reaches it only through
@@ -114,7 +128,10 @@ typedef struct {
  * finishes, and removes from the dict, every such Future whose result
  * is plain (codec) data and that nobody waits on; every other
  * completion comes back as a (job, index, kind, worker, payload) tuple,
- * for the owner to deliver and to remove from the dict.  The function
+ * for the owner to deliver and to remove from the dict.  A pool binds
+ * the dict too, as its {job: result} cache: collect() hands plain
+ * results of the result types of result_type.c to them
+ * (pp__result_collect), which then leave the dict themselves.  The function
  * references submit_future uses come from the module's cache, filled by
  * _poolparty.remember_function(fn, data, flags). */
 
@@ -168,6 +185,25 @@ void pp__future_support_clear(pp_future_support *support);
 /* Add fork_guard_arm(), fork_guard_disarm() and FORK_CHILD_EXIT
  * (fork_guard.c) to the module.  0 or -1 with an exception. */
 int pp__fork_guard_add(PyObject *module);
+
+/* The pool's result types (result_type.c).  pp__result_deliver: give
+ * `result` chunk `index`'s outcome if it is one of ours (1), else 0; -1
+ * with an exception.  May run callbacks.  pp__result_collect: the
+ * collector's fast path for a completion whose job is in `results`
+ * ({job: result}): a plain (codec) result of one of ours is decoded and
+ * delivered here (1); anything else is left to the Python loop (0); -1
+ * with an exception.  Both: main GIL, no lock held. */
+int pp__result_deliver(pp_result_support *support, PyObject *result,
+                       uint64_t index, int ok, PyObject *value);
+int pp__result_collect(pp_result_support *support, PyObject *results,
+                       const pp_msg *msg);
+/* _poolparty.result_types(ApplyResult, MapResult, IMapIterator,
+ * IMapUnorderedIterator, TimeoutError, report) */
+PyObject *pp__module_result_types(PyObject *module, PyObject *const *args,
+                                  Py_ssize_t nargs);
+int pp__result_support_traverse(pp_result_support *support, visitproc visit,
+                                void *arg);
+void pp__result_support_clear(pp_result_support *support);
 
 /* Type creation, called from module exec. 0 or -1 with an exception. */
 int pp__engine_type_add(PyObject *module, pp_module_state *st);

@@ -337,14 +337,19 @@ def decode(kind, payload):
     return False, decode_error(payload)
 
 
-def report_callback_error(what):
+def report_callback_error(what, exc=None):
     """Print an exception raised by a user callback, and carry on.
 
     A callback that raises must not kill the collector thread (every
     later result would hang) nor leave its own result unfinished.
+    ``exc`` is the exception, when it is not the one being handled (the
+    pool's C results pass it).
     """
     print(f"Exception in poolparty {what}:", file=sys.stderr)
-    traceback.print_exc()
+    if exc is None:
+        traceback.print_exc()
+    else:
+        traceback.print_exception(exc)
 
 
 class Runner:
@@ -449,8 +454,9 @@ def _collect(runner):
     engine, sink, lock = runner.engine, runner.sink, runner.lock
     broken = False
     while True:
-        # Futures bound to the engine (Engine.bind_futures) with plain
-        # results are finished inside collect() and not in the batch.
+        # Futures and pool results bound to the engine
+        # (Engine.bind_futures) with plain results are finished inside
+        # collect() and not in the batch.
         batch = engine.collect(None)
         if batch is None:
             return  # every worker exited and everything was delivered

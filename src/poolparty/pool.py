@@ -2,6 +2,7 @@
 
 import itertools
 import threading
+from multiprocessing import TimeoutError as _TimeoutError
 from multiprocessing.pool import (
     ApplyResult,
     IMapIterator,
@@ -10,6 +11,7 @@ from multiprocessing.pool import (
 )
 
 from . import _engine
+from . import _poolparty as _core
 from ._base import PoolBase, SinkBase, chunk_count
 from ._errors import TerminatedError
 
@@ -18,29 +20,33 @@ __all__ = ["SubinterpreterPool"]
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
 
-def _guard(callback, what):
-    """Wrap a user callback so that raising cannot hang its result."""
-    if callback is None:
-        return None
-
-    def guarded(value):
-        try:
-            callback(value)
-        except BaseException:  # even SystemExit: it runs on the collector
-            _engine.report_callback_error(what)
-
-    return guarded
+# The results SubinterpreterPool hands out: subclasses of
+# multiprocessing.pool's ApplyResult, MapResult, IMapIterator and
+# IMapUnorderedIterator made in C (src/module/result_type.c), finished
+# in C by the collector thread, which also runs their callbacks there.
+# A callback that raises (even SystemExit: it runs on the collector) is
+# printed by report_callback_error and cannot hang its result.
+# Constructors: _ApplyResult(cache, job, callback, error_callback),
+# _MapResult(cache, job, chunksize, length, callback, error_callback),
+# _IMap/_IMapUnordered(cache, job, chunks=None); each registers itself
+# as cache[job] and leaves it when complete.
+_ApplyResult, _MapResult, _IMap, _IMapUnordered = _core.result_types(
+    ApplyResult, MapResult, IMapIterator, IMapUnorderedIterator,
+    _TimeoutError, _engine.report_callback_error,
+)
 
 
 class _Sink(SinkBase):
-    """Hands completions to multiprocessing's result objects.
+    """Hands completions to the pool's result objects.
 
-    Holds the job cache, not the pool: see _engine.Runner.
+    Holds the job cache, not the pool: see _engine.Runner.  The cache is
+    the engine's bound dict (Engine.bind_futures), so that its collect()
+    finishes plain results of these objects itself.
     """
 
     def __init__(self):
         super().__init__()
-        self.cache = {}
+        self.cache = None  # set once the runner made the engine
 
     def deliver(self, job, index, ok, value):
         result = self.cache.get(job)
@@ -80,11 +86,13 @@ class SubinterpreterPool(PoolBase):
         self._state_lock = threading.Lock()
         self._feeders = 0  # imap feeder threads still submitting
         sink = _Sink()
-        self._cache = sink.cache  # multiprocessing's results use it
         self._processes = self._start(
             processes, initializer, initargs, maxtasksperchild, dispatch,
             sink, "terminate", "Number of processes must be at least 1",
         )
+        # {job: result}, as multiprocessing's Pool._cache
+        sink.cache = self._cache = self._engine.bind_futures(owner=sink)
+        self._next_job = itertools.count().__next__
 
     # -- submitting ----------------------------------------------------
 
@@ -121,10 +129,8 @@ class SubinterpreterPool(PoolBase):
                     error_callback=None):
         """Asynchronous :meth:`apply`; returns an AsyncResult."""
         self._check_running()
-        result = ApplyResult(
-            self, _guard(callback, "callback"),
-            _guard(error_callback, "error_callback"),
-        )
+        result = _ApplyResult(self._cache, self._next_job(), callback,
+                              error_callback)
         self._submit(result, 0, _engine.TASK_CALL, func,
                      (tuple(args), dict(kwds) or None))
         return result
@@ -162,10 +168,8 @@ class SubinterpreterPool(PoolBase):
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         if len(iterable) == 0:
             chunksize = 0
-        result = MapResult(
-            self, chunksize, len(iterable), _guard(callback, "callback"),
-            _guard(error_callback, "error_callback"),
-        )
+        result = _MapResult(self._cache, self._next_job(), chunksize,
+                            len(iterable), callback, error_callback)
         if chunksize:
             self._submit_map(result._job, kind, func, iterable, chunksize)
         return result
@@ -173,20 +177,30 @@ class SubinterpreterPool(PoolBase):
     def imap(self, func, iterable, chunksize=1):
         """Like :meth:`map`, but lazily: returns an iterator of results in order.
 
-        The iterable is consumed by a background thread, as in
-        multiprocessing, so a slow or long iterable does not block.
+        A list, tuple or range is queued at once, as map() does; any
+        other iterable is consumed by a background thread, as in
+        multiprocessing, so a slow or endless iterable does not block.
         """
-        return self._imap(IMapIterator, func, iterable, chunksize)
+        return self._imap(_IMap, func, iterable, chunksize)
 
     def imap_unordered(self, func, iterable, chunksize=1):
         """Like :meth:`imap`, but results come in completion order."""
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
+        return self._imap(_IMapUnordered, func, iterable, chunksize)
 
     def _imap(self, iterator_class, func, iterable, chunksize):
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        result = iterator_class(self)
+        if type(iterable) in _SEQUENCES:
+            # Already in memory: no feeder thread, and one call into the
+            # core for every chunk (a range is made a list there).
+            chunks = chunk_count(len(iterable), chunksize)
+            result = iterator_class(self._cache, self._next_job(), chunks)
+            if chunks:
+                self._submit_map(result._job, _engine.TASK_MAP, func,
+                                 iterable, chunksize)
+            return result
+        result = iterator_class(self._cache, self._next_job())
         with self._state_lock:
             self._feeders += 1
         thread = threading.Thread(
@@ -194,9 +208,7 @@ class SubinterpreterPool(PoolBase):
             name=f"SubinterpreterPool-{id(self):x}-feeder", daemon=True,
         )
         thread.start()
-        if chunksize == 1:
-            return result
-        return (item for chunk in result for item in chunk)
+        return result
 
     def _feed(self, result, func, iterable, chunksize):
         """Feeder thread: submit an imap's items as they come."""
@@ -211,23 +223,18 @@ class SubinterpreterPool(PoolBase):
                     index += 1
                     break
                 try:
-                    if chunksize == 1:
-                        item = next(items, _END)
-                        if item is _END:
-                            break
-                        spec, kind = ((item,), None), _engine.TASK_CALL
-                    else:
-                        chunk = list(itertools.islice(items, chunksize))
-                        if not chunk:
-                            break
-                        spec, kind = chunk, _engine.TASK_MAP
+                    # Always a chunk (a list), also of one: the iterator
+                    # yields the items of each chunk's list of results.
+                    chunk = list(itertools.islice(items, chunksize))
+                    if not chunk:
+                        break
                 except Exception as exc:
                     # The iterable itself raised: that position fails,
                     # and the iteration ends there (as multiprocessing).
                     self._fail(result._job, index, exc)
                     index += 1
                     break
-                self._submit(result, index, kind, func, spec)
+                self._submit(result, index, _engine.TASK_MAP, func, chunk)
                 index += 1
         finally:
             with self._runner.lock:
@@ -284,4 +291,6 @@ class SubinterpreterPool(PoolBase):
         )
 
 
-_END = object()
+# imap() inputs queued at once: already in memory (or, for range, cheap to
+# make so), and with a length.
+_SEQUENCES = (list, tuple, range)

@@ -194,6 +194,21 @@ def signal_and_wait(started, release, value, timeout=DEFAULT_WAIT):
     return value
 
 
+def step(spec):
+    """One of three steps, for ordering tests: ``("wait", path)`` blocks
+    until path exists and returns "waited", ``("touch", path)`` creates it
+    and returns "touched", ``("value", v)`` returns v."""
+    what, arg = spec
+    if what == "wait":
+        if not wait_for_file(arg):
+            raise TimeoutError("file never appeared: %s" % arg)
+        return "waited"
+    if what == "touch":
+        touch(arg)
+        return "touched"
+    return arg
+
+
 def rendezvous(directory, me, count, timeout=DEFAULT_WAIT):
     """Announce arrival ``me`` and wait until all ``count`` parties arrived.
 

@@ -1,0 +1,254 @@
+"""SubinterpreterPool's result objects (src/module/result_type.c).
+
+apply_async, map_async/starmap_async and imap/imap_unordered return
+C subclasses of multiprocessing.pool's result classes, finished in C by
+the collector thread.  These tests hold them to what multiprocessing's
+own do: isinstance, ready/successful/wait/get, callbacks on the
+collector thread before ready(), imap's ordering, lazy feeding of
+iterators, and waiting from several threads at once.
+"""
+
+import itertools
+import multiprocessing
+import multiprocessing.pool
+import threading
+
+import pytest
+
+import tasks
+from conftest import REFERENCE, run_clients, wait_until_exists
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_results_are_multiprocessings_classes(pool):
+    mp = multiprocessing.pool
+    result = pool.apply_async(tasks.square, (3,))
+    assert isinstance(result, mp.AsyncResult)
+    assert isinstance(result, mp.ApplyResult)
+    assert result.get(timeout=60) == 9
+    mapped = pool.starmap_async(tasks.mul, [(2, 3), (4, 5)])
+    assert isinstance(mapped, mp.MapResult)
+    assert mapped.get(timeout=60) == [6, 20]
+    assert isinstance(pool.map_async(tasks.square, [1]), mp.MapResult)
+    ordered = pool.imap(tasks.square, [1, 2])
+    assert isinstance(ordered, mp.IMapIterator)
+    assert list(ordered) == [1, 4]
+    unordered = pool.imap_unordered(tasks.square, [1, 2])
+    assert isinstance(unordered, mp.IMapUnorderedIterator)
+    assert sorted(unordered) == [1, 4]
+
+
+def _collector_name(pool):
+    if REFERENCE:
+        return None  # multiprocessing's result handler thread
+    return f"SubinterpreterPool-{id(pool):x}-collector"
+
+
+def test_callbacks_run_on_the_collector_before_ready(pool):
+    seen = []
+
+    def callback(value):
+        # multiprocessing calls it before the result is ready
+        seen.append((value, threading.current_thread().name,
+                     result.ready()))
+
+    result = pool.apply_async(tasks.square, (4,), callback=callback)
+    assert result.get(timeout=60) == 16
+    (value, thread, ready_inside), = seen
+    assert value == 16 and ready_inside is False
+    assert thread != threading.current_thread().name
+    if _collector_name(pool):
+        assert thread == _collector_name(pool)
+
+
+def test_error_callback_gets_the_exception_and_get_raises_it(pool):
+    errors = []
+    result = pool.apply_async(tasks.raise_value_error, ("boom",),
+                              callback=errors.append,
+                              error_callback=errors.append)
+    with pytest.raises(ValueError, match="boom"):
+        result.get(timeout=60)
+    assert result.ready() and not result.successful()
+    (error,) = errors
+    assert isinstance(error, ValueError)
+
+
+def test_map_async_callback_gets_the_whole_list_once(pool):
+    calls = []
+    result = pool.map_async(tasks.square, range(10), chunksize=3,
+                            callback=calls.append)
+    assert result.get(timeout=60) == [x * x for x in range(10)]
+    assert calls == [[x * x for x in range(10)]]
+
+
+def test_map_async_error_callback_gets_the_first_error_after_all_chunks(pool):
+    calls = []
+    result = pool.starmap_async(tasks.fail_on, [(x, 3) for x in range(8)],
+                                chunksize=1, error_callback=calls.append)
+    with pytest.raises(ValueError):
+        result.get(timeout=60)
+    assert len(calls) == 1 and isinstance(calls[0], ValueError)
+    assert not result.successful()
+
+
+@pytest.mark.poolparty_only
+def test_a_raising_callback_is_reported_and_the_result_still_completes(
+        pool, capfd):
+    def bad(value):
+        raise RuntimeError("callback exploded")
+
+    result = pool.apply_async(tasks.square, (5,), callback=bad)
+    assert result.get(timeout=60) == 25
+    mapped = pool.map_async(tasks.square, [1, 2], error_callback=bad,
+                            callback=bad)
+    assert mapped.get(timeout=60) == [1, 4]
+    assert pool.apply(tasks.square, (6,)) == 36  # the pool carries on
+    err = capfd.readouterr().err
+    assert err.count("RuntimeError: callback exploded") == 2
+    assert "Exception in poolparty callback" in err
+
+
+@pytest.mark.poolparty_only
+def test_results_leave_the_cache_when_complete(pool):
+    pool.apply_async(tasks.square, (2,)).get(timeout=60)
+    pool.map_async(tasks.square, range(5)).get(timeout=60)
+    list(pool.imap(tasks.square, range(5)))
+    list(pool.imap_unordered(tasks.square, iter(range(5)), 2))
+    assert pool.map_async(tasks.square, []).ready()
+    assert pool._cache == {}
+
+
+def test_get_from_several_threads_wakes_them_all(pool, gate):
+    result = pool.apply_async(tasks.wait_for_file, (gate,))
+    got = []
+
+    def client(k):
+        got.append(result.get(timeout=60))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    open(gate, "w").close()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert got == [True] * 4
+
+
+def test_wait_returns_none_and_honours_its_timeout(pool, gate):
+    result = pool.apply_async(tasks.wait_for_file, (gate,))
+    assert result.wait(0.05) is None
+    assert not result.ready()
+    open(gate, "w").close()
+    assert result.wait(timeout=60) is None
+    assert result.ready() and result.get() is True
+
+
+def test_imap_keeps_order_when_later_items_finish_first(pool, tmp_path):
+    # With 2 workers, item 0 waits for a file that item 3 creates, so
+    # items 1-3 finish first: imap still yields in input order, and
+    # imap_unordered yields item 0 last.
+    for name, make in (("a", pool.imap), ("b", pool.imap_unordered)):
+        marker = str(tmp_path / name)
+        steps = [("wait", marker), ("value", 1), ("value", 2),
+                 ("touch", marker)]
+        got = list(make(tasks.step, steps))
+        if make == pool.imap:
+            assert got == ["waited", 1, 2, "touched"]
+        else:
+            assert got[-1] == "waited"
+            assert sorted(map(str, got)) == ["1", "2", "touched", "waited"]
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_imap_of_a_list_flattens_chunks_in_order(pool, chunksize):
+    items = list(range(20))
+    assert list(pool.imap(tasks.square, items, chunksize)) == [
+        x * x for x in items]
+    assert list(pool.imap(tasks.square, tuple(items), chunksize)) == [
+        x * x for x in items]
+    assert sorted(pool.imap_unordered(tasks.square, range(20), chunksize)) \
+        == [x * x for x in items]
+
+
+def test_imap_goes_on_after_a_failed_item(pool):
+    it = pool.imap(tasks.fail_on_item, [1, 13, 2])
+    assert next(it) == 1
+    with pytest.raises(ValueError):
+        next(it)
+    assert next(it) == 4
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+@pytest.mark.poolparty_only
+def test_imap_of_a_list_starts_no_feeder_thread(pool):
+    def feeders():
+        return [t for t in threading.enumerate() if "feeder" in t.name]
+
+    before = feeders()
+    it = pool.imap(tasks.square, list(range(50)))
+    assert feeders() == before
+    assert list(it) == [x * x for x in range(50)]
+
+
+@pytest.mark.reference_hangs("multiprocessing's task handler takes the "
+                             "whole endless input, and terminate() waits "
+                             "for it")
+def test_imap_consumes_an_endless_iterator_lazily(pool):
+    it = pool.imap(tasks.square, itertools.count())
+    assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+    unordered = pool.imap_unordered(tasks.square, itertools.count(), 2)
+    assert len([next(unordered) for _ in range(6)]) == 6
+
+
+def test_imap_next_from_several_threads_shares_the_items(pool):
+    it = pool.imap(tasks.square, list(range(200)))
+    got = []
+    lock = threading.Lock()
+
+    def client(k):
+        for value in it:
+            with lock:
+                got.append(value)
+
+    run_clients(client, 4)
+    assert sorted(got) == sorted(x * x for x in range(200))
+
+
+def test_imap_next_timeout_then_the_result(pool, gate):
+    it = pool.imap_unordered(tasks.wait_for_file, [gate])
+    with pytest.raises(multiprocessing.TimeoutError):
+        it.next(timeout=0.05)
+    open(gate, "w").close()
+    assert it.next(timeout=60) is True
+    with pytest.raises(StopIteration):
+        it.next()
+
+
+@pytest.mark.reference_hangs("multiprocessing's imap reader waits forever "
+                             "for chunks terminate() dropped")
+def test_imap_reader_waiting_when_the_pool_terminates(make_pool, gate,
+                                                      tmp_path):
+    # A reader blocked in next() must not hang when terminate() drops
+    # the chunks it waits for: they fail, and it sees the error.
+    pool = make_pool(1)
+    started = str(tmp_path / "started")
+    blocker = pool.apply_async(tasks.signal_and_wait, (started, gate, 1))
+    queued = pool.imap(tasks.square, [1, 2, 3])
+    wait_until_exists(started)
+    outcome = []
+
+    def reader():
+        try:
+            outcome.append(list(queued))
+        except BaseException as exc:  # what the reader sees
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    pool.terminate()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the imap reader hung"
+    assert len(outcome) == 1
+    del blocker
