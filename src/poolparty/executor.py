@@ -1,5 +1,6 @@
 """SubinterpreterPoolExecutor: a concurrent.futures.Executor on own-GIL subinterpreters."""
 
+import itertools
 import threading
 import time
 import weakref
@@ -212,7 +213,7 @@ class SubinterpreterPoolExecutor(PoolBase, Executor):
 
     submit.__doc__ = Executor.submit.__doc__
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
+    def map(self, fn, *iterables, timeout=None, chunksize=1, buffersize=None):
         """Like ``map(fn, *iterables)``, computed by the workers.
 
         Items are sent ``chunksize`` at a time (one task per chunk), all
@@ -221,10 +222,23 @@ class SubinterpreterPoolExecutor(PoolBase, Executor):
         raises TimeoutError when exceeded.  When the iteration ends early
         (an exception, a timeout, or the iterator closed) the chunks not
         yet started are cancelled.
+
+        ``buffersize`` (Python 3.14's, on every Python): at most that many
+        chunks queued whose results were not yet yielded.  The first
+        ``buffersize`` are queued by this call; each later one when a
+        result is asked for, so the input is read lazily and may be
+        endless.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
         end_time = None if timeout is None else timeout + time.monotonic()
+        if buffersize is not None:
+            return self._map_buffered(fn, iterables, chunksize, buffersize,
+                                      end_time)
         if len(iterables) == 1:
             # fn(item), as Pool.map: no 1-tuple per item, which the garbage
             # collector would count (and then go over the large results).
@@ -242,6 +256,44 @@ class SubinterpreterPoolExecutor(PoolBase, Executor):
         self._submit_map(job, kind, fn, items, chunksize)
         chunks = chunk_count(len(items), chunksize)
         return self._map_results(job, results, chunks, end_time)
+
+    def _map_buffered(self, fn, iterables, chunksize, buffersize, end_time):
+        """map() with a buffersize: chunks queued one at a time, as read."""
+        if len(iterables) == 1:
+            args, kind = iter(iterables[0]), _engine.TASK_MAP
+        else:
+            args, kind = zip(*iterables), _engine.TASK_STARMAP
+        results = _MapResults()
+        with self._shutdown_lock:
+            self._check_accepting()
+            job = self._engine.new_job()
+            self._sink.maps[job] = results
+        feed = _ChunkFeed(job, kind, fn, args, chunksize)
+        try:
+            for _ in range(buffersize):
+                if not feed.queue_next(self):
+                    break
+        except BaseException:
+            self._engine.cancel_job(job)
+            raise
+        # As in 3.14, the iteration holds the executor only weakly: once
+        # it is gone, what was queued is still yielded, and no more.
+        return _buffered_results(weakref.ref(self), self._engine, self._sink,
+                                 feed, results, end_time)
+
+    def _queue_chunk(self, job, index, kind, fn, chunk):
+        """Queue one chunk of a buffered map; a chunk that cannot be
+        pickled fails its place in the results.  RuntimeError (or the
+        pool's BrokenInterpreterPool) once the executor stopped, as
+        submit() raises."""
+        func_pickle, flags, args_pickle, error = self._pickle_task(fn, chunk)
+        if error is not None:
+            self._fail(job, index, error)
+            return
+        with self._shutdown_lock:
+            self._check_accepting()
+            self._engine_submit(job, index, kind | flags, func_pickle,
+                                args_pickle)
 
     def _map_results(self, job, results, chunks, end_time):
         try:
@@ -281,3 +333,48 @@ class SubinterpreterPoolExecutor(PoolBase, Executor):
             self._runner.join()
 
     shutdown.__doc__ = Executor.shutdown.__doc__
+
+
+class _ChunkFeed:
+    """The input of a buffered map, read one chunk at a time."""
+
+    def __init__(self, job, kind, fn, args, chunksize):
+        self.job, self.kind, self.fn = job, kind, fn
+        self.args, self.chunksize = args, chunksize
+        self.queued = 0  # chunks queued so far (their indices: 0..queued-1)
+        self.ended = False
+
+    def queue_next(self, executor):
+        """Read and queue the next chunk; False once the input ended."""
+        chunk = list(itertools.islice(self.args, self.chunksize))
+        if not chunk:
+            self.ended = True
+            return False
+        executor._queue_chunk(self.job, self.queued, self.kind, self.fn,
+                              chunk)
+        self.queued += 1
+        return True
+
+
+def _buffered_results(executor_ref, engine, sink, feed, results, end_time):
+    """The iterator of a buffered map: before waiting for each chunk's
+    results, queue the next chunk of input (3.14's order)."""
+    index = 0
+    try:
+        while index < feed.queued:
+            if not feed.ended:
+                executor = executor_ref()
+                if executor is not None:
+                    feed.queue_next(executor)
+                del executor
+            if end_time is None:
+                chunk = results.take(index, None)
+            else:
+                chunk = results.take(index, end_time - time.monotonic())
+            index += 1
+            if type(chunk) is _MapFailure:
+                raise chunk.error
+            yield from chunk
+    finally:
+        engine.cancel_job(feed.job)
+        sink.maps.pop(feed.job, None)
