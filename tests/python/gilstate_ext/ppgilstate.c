@@ -105,7 +105,10 @@ static PyModuleDef_Slot slots[] = {
 };
 
 static struct PyModuleDef def = {
-    PyModuleDef_HEAD_INIT, "ppgilstate", NULL, 0, methods, slots,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "ppgilstate",
+    .m_methods = methods,
+    .m_slots = slots,
 };
 
 PyMODINIT_FUNC
