@@ -158,33 +158,30 @@ bound_futures(PyObject *self, PyObject **owner, PyObject **futures)
     PP_UNLOCK_OBJECT();
 }
 
-/* ---- submit_future ------------------------------------------------ */
+/* ---- submit_future and submit_apply -------------------------------- */
 
-/* submit_future(fn, args, kwargs) -> Future or None.
- * SubinterpreterPoolExecutor.submit()'s fast path, one C call: fn's
- * reference from the cache, the arguments through the codec, a Future
- * registered in the bound dict under a new job id, and the task queued.
- * None when any of it does not apply (no owner bound, fn not cached
- * yet, arguments that need pickle, the engine closed): the caller then
- * takes the Python path, which pickles and raises the right errors.
- * Needs: main GIL. */
-PyObject *
-pp__engine_type_submit_future(PyObject *self, PyObject *const *args,
-                              Py_ssize_t nargs)
+/* Makes the result object of a fast-path call for job `job`: PENDING,
+ * not yet in `results`.  New reference, or NULL with an exception. */
+typedef PyObject *(*make_result_fn)(pp_module_state *st, PyObject *owner,
+                                    PyObject *results, uint64_t job,
+                                    PyObject *const *extra);
+
+/* The fast path of one call, fn(*fargs, **fkwargs), in one C call: fn's
+ * reference from the cache, the arguments through the codec, a result
+ * object from make() registered in the bound dict under a new job id,
+ * and the task queued.  None when any of it does not apply (no owner
+ * bound, fn not cached yet, arguments that need pickle, the engine
+ * closed): the caller then takes the Python path, which pickles and
+ * raises the right errors.  Needs: main GIL. */
+static PyObject *
+submit_call(PyObject *self, PyObject *fn, PyObject *fargs, PyObject *fkwargs,
+            make_result_fn make, PyObject *const *extra)
 {
-    if (nargs != 3 || !PyTuple_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "submit_future(fn, args: tuple, kwargs)");
-        return NULL;
-    }
-    PyObject *fn = args[0], *fargs = args[1], *fkwargs = args[2];
     pp_module_state *st = pp__state_from_type(Py_TYPE(self));
-    pp_future_support *support = &st->future;
     PyObject *owner, *futures;
     bound_futures(self, &owner, &futures);
-    if (support->type == NULL || futures == NULL) {
+    if (futures == NULL) {
         Py_XDECREF(owner);
-        Py_XDECREF(futures);
         return Py_NewRef(Py_None);
     }
     PyObject *result = NULL, *payload = NULL, *future = NULL,
@@ -219,7 +216,7 @@ pp__engine_type_submit_future(PyObject *self, PyObject *const *args,
     }
     uint64_t job =
         atomic_fetch_add(&((pp_engine_object *)self)->next_job, 1);
-    future = pp__future_new(support, owner, job);
+    future = make(st, owner, futures, job, extra);
     job_key = PyLong_FromUnsignedLongLong((unsigned long long)job);
     if (future == NULL || job_key == NULL) {
         goto done;
@@ -256,9 +253,62 @@ done:
     Py_XDECREF(future);
     Py_XDECREF(payload);
     Py_XDECREF(ref);
-    Py_DECREF(owner);
+    Py_XDECREF(owner);
     Py_DECREF(futures);
     return result;
+}
+
+static PyObject *
+make_future(pp_module_state *st, PyObject *owner,
+            PyObject *Py_UNUSED(results), uint64_t job,
+            PyObject *const *Py_UNUSED(extra))
+{
+    return pp__future_new(&st->future, owner, job);
+}
+
+/* submit_future(fn, args, kwargs) -> Future or None: the executor's
+ * submit(), see submit_call.  Needs: main GIL. */
+PyObject *
+pp__engine_type_submit_future(PyObject *self, PyObject *const *args,
+                              Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "submit_future(fn, args: tuple, kwargs)");
+        return NULL;
+    }
+    if (pp__state_from_type(Py_TYPE(self))->future.type == NULL) {
+        return Py_NewRef(Py_None);
+    }
+    return submit_call(self, args[0], args[1], args[2], make_future, NULL);
+}
+
+static PyObject *
+make_apply(pp_module_state *st, PyObject *Py_UNUSED(owner),
+           PyObject *results, uint64_t job, PyObject *const *extra)
+{
+    return pp__apply_result_new(&st->result, results, job, extra[0],
+                                extra[1]);
+}
+
+/* submit_apply(fn, args, kwargs, callback, error_callback) ->
+ * ApplyResult or None: the pool's apply_async(), see submit_call; the
+ * bound dict is the pool's result cache.  Needs: main GIL. */
+PyObject *
+pp__engine_type_submit_apply(PyObject *self, PyObject *const *args,
+                             Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "submit_apply(fn, args: tuple, kwargs, callback, "
+                        "error_callback)");
+        return NULL;
+    }
+    if (pp__state_from_type(Py_TYPE(self))->result.apply_type == NULL) {
+        return Py_NewRef(Py_None);
+    }
+    return submit_call(self, args[0], args[1], args[2], make_apply,
+                       args + 3);
 }
 
 /* ---- collect ------------------------------------------------------ */

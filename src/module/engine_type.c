@@ -324,6 +324,12 @@ static PyMethodDef engine_methods[] = {
      "and wait in the returned {job: Future} dict until finished."},
     {"new_job", engine_new_job, METH_NOARGS,
      "new_job(): a job id not used before on this engine."},
+    {"submit_apply",
+     (PyCFunction)(void (*)(void))pp__engine_type_submit_apply,
+     METH_FASTCALL,
+     "submit_apply(fn, args, kwargs, callback, error_callback): queue "
+     "fn(*args, **kwargs) and return its ApplyResult, registered in the "
+     "bound dict, or None if the Python path must do it."},
     {"submit_future",
      (PyCFunction)(void (*)(void))pp__engine_type_submit_future,
      METH_FASTCALL,

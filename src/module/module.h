@@ -129,9 +129,11 @@ typedef struct {
  * is plain (codec) data and that nobody waits on; every other
  * completion comes back as a (job, index, kind, worker, payload) tuple,
  * for the owner to deliver and to remove from the dict.  A pool binds
- * the dict too, as its {job: result} cache: collect() hands plain
- * results of the result types of result_type.c to them
- * (pp__result_collect), which then leave the dict themselves.  The function
+ * the dict too, as its {job: result} cache: submit_apply(fn, args,
+ * kwargs, callback, error_callback) is apply_async() the same way, and
+ * collect() hands plain results of the result types of result_type.c
+ * to them (pp__result_collect), which then leave the dict themselves.
+ * Job ids come from new_job() or these calls, never from elsewhere.  The function
  * references submit_future uses come from the module's cache, filled by
  * _poolparty.remember_function(fn, data, flags). */
 
@@ -146,6 +148,8 @@ PyObject *pp__engine_type_submit_future(PyObject *self,
                                         Py_ssize_t nargs);
 PyObject *pp__engine_type_bind_futures(PyObject *self, PyObject *args,
                                        PyObject *kwargs);
+PyObject *pp__engine_type_submit_apply(PyObject *self, PyObject *const *args,
+                                       Py_ssize_t nargs);
 /* engine_delivery.c's part of the Engine's GC and dealloc: visit, clear
  * (references only) and free (also the held completions). */
 int pp__engine_delivery_traverse(PyObject *self, visitproc visit, void *arg);
@@ -197,6 +201,11 @@ int pp__result_deliver(pp_result_support *support, PyObject *result,
                        uint64_t index, int ok, PyObject *value);
 int pp__result_collect(pp_result_support *support, PyObject *results,
                        const pp_msg *msg);
+/* A pending ApplyResult for job `job` that leaves `cache` (a dict) when
+ * complete; the caller registers it there.  New reference or NULL. */
+PyObject *pp__apply_result_new(pp_result_support *support, PyObject *cache,
+                               uint64_t job, PyObject *callback,
+                               PyObject *error_callback);
 /* _poolparty.result_types(ApplyResult, MapResult, IMapIterator,
  * IMapUnorderedIterator, TimeoutError, report) */
 PyObject *pp__module_result_types(PyObject *module, PyObject *const *args,

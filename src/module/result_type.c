@@ -437,7 +437,8 @@ map_set(PyObject *op, uint64_t index, int ok, PyObject *value)
     }
 }
 
-/* The pieces common to both constructors: fields, then cache[job] = op. */
+/* A pending result of `type` with the fields both kinds have; the
+ * caller registers it in the cache.  New reference or NULL. */
 static PyObject *
 result_alloc(PyTypeObject *type, PyObject *cache, uint64_t job,
              PyObject *callback, PyObject *error_callback)
@@ -462,6 +463,21 @@ result_alloc(PyTypeObject *type, PyObject *cache, uint64_t job,
     return op;
 }
 
+/* See module.h. */
+PyObject *
+pp__apply_result_new(pp_result_support *support, PyObject *cache,
+                     uint64_t job, PyObject *callback,
+                     PyObject *error_callback)
+{
+    PyObject *op = result_alloc(support->apply_type, cache, job, callback,
+                                error_callback);
+    if (op != NULL) {
+        RES(op)->number_left = 1;
+        RES(op)->cache = Py_NewRef(cache);
+    }
+    return op;
+}
+
 /* ApplyResult(cache, job, callback=None, error_callback=None): a pending
  * result registered as cache[job]. */
 static PyObject *
@@ -475,12 +491,11 @@ apply_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &job, &callback, &error_callback)) {
         return NULL;
     }
-    PyObject *op = result_alloc(type, cache, job, callback, error_callback);
+    PyObject *op = pp__apply_result_new(&pp__state_from_type(type)->result,
+                                        cache, job, callback, error_callback);
     if (op == NULL) {
         return NULL;
     }
-    RES(op)->number_left = 1;
-    RES(op)->cache = Py_NewRef(cache);
     if (enter_cache(cache, job, op) < 0) {
         Py_DECREF(op);
         return NULL;

@@ -92,7 +92,9 @@ class SubinterpreterPool(PoolBase):
         )
         # {job: result}, as multiprocessing's Pool._cache
         sink.cache = self._cache = self._engine.bind_futures(owner=sink)
-        self._next_job = itertools.count().__next__
+        # Job ids from the engine, which also numbers submit_apply's.
+        self._next_job = self._engine.new_job
+        self._submit_apply = self._engine.submit_apply
 
     # -- submitting ----------------------------------------------------
 
@@ -129,6 +131,13 @@ class SubinterpreterPool(PoolBase):
                     error_callback=None):
         """Asynchronous :meth:`apply`; returns an AsyncResult."""
         self._check_running()
+        if type(args) is tuple and type(kwds) is dict:
+            # One C call when func's reference is known and the arguments
+            # are plain data; else (and for every error) the Python path.
+            result = self._submit_apply(func, args, kwds, callback,
+                                        error_callback)
+            if result is not None:
+                return result
         result = _ApplyResult(self._cache, self._next_job(), callback,
                               error_callback)
         self._submit(result, 0, _engine.TASK_CALL, func,

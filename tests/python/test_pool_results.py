@@ -252,3 +252,23 @@ def test_imap_reader_waiting_when_the_pool_terminates(make_pool, gate,
     assert not thread.is_alive(), "the imap reader hung"
     assert len(outcome) == 1
     del blocker
+
+
+def test_apply_async_whatever_path_its_arguments_take(pool):
+    # Plain tuple/dict arguments of a known function take one C call;
+    # a set needs pickle, a list of args and a new function the Python
+    # path: the same results either way.
+    assert pool.apply_async(tasks.add, (1,), {"b": 2}).get(60) == 3
+    assert pool.apply_async(tasks.identity, ({1, 2},)).get(60) == {1, 2}
+    assert pool.apply_async(tasks.identity, [5]).get(60) == 5
+    assert pool.apply_async(tasks.increment, (1,)).get(60) == 2
+    assert pool.apply(tasks.add, (2, 3)) == 5
+
+
+@pytest.mark.poolparty_only
+def test_pending_results_are_in_the_cache_until_complete(pool, gate):
+    result = pool.apply_async(tasks.wait_for_file, (gate,))
+    assert result in pool._cache.values()
+    open(gate, "w").close()
+    assert result.get(timeout=60) is True
+    assert result not in pool._cache.values()
