@@ -7,6 +7,9 @@
  *    holding a GIL means being attached to a thread state of that
  *    GIL's interpreter.  So moving from one interpreter to another is
  *    always detach, then attach (pp__ts_switch): never two at once.
+ *    (Py_NewInterpreterFromConfig, called attached to the site template
+ *    in interp.c, makes the same move itself: it detaches the
+ *    template's thread state before it attaches the new one.)
  * 2. Attach and detach with PyEval_RestoreThread / PyEval_SaveThread,
  *    never PyThreadState_Swap: those two take and release the right
  *    GIL on both versions, whereas what a bare swap does with GILs
@@ -29,10 +32,11 @@
  *    Python/pystate.c), or made on it while the slot was empty, and
  *    empties it when that thread state is deleted.  Hence: a worker
  *    thread attached to its subinterpreter has it as its gilstate
- *    thread state, so such callbacks run in the worker's interpreter;
- *    after a temporary thread state is deleted the slot is empty until
- *    the next attach, and a PyGILState_Ensure in between would make a
- *    thread state of the *main* interpreter.
+ *    thread state, so callbacks made on that thread run in the worker's
+ *    interpreter (a thread the task starts in C has an empty slot: its
+ *    callbacks get the *main* interpreter); after a temporary thread
+ *    state is deleted the slot is empty until the next attach, and a
+ *    PyGILState_Ensure in between would make a main-interpreter one.
  *
  * Every function's contract says which thread state it needs ("no
  * tstate", "main GIL", "sub GIL": see pp_internal.h). */
