@@ -81,6 +81,24 @@ def test_executor_runs_lambdas_and_closures(make_executor):
         assert executor.submit(make_adder(2), 40).result() == 42
         assert list(executor.map(lambda x: x + 1, range(4))) == [1, 2, 3, 4]
         assert list(executor.map(lambda a, b: a * b, [2, 3], [4, 5])) == [8, 15]
+        assert executor.submit(sorted, [1, 3, 2], key=lambda v: -v).result() == [3, 2, 1]
+
+
+def test_a_lambda_initializer(make_pool, make_executor):
+    def init():
+        import sys
+
+        sys.poolparty_test_initialized = 42
+
+    def read(_=None):
+        import sys
+
+        return sys.poolparty_test_initialized
+
+    with make_pool(2, initializer=init) as pool:
+        assert pool.map(read, range(4), chunksize=1) == [42] * 4
+    with make_executor(1, initializer=lambda: init()) as executor:
+        assert executor.submit(read).result() == 42
 
 
 def test_interpreter_call_runs_lambdas_and_closures():
