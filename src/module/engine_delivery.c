@@ -365,25 +365,32 @@ out:
 
 /* Keep all but the first PP_COLLECT_BATCH of the `count` completions
  * from `first` on the Engine, after anything held meanwhile by another
- * caller.  Needs: main GIL. */
+ * caller.  `tail` is the chain's last message when known (it came from
+ * the held list), else NULL: it is then found once, so that a backlog
+ * of n completions costs O(n) over all the calls, not O(n) per call.
+ * Needs: main GIL. */
 static void
-hold_rest(PyObject *self, pp_msg *first, size_t count)
+hold_rest(PyObject *self, pp_msg *first, size_t count, pp_msg *tail)
 {
     pp_engine_object *eo = (pp_engine_object *)self;
     pp_msg *last = first;
     for (size_t i = 1; i < PP_COLLECT_BATCH; i++) {
         last = last->next;
     }
-    PP_LOCK_OBJECT(self);
-    pp_msg *rest_tail = last->next;
-    while (rest_tail->next != NULL) {
-        rest_tail = rest_tail->next;
+    pp_msg *rest = last->next;
+    last->next = NULL;
+    if (tail == NULL) {
+        for (tail = rest; tail->next != NULL; tail = tail->next) {
+        }
     }
-    rest_tail->next = eo->held;
-    eo->held = last->next;
+    PP_LOCK_OBJECT(self);
+    tail->next = eo->held;
+    if (eo->held == NULL) {
+        eo->held_tail = tail;
+    }
+    eo->held = rest;
     eo->held_count += count - PP_COLLECT_BATCH;
     PP_UNLOCK_OBJECT();
-    last->next = NULL;
 }
 
 /* collect(timeout=None) -> list of completions as (job, index, kind,
@@ -405,12 +412,13 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         return NULL;
     }
     pp_engine_object *eo = (pp_engine_object *)self;
-    pp_msg *first = NULL;
+    pp_msg *first = NULL, *tail = NULL;
     size_t count = 0;
     PP_LOCK_OBJECT(self);
     first = eo->held;
+    tail = eo->held_tail;
     count = eo->held_count;
-    eo->held = NULL;
+    eo->held = eo->held_tail = NULL;
     eo->held_count = 0;
     PP_UNLOCK_OBJECT();
     if (first == NULL) {
@@ -426,7 +434,7 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         }
     }
     if (count > PP_COLLECT_BATCH) {
-        hold_rest(self, first, count);
+        hold_rest(self, first, count, tail);
     }
     PyObject *owner, *futures;
     bound_futures(self, &owner, &futures);
@@ -488,6 +496,6 @@ pp__engine_delivery_free(PyObject *self)
     pp_engine_object *eo = (pp_engine_object *)self;
     pp__engine_delivery_clear(self);
     pp_msg_free_chain(eo->held);
-    eo->held = NULL;
+    eo->held = eo->held_tail = NULL;
     eo->held_count = 0;
 }

@@ -109,6 +109,7 @@ typedef struct {
     /* engine_delivery.c: completions taken from the core but not yet
      * handed out (collect() hands out at most PP_COLLECT_BATCH per call) */
     pp_msg *held;
+    pp_msg *held_tail; /* the last of them, NULL when none */
     size_t held_count;
     /* engine_delivery.c: set once by bind_futures(), NULL before.  The
      * Future fast path's contract, see "Completion delivery" below. */

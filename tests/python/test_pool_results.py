@@ -146,8 +146,9 @@ def test_wait_returns_none_and_honours_its_timeout(pool, gate):
 
 def test_imap_keeps_order_when_later_items_finish_first(pool, tmp_path):
     # With 2 workers, item 0 waits for a file that item 3 creates, so
-    # items 1-3 finish first: imap still yields in input order, and
-    # imap_unordered yields item 0 last.
+    # items 1 and 2 finish first: imap still yields in input order, and
+    # imap_unordered yields item 0 after them (and maybe before item 3,
+    # whose file it may see before item 3's result is sent).
     for name, make in (("a", pool.imap), ("b", pool.imap_unordered)):
         marker = str(tmp_path / name)
         steps = [("wait", marker), ("value", 1), ("value", 2),
@@ -156,7 +157,7 @@ def test_imap_keeps_order_when_later_items_finish_first(pool, tmp_path):
         if make == pool.imap:
             assert got == ["waited", 1, 2, "touched"]
         else:
-            assert got[-1] == "waited"
+            assert got.index("waited") > max(got.index(1), got.index(2))
             assert sorted(map(str, got)) == ["1", "2", "touched", "waited"]
 
 
