@@ -3,6 +3,7 @@
  * LOCK ORDER (a lock on the left may be held while taking one on its
  * right, never the other way):
  *     any GIL        >  engine->mutex  >  pp_queue mutexes
+ *                       engine->mutex  >  worker->task_lock
  *     worker->life   >  a worker's sub GIL
  * engine->mutex is taken with a GIL held (the main one: submit, close;
  * a call-design worker's exit), and the queue mutexes under it (submit
@@ -12,7 +13,8 @@
  * terminating thread attaches to a worker's interpreter (with no GIL of
  * its own), so every other taker of worker->life -- the worker in
  * publish_interp and retire_interp, an import request -- takes it with
- * no GIL held.
+ * no GIL held.  worker->task_lock and abandoned_lock are leaves:
+ * nothing is taken or waited for under them.
  *
  * Which field each lock guards is written next to the field. */
 #include "pp_internal.h"
@@ -31,6 +33,16 @@ typedef struct pp_worker {
     pthread_cond_t answered;    /* signalled under life */
     int import_answered;        /* life */
     int imports_cut;            /* life: terminate() stopped the waiting */
+    int exited;                 /* engine->mutex: left its loop */
+    int abandoned;              /* engine->mutex: see pp__engine_abandon */
+    /* The task this worker runs, so that abandoning the worker can fail
+     * that task's result at once.  task_lock is a leaf (taken with any
+     * GIL or none; nothing is taken or waited for under it). */
+    pthread_mutex_t task_lock;
+    int has_task;               /* task_lock */
+    int task_reported;          /* task_lock: abandon reported it */
+    uint64_t task_job;          /* task_lock */
+    uint64_t task_index;        /* task_lock */
 } pp_worker;
 
 /* The worker this thread is, if it is one; lets code running inside a
@@ -51,6 +63,8 @@ struct pp_engine {
     uint32_t live_workers;      /* mutex */
     uint32_t booting;           /* mutex: workers not yet at their first
                                    task (creating their interpreter) */
+    uint32_t threads_left;      /* mutex: workers not yet out of their
+                                   loop, abandoned ones included */
     uint32_t nworkers;          /* immutable */
     pp_worker workers[];
 };
@@ -73,6 +87,7 @@ pp__engine_decref(pp_engine *e)
     for (uint32_t i = 0; i < e->nworkers; i++) {
         pthread_cond_destroy(&e->workers[i].answered);
         pthread_mutex_destroy(&e->workers[i].life);
+        pthread_mutex_destroy(&e->workers[i].task_lock);
     }
     pp_queue_free(e->tasks);
     pp_queue_free(e->completions);
@@ -83,25 +98,118 @@ pp__engine_decref(pp_engine *e)
     PyMem_RawFree(e);
 }
 
-/* A worker is gone.  The last one out closes the completion queue so
- * the collector learns that nothing more will come.  Takes e->mutex. */
+/* ---- abandoned workers, process-wide ------------------------------- */
+
+/* Workers that terminate() gave up waiting for (pp__engine_abandon):
+ * each still holds a subinterpreter until its blocked call returns, and
+ * CPython cannot finalize while one does, so interpreter exit waits for
+ * this count to reach zero (pp__abandoned_wait).  Process-global, raw
+ * C: no PyObject, one leaf mutex. */
+static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t abandoned_gone = PTHREAD_COND_INITIALIZER;
+static uint32_t abandoned_alive; /* abandoned_lock */
+
+/* Add `delta` (+n or -1) to the count.  Any thread, any GIL or none. */
 static void
-worker_exited(pp_engine *e)
+abandoned_add(int delta)
 {
-    pthread_mutex_lock(&e->mutex);
+    pthread_mutex_lock(&abandoned_lock);
+    abandoned_alive = (uint32_t)((int64_t)abandoned_alive + delta);
+    pthread_cond_broadcast(&abandoned_gone);
+    pthread_mutex_unlock(&abandoned_lock);
+}
+
+/* Needs: no tstate when it waits.  See pp_internal.h. */
+uint32_t
+pp__abandoned_wait(int64_t timeout_ns)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    if (timeout_ns > 0) {
+        int64_t nsec = deadline.tv_nsec + timeout_ns % 1000000000;
+        deadline.tv_sec += (time_t)(timeout_ns / 1000000000 +
+                                    nsec / 1000000000);
+        deadline.tv_nsec = (long)(nsec % 1000000000);
+    }
+    pthread_mutex_lock(&abandoned_lock);
+    while (abandoned_alive > 0 && timeout_ns != 0) {
+        if (timeout_ns < 0) {
+            pthread_cond_wait(&abandoned_gone, &abandoned_lock);
+        }
+        else if (pthread_cond_timedwait(&abandoned_gone, &abandoned_lock,
+                                        &deadline) != 0) {
+            break;
+        }
+    }
+    uint32_t left = abandoned_alive;
+    pthread_mutex_unlock(&abandoned_lock);
+    return left;
+}
+
+/* One fewer worker the pool waits for; the last makes the engine
+ * JOINED.  Needs e->mutex. */
+static void
+one_fewer_live_locked(pp_engine *e)
+{
     e->live_workers--;
-    int last = e->live_workers == 0;
-    if (last) {
+    if (e->live_workers == 0) {
         pp_engine_state next;
         if (pp_engine_transition(e->state, PP_EV_JOINED, &next) == PP_OK) {
             e->state = next;
         }
     }
     pthread_cond_broadcast(&e->exited);
+}
+
+/* A worker (NULL: one that never was) left its loop, its interpreter
+ * ended.  The last thread out, abandoned ones included, closes the
+ * completion queue so the collector learns that nothing more will
+ * come.  Takes e->mutex. */
+static void
+worker_exited(pp_engine *e, pp_worker *w)
+{
+    pthread_mutex_lock(&e->mutex);
+    int abandoned = w != NULL && w->abandoned;
+    if (w != NULL) {
+        w->exited = 1;
+    }
+    if (!abandoned) {
+        one_fewer_live_locked(e);
+    }
+    int last = --e->threads_left == 0;
     pthread_mutex_unlock(&e->mutex);
+    if (abandoned) {
+        abandoned_add(-1);
+    }
     if (last) {
         pp_queue_close(e->completions);
     }
+}
+
+/* The worker starts `task`.  Any GIL or none. */
+static void
+begin_task(pp_worker *w, const pp_msg *task)
+{
+    pthread_mutex_lock(&w->task_lock);
+    w->has_task = 1;
+    w->task_reported = 0;
+    w->task_job = task->job;
+    w->task_index = task->index;
+    pthread_mutex_unlock(&w->task_lock);
+}
+
+/* The worker is done with its task: 1 if its completion is still
+ * wanted, 0 if abandoning the worker already failed that result.  Any
+ * GIL or none. */
+static int
+end_task(pp_worker *w)
+{
+    pthread_mutex_lock(&w->task_lock);
+    int wanted = !w->task_reported;
+    w->has_task = 0;
+    w->task_reported = 0;
+    pthread_mutex_unlock(&w->task_lock);
+    return wanted;
 }
 
 /* Push a completion; if the collector is gone (queue closed, which only
@@ -210,11 +318,17 @@ queue_worker_main(void *arg)
                 stopping = 1;
                 break;
             }
+            begin_task(w, task);
             pp__ts_attach(ts);
             pp_msg *done = pp__interp_run(it, task);
             ts = pp__ts_detach();
             pp_msg_free(task);
-            complete(e, w, done);
+            if (end_task(w)) {
+                complete(e, w, done);
+            }
+            else {
+                pp_msg_free(done);
+            }
             served++;
         }
         retire_interp(w);
@@ -222,7 +336,7 @@ queue_worker_main(void *arg)
         pp__interp_destroy_attached(it);
     }
     current_worker = NULL;
-    worker_exited(e);
+    worker_exited(e, w);
     pp__engine_decref(e);
     return NULL;
 }
@@ -232,7 +346,7 @@ int
 pp__engine_serve_calls(pp_engine *e, uint32_t worker)
 {
     if (worker >= e->nworkers || e->design != PP_DESIGN_CALL) {
-        worker_exited(e);
+        worker_exited(e, NULL);
         return PP_EINVAL;
     }
     pp_worker *w = &e->workers[worker];
@@ -266,6 +380,9 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
             int popped;
             Py_BEGIN_ALLOW_THREADS
             popped = booting ? first_task(e, 1, &task) : next_task(e, &task);
+            if (popped == PP_OK) {
+                begin_task(w, task);
+            }
             Py_END_ALLOW_THREADS
             booting = 0;
             if (popped != PP_OK) {
@@ -276,7 +393,12 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
              * this hop through the main interpreter for every task. */
             pp_msg *done = pp__interp_call(it, task);
             pp_msg_free(task);
-            complete(e, w, done);
+            if (end_task(w)) {
+                complete(e, w, done);
+            }
+            else {
+                pp_msg_free(done);
+            }
             served++;
         }
         caller = pp__ts_detach();
@@ -285,7 +407,7 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
         pp__ts_attach(caller);
     }
     current_worker = NULL;
-    worker_exited(e);
+    worker_exited(e, w);
     return PP_OK;
 }
 
@@ -368,6 +490,8 @@ start_queue_workers(pp_engine *e)
             pp__engine_decref(e);
             pthread_mutex_lock(&e->mutex);
             e->live_workers--;
+            e->threads_left--;
+            w->exited = 1;
             e->booting--;
             pthread_cond_broadcast(&e->started);
             pthread_mutex_unlock(&e->mutex);
@@ -401,6 +525,7 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
     e->maxtasks = maxtasks;
     e->nworkers = nworkers;
     e->live_workers = nworkers;
+    e->threads_left = nworkers;
     e->booting = nworkers;
     e->state = PP_ENGINE_RUNNING;
     pthread_mutex_init(&e->mutex, NULL);
@@ -410,6 +535,7 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
         e->workers[i].engine = e;
         e->workers[i].id = i;
         pthread_mutex_init(&e->workers[i].life, NULL);
+        pthread_mutex_init(&e->workers[i].task_lock, NULL);
         pthread_cond_init(&e->workers[i].answered, NULL);
     }
     if (pp_queue_new(&e->tasks) != PP_OK ||
@@ -543,6 +669,51 @@ pp__engine_with_worker_interp(pp_engine *e, uint32_t worker,
     }
     pthread_mutex_unlock(&w->life);
     return rc;
+}
+
+/* Needs: no tstate.  See pp_internal.h. */
+int
+pp__engine_abandon(pp_engine *e, uint64_t *jobs, uint64_t *indexes,
+                   uint32_t *workers, uint32_t *count)
+{
+    uint32_t n = 0;
+    pthread_mutex_lock(&e->mutex);
+    if (e->state == PP_ENGINE_RUNNING || e->state == PP_ENGINE_CLOSED) {
+        /* Only terminate() gives up on running tasks. */
+        pthread_mutex_unlock(&e->mutex);
+        return PP_ESTATE;
+    }
+    for (uint32_t i = 0; i < e->nworkers; i++) {
+        pp_worker *w = &e->workers[i];
+        if (w->exited || w->abandoned) {
+            continue;
+        }
+        w->abandoned = 1;
+        if (w->thread_started) {
+            /* Nobody will join it: its thread ends on its own. */
+            pthread_detach(w->thread);
+            w->thread_started = 0;
+        }
+        pthread_mutex_lock(&w->task_lock);
+        jobs[n] = w->task_job;
+        indexes[n] = w->task_index;
+        workers[n] = w->id;
+        w->task_reported = w->has_task;
+        pthread_mutex_unlock(&w->task_lock);
+        /* A worker between tasks (ending its interpreter, say) is
+         * abandoned too, with no task to report. */
+        if (!w->task_reported) {
+            jobs[n] = indexes[n] = UINT64_MAX;
+        }
+        n++;
+        one_fewer_live_locked(e);
+    }
+    pthread_mutex_unlock(&e->mutex);
+    if (n > 0) {
+        abandoned_add((int)n);
+    }
+    *count = n;
+    return PP_OK;
 }
 
 uint32_t

@@ -335,13 +335,39 @@ join_leftover_threads(void)
     Py_DECREF(threading);
 }
 
+/* Runs the interpreter's atexit callbacks now, which Py_EndInterpreter
+ * would otherwise run under lifecycle_lock: a callback that blocks (a
+ * task registered one that reads a pipe, flushes to a stuck socket,
+ * joins something) then held that process-wide lock, and with it every
+ * other pool's start and end, for as long as it blocked.  Run here, it
+ * holds up only its own worker, which terminate() can abandon.  atexit
+ * forgets the callbacks it ran, so Py_EndInterpreter finds none.  Best
+ * effort; errors are reported by atexit itself.  Needs: sub GIL. */
+static void
+run_exit_callbacks(void)
+{
+    PyObject *name = PyUnicode_FromString("atexit");
+    PyObject *atexit = name ? PyImport_GetModule(name) : NULL;
+    Py_XDECREF(name);
+    if (atexit != NULL) {
+        PyObject *res = PyObject_CallMethod(atexit, "_run_exitfuncs", NULL);
+        Py_XDECREF(res);
+        Py_DECREF(atexit);
+    }
+    PyErr_Clear();
+}
+
 /* Ends the interpreter of `ts`, its last thread state.  Needs: that
- * interpreter's GIL through `ts`.  Waits for the lock with the GIL
- * released, so that the interpreter's own threads can run meanwhile. */
+ * interpreter's GIL through `ts`.  What of the ending can run the
+ * interpreter's own code, and so block, runs before the lock (see
+ * join_leftover_threads, run_exit_callbacks), and the lock is waited
+ * for with the GIL released, so that the interpreter's own threads can
+ * run meanwhile: one stuck interpreter never stalls the others. */
 static void
 end_interpreter_locked(PyThreadState *ts)
 {
     join_leftover_threads();
+    run_exit_callbacks();
     if (pthread_mutex_trylock(&lifecycle_lock) != 0) {
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&lifecycle_lock);

@@ -236,6 +236,26 @@ void pp__engine_close(pp_engine *e);
  * briefly). */
 pp_msg *pp__engine_terminate(pp_engine *e);
 
+/* Stop waiting for the workers that have not exited yet, after
+ * terminate(): each is *abandoned* -- the engine no longer counts it
+ * (join() returns without it, its native thread is detached) and it
+ * ends on its own once its blocked call returns (SystemExit is pending
+ * there), ending its interpreter as usual; its completion is then
+ * dropped.  For each, writes into the caller's arrays (nworkers long)
+ * its id and the (job, index) of the task it was running, or UINT64_MAX
+ * twice if none, so that the caller fails those results now.  PP_OK
+ * (*count 0 once every worker has exited), or PP_ESTATE unless
+ * terminate() came first.  Needs: no tstate. */
+int pp__engine_abandon(pp_engine *e, uint64_t *jobs, uint64_t *indexes,
+                       uint32_t *workers, uint32_t *count);
+
+/* Abandoned workers, in every engine of the process, that still hold a
+ * subinterpreter: waits up to timeout_ns (0: not at all; negative: for
+ * ever) for there to be none, and returns how many are left.  Interpreter exit must wait for
+ * them: CPython cannot finalize under a running subinterpreter.  Needs:
+ * no tstate when timeout_ns > 0. */
+uint32_t pp__abandoned_wait(int64_t timeout_ns);
+
 /* Drop every queued task (returned as a chain) but keep the workers and
  * whatever they are running.  With after_start, first wait until every
  * worker has made its interpreter and taken a task if one was queued,
@@ -250,8 +270,9 @@ int pp__engine_cancel(pp_engine *e, uint64_t job, uint64_t index);
  * a chain for the caller to free (NULL if none). */
 pp_msg *pp__engine_cancel_job(pp_engine *e, uint64_t job);
 
-/* Wait up to timeout_ns for every worker to exit.  PP_OK or
- * PP_ETIMEDOUT; PP_ESTATE if the engine was never told to stop.
+/* Wait up to timeout_ns for every worker to exit (abandoned ones are
+ * not waited for).  PP_OK or PP_ETIMEDOUT; PP_ESTATE if the engine was
+ * never told to stop.
  * Needs: no tstate. */
 int pp__engine_join(pp_engine *e, int64_t timeout_ns);
 

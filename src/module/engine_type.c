@@ -249,6 +249,64 @@ engine_join(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* abandon() -> ([(job, index), ...], [worker, ...]): after terminate(),
+ * stop waiting for the workers still alive (see pp__engine_abandon);
+ * the tasks they were running, whose results the caller must fail now,
+ * and their ids. */
+static PyObject *
+engine_abandon(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    pp_engine *engine = ENGINE(self);
+    uint32_t n = pp__engine_nworkers(engine), count = 0;
+    uint64_t *jobs = PyMem_Calloc(n, sizeof(uint64_t));
+    uint64_t *indexes = PyMem_Calloc(n, sizeof(uint64_t));
+    uint32_t *workers = PyMem_Calloc(n, sizeof(uint32_t));
+    PyObject *tasks = NULL, *ids = NULL, *result = NULL;
+    if (jobs == NULL || indexes == NULL || workers == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = pp__engine_abandon(engine, jobs, indexes, workers, &count);
+    Py_END_ALLOW_THREADS
+    if (rc != PP_OK) {
+        pp__raise(pp__state_from_type(Py_TYPE(self)), rc);
+        goto done;
+    }
+    tasks = PyList_New(0);
+    ids = PyList_New(0);
+    if (tasks == NULL || ids == NULL) {
+        goto done;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        PyObject *id = PyLong_FromUnsignedLong(workers[i]);
+        if (id == NULL || PyList_Append(ids, id) < 0) {
+            Py_XDECREF(id);
+            goto done;
+        }
+        Py_DECREF(id);
+        if (jobs[i] == UINT64_MAX) {
+            continue; /* between tasks: nothing to fail */
+        }
+        PyObject *pair = Py_BuildValue("(KK)", (unsigned long long)jobs[i],
+                                       (unsigned long long)indexes[i]);
+        if (pair == NULL || PyList_Append(tasks, pair) < 0) {
+            Py_XDECREF(pair);
+            goto done;
+        }
+        Py_DECREF(pair);
+    }
+    result = PyTuple_Pack(2, tasks, ids);
+done:
+    Py_XDECREF(tasks);
+    Py_XDECREF(ids);
+    PyMem_Free(jobs);
+    PyMem_Free(indexes);
+    PyMem_Free(workers);
+    return result;
+}
+
 /* serve_calls(worker) -- the body of a call-design worker thread. */
 static PyObject *
 engine_serve_calls(PyObject *self, PyObject *arg)
@@ -352,6 +410,10 @@ static PyMethodDef engine_methods[] = {
      "(job, index) pairs."},
     {"join", (PyCFunction)(void (*)(void))engine_join, METH_FASTCALL,
      "join(timeout=None): wait for all workers to exit; False on timeout."},
+    {"abandon", engine_abandon, METH_NOARGS,
+     "abandon() -> (tasks, workers): after terminate(), stop waiting for "
+     "the workers still running (blocked in C); they end on their own "
+     "when their call returns.  tasks: the (job, index) they ran."},
     {"answer_import", engine_answer_import, METH_O,
      "answer_import(worker): wake a worker waiting for a main-first import."},
     {"serve_calls", engine_serve_calls, METH_O,

@@ -194,7 +194,35 @@ module_decode(PyObject *Py_UNUSED(module), PyObject *arg)
     return obj;
 }
 
+/* abandoned_workers(timeout=0) -> int: wait up to timeout seconds
+ * (None: for ever) for every worker that terminate() abandoned to end
+ * its interpreter; how many are left.  Main interpreter's GIL, released
+ * while waiting. */
+static PyObject *
+module_abandoned_workers(PyObject *Py_UNUSED(module), PyObject *const *args,
+                         Py_ssize_t nargs)
+{
+    int64_t timeout_ns = 0;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "abandoned_workers(timeout=0)");
+        return NULL;
+    }
+    if (nargs == 1 && pp__timeout_ns(args[0], &timeout_ns) < 0) {
+        return NULL;
+    }
+    uint32_t left;
+    Py_BEGIN_ALLOW_THREADS
+    left = pp__abandoned_wait(timeout_ns);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromUnsignedLong(left);
+}
+
 static PyMethodDef module_methods[] = {
+    {"abandoned_workers",
+     (PyCFunction)(void (*)(void))module_abandoned_workers, METH_FASTCALL,
+     "abandoned_workers(timeout=0) -> int: wait up to timeout seconds for "
+     "the workers terminate() abandoned (blocked in C) to end; how many "
+     "are left."},
     {"encode", module_encode, METH_O,
      "encode(obj) -> bytes, or None if obj is not plain data (None, bool, "
      "int, float, str, bytes, tuple, list, dict): shared references stay "

@@ -44,6 +44,13 @@ FUNC_BY_NAME = _core.PP_TASK_FUNC_BY_NAME
 # itself cannot see signals.
 _JOIN_SLICE_S = 0.1
 
+# How long join() waits, after terminate(), for workers to end before it
+# abandons those still running: a task blocked inside C (time.sleep, a
+# lock, a socket read) cannot be interrupted there, and waiting for it
+# would hold terminate() for as long as it blocks.  Tasks running Python
+# code end within a switch interval of terminate().
+ABANDON_AFTER_S = 0.5
+
 
 def usable_cpus():
     """CPUs this process may run on (what multiprocessing.Pool defaults to)."""
@@ -379,6 +386,8 @@ class Runner:
         # Set by terminate(): from then on a task that ends in SystemExit
         # was (most likely) interrupted by us, and must not exit the caller.
         self.terminating = False
+        self._terminated_at = None
+        self._abandoned = ()  # ids of the workers join() stopped waiting for
         self._threads = []
         if design == _core.PP_DESIGN_CALL:
             for worker in range(nworkers):
@@ -412,6 +421,8 @@ class Runner:
         """
         self.reason = reason
         self.terminating = True
+        if self._terminated_at is None:
+            self._terminated_at = time.monotonic()
         dropped = self.engine.terminate()
         with self.lock:
             for job, index in dropped:
@@ -432,7 +443,9 @@ class Runner:
 
         The caller has seen the pool closed or terminated; another thread
         may still be on its way to telling the engine, which refuses to
-        be joined while running, so wait for that first.
+        be joined while running, so wait for that first.  After
+        terminate(), workers still running ABANDON_AFTER_S later are
+        abandoned (see _abandon).
         """
         while True:
             try:
@@ -442,11 +455,34 @@ class Runner:
                 if self.engine.state != _core.PP_ENGINE_RUNNING:
                     raise
                 time.sleep(0.005)
+                continue
+            started = self._terminated_at
+            if started is not None and time.monotonic() - started >= ABANDON_AFTER_S:
+                self._abandon()
         _unjoined.discard(self)
-        for thread in self._threads:
-            thread.join()
-        if self._collector is not threading.current_thread():
+        for worker, thread in enumerate(self._threads):
+            if worker not in self._abandoned:
+                thread.join()
+        if not self._abandoned and self._collector is not threading.current_thread():
+            # With abandoned workers it runs on until they end: a late
+            # completion is delivered (or dropped) as usual, then it exits.
             self._collector.join()
+
+    def _abandon(self):
+        """Stop waiting for workers whose tasks are blocked in C.
+
+        We cannot kill a thread, as multiprocessing kills a process; but
+        the pool can stop counting on it.  Each such worker ends on its
+        own when its call returns (the SystemExit terminate() set fires
+        there), ending its interpreter as usual; meanwhile its task's
+        result fails now with the terminate reason, and interpreter exit
+        waits for it (see _wait_for_abandoned).
+        """
+        tasks, workers = self.engine.abandon()
+        self._abandoned = frozenset(workers) | set(self._abandoned)
+        with self.lock:
+            for job, index in tasks:
+                self.sink.deliver(job, index, False, self.reason())
 
 
 def _collect(runner):
@@ -573,6 +609,41 @@ def _stop_all_at_exit():
         # wait for its workers (join also waits out a terminate() that is
         # on its way).
         _stop(runner, None)
+    _wait_for_abandoned()
+
+
+def _wait_for_abandoned():
+    """At exit: wait for the workers terminate() abandoned, saying so.
+
+    Each still runs a task blocked in C inside its subinterpreter, and
+    CPython cannot finalize under a running subinterpreter (3.12 aborts,
+    3.13 ends the thread mid-task).  So exit waits for their calls to
+    return; Ctrl-C ends the process at once instead, as an unhandled
+    KeyboardInterrupt does (SIGINT), without finalizing.
+    """
+    try:
+        left = _core.abandoned_workers()
+        if not left:
+            return
+        print(
+            f"poolparty: waiting for {left} worker(s) that terminate() "
+            f"abandoned while their tasks were blocked in C code (CPython "
+            f"cannot exit while a subinterpreter runs); press Ctrl-C to exit "
+            f"without waiting",
+            file=sys.stderr, flush=True,
+        )
+        while _core.abandoned_workers(_JOIN_SLICE_S):
+            pass
+    except KeyboardInterrupt:
+        import signal
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _stop(runner, on_exit):

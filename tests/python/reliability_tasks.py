@@ -226,3 +226,41 @@ class RefusesUnpicklingInWorker:
 
 def sleep_then_star(pair):
     return sleep_then(*pair)
+
+
+# --- tasks blocked inside C (terminate() abandons their workers) ------------
+
+def block_in_c(started, how, arg):
+    """Touch ``started``, then block inside one C call until released:
+    ``pipe`` reads fd ``arg`` (released by a byte written to it),
+    ``socket`` receives on a duplicate of socket fd ``arg`` (released by
+    data sent), ``flock`` takes an exclusive flock on path ``arg`` (released
+    when its holder unlocks).  Returns what the call returned."""
+    touch(started)
+    if how == "pipe":
+        return os.read(arg, 1)
+    if how == "socket":
+        import socket
+
+        sock = socket.socket(fileno=os.dup(arg))
+        try:
+            return sock.recv(1)
+        finally:
+            sock.close()
+    if how == "flock":
+        import fcntl
+
+        with open(arg, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return b"locked"
+    raise ValueError(how)
+
+
+def block_at_worker_exit(fd):
+    """Make the worker's interpreter, when it ends, block reading fd
+    ``fd`` in an atexit callback (code CPython runs while ending it)."""
+    import atexit
+
+    atexit.register(os.read, fd, 1)
+    return fd

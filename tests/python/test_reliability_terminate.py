@@ -6,21 +6,25 @@
   boundary; its result fails with TerminatedError (SystemExit as the
   cause), and terminate(); join() returns promptly.
 - A task blocked inside C (time.sleep, os.read, a lock) cannot be
-  interrupted: terminate() waits until the call returns to Python, and
-  the task then ends with TerminatedError at once.
+  interrupted: terminate(); join() stops waiting for its worker after
+  ABANDON_AFTER_S (the worker is abandoned, its result fails with
+  TerminatedError at once), and the worker ends its interpreter on its
+  own when the call returns; interpreter exit waits for it.
 
 Waits are bounded (helper threads joined with a timeout), never timed.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 import reliability_tasks as rt
-from conftest import REFERENCE, wait_until_exists
+from conftest import REFERENCE, build_pool, wait_until_exists
 
 pytestmark = [
     pytest.mark.skipif(REFERENCE, reason="poolparty's own terminate()"),
@@ -91,30 +95,196 @@ def test_running_python_tasks_are_interrupted(pool, tmp_path):
         assert not os.path.exists(end)  # interrupted, not finished
 
 
-def test_task_blocked_in_c_delays_terminate_until_it_returns(pool, tmp_path):
-    """os.read on a pipe blocks in C with the worker's GIL released; the
-    SystemExit terminate() sets can only fire once it returns."""
-    started, after = str(tmp_path / "started"), str(tmp_path / "after-read")
+def _release_abandoned():
+    """Wait until every abandoned worker has ended its interpreter, so
+    that none outlives the test (bounded: the test released them)."""
+    import poolparty._poolparty as core
+
+    assert core.abandoned_workers(BOUND) == 0, "an abandoned worker never ended"
+
+
+@pytest.fixture
+def blocker(tmp_path):
+    """``(how, arg, release)`` for a task blocked inside one C call that
+    only the test can end: a pipe read, a socket recv, an flock."""
+    made = []
+
+    def make(how):
+        if how == "pipe":
+            r, w = os.pipe()
+            made.extend([r, w])
+            return r, lambda: os.write(w, b"xxxx")
+        if how == "socket":
+            import socket
+
+            a, b = socket.socketpair()
+            made.extend([a, b])
+            return a.fileno(), lambda: b.sendall(b"xxxx")
+        if how == "flock":
+            import fcntl
+
+            path = str(tmp_path / "lock")
+            holder = open(path, "w")
+            made.append(holder)
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            return path, lambda: fcntl.flock(holder, fcntl.LOCK_UN)
+        raise ValueError(how)
+
+    yield make
+    for thing in made:
+        if isinstance(thing, int):
+            os.close(thing)
+        else:
+            thing.close()
+
+
+@pytest.mark.parametrize("how", ["pipe", "socket", "flock"])
+def test_terminate_abandons_workers_blocked_in_c(make_pool, tmp_path, blocker, how):
+    """terminate(); join() returns within ABANDON_AFTER_S (here: well
+    within BOUND) whatever the tasks are blocked in: the workers are
+    abandoned, their results fail now, and each ends on its own once its
+    call returns -- at its next bytecode, before the task's next line."""
+    arg, release = blocker(how)
+    pool = make_pool(2)
+    starts = [str(tmp_path / f"started-{i}") for i in range(2)]
+    results = [pool.apply_async(rt.block_in_c, (s, how, arg)) for s in starts]
+    for s in starts:
+        wait_until_exists(s)
+    queued = pool.apply_async(rt.increment, (1,))
+    try:
+        _assert_returns(_in_thread(_terminate_and_join, pool), "terminate(); join()")
+        for result in results + [queued]:
+            assert result.ready()
+            with pytest.raises(_terminated_error()):
+                result.get(0)
+        # the pool is done with them; new pools are not held up
+        with build_pool(pool._dispatch, 2) as other:
+            assert other.map(rt.increment, range(4)) == [1, 2, 3, 4]
+    finally:
+        release()
+        _release_abandoned()
+
+
+CPYTHON_TEST_TERMINATE = """import sys, time
+import poolparty
+
+if __name__ == "__main__":
+    # CPython's _TestPool.test_terminate, as written
+    p = poolparty.SubinterpreterPool(3, dispatch=sys.argv[1])
+    args = [300 for i in range(10_000)]
+    result = p.map_async(time.sleep, args, chunksize=1)
+    time.sleep(0.2)  # give some tasks a chance to start
+    p.terminate()
+    p.join()
+    try:
+        result.get(0)
+    except poolparty.TerminatedError:
+        print("terminated", flush=True)
+"""
+
+
+def test_cpython_test_terminate_and_exit_while_tasks_sleep(tmp_path, dispatch):
+    """CPython's test_terminate maps time.sleep(300) over 10,000 items
+    on 3 workers and terminates after 0.2 s.  terminate(); join() returns
+    (it waited the 300 s); then interpreter exit must wait for the
+    sleeping workers -- CPython cannot finalize under them -- and says so
+    on stderr; Ctrl-C there ends the process at once, without a crash."""
+    script = tmp_path / "cpython_terminate.py"
+    script.write_text(CPYTHON_TEST_TERMINATE)
+    proc = subprocess.Popen([sys.executable, str(script), dispatch],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + BOUND
+        err = ""
+        while "press Ctrl-C" not in err:
+            assert time.monotonic() < deadline and proc.poll() is None, \
+                "terminate(); join() or the exit never got to waiting"
+            err += _read_available(proc.stderr)
+        proc.send_signal(signal.SIGINT)
+        out, rest = proc.communicate(timeout=BOUND)
+        err += rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert out == "terminated\n", (out, err)
+    assert "abandoned" in err
+    assert "Fatal Python error" not in err and "Traceback" not in err, err
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, err)
+
+
+def _read_available(stream, wait=0.05):
+    import select
+
+    ready, _, _ = select.select([stream], [], [], wait)
+    return os.read(stream.fileno(), 65536).decode() if ready else ""
+
+
+def test_a_worker_stuck_while_ending_does_not_stall_other_pools(make_pool):
+    """A worker whose interpreter blocks while it ends (here an atexit
+    callback a task registered; a left-over thread, a __del__ that waits
+    are the same) used to block inside the process-wide lifecycle lock,
+    and every other pool in the process hung at its start.  Now that code
+    runs before the lock: only that worker waits, and terminate()
+    abandons it."""
     read_end, write_end = os.pipe()
     try:
-        result = pool.apply_async(rt.read_fd_then_touch, (started, read_end, after))
-        wait_until_exists(started)
-        stopper = _in_thread(_terminate_and_join, pool)
-        stopper.join(0.5)
-        # still waiting for the blocked read (a slow machine only makes
-        # this more certain)
-        assert stopper.is_alive()
-        assert not result.ready()
-        os.write(write_end, b"x")  # the read returns ...
-        _assert_returns(stopper, "terminate(); join() after the read returned")
-        # ... and the task ends at its next bytecode, before touching `after`
-        with pytest.raises(_terminated_error()) as info:
-            result.get(0)
-        assert isinstance(info.value.__cause__, SystemExit)
-        assert not os.path.exists(after)
+        stuck = make_pool(1)
+        assert stuck.apply(rt.block_at_worker_exit, (read_end,)) == read_end
+        _assert_returns(_in_thread(_terminate_and_join, stuck), "terminate(); join()")
+        results = []
+        for _ in range(4):  # the next pools, one after another
+            def run():
+                with build_pool(stuck._dispatch, 2) as pool:
+                    results.append(pool.map(rt.increment, range(3)))
+            _assert_returns(_in_thread(run), "a pool started after it")
+        assert results == [[1, 2, 3]] * 4
     finally:
+        os.write(write_end, b"x")
+        _release_abandoned()
         os.close(read_end)
         os.close(write_end)
+
+
+def test_terminate_interrupted_while_waiting_leaves_other_pools_working(
+        make_pool, blocker):
+    """An exception from a signal handler interrupts join() after
+    terminate(): the pool's workers are blocked in C and nobody joins
+    them; later pools must still run their tasks."""
+    arg, release = blocker("pipe")
+    stuck = make_pool(2)
+    stuck.starmap_async(rt.block_in_c, [(os.devnull, "pipe", arg)] * 4, 1)
+    time.sleep(0.2)
+
+    class Interrupted(Exception):
+        pass
+
+    def on_signal(*_):
+        raise Interrupted
+
+    # SIGUSR1 from a thread, not an alarm: pytest-timeout owns SIGALRM.
+    old = signal.signal(signal.SIGUSR1, on_signal)
+    try:
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        with pytest.raises(Interrupted):
+            stuck.terminate()
+            stuck.join()
+            time.sleep(BOUND)  # join() returned first: the signal lands here
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    try:
+        for _ in range(4):
+            results = []
+            def run():
+                with build_pool(stuck._dispatch, 2) as pool:
+                    results.append(pool.map(rt.increment, range(3)))
+            _assert_returns(_in_thread(run), "a pool started after it")
+            assert results == [[1, 2, 3]]
+    finally:
+        release()
+        stuck.join()
+        _release_abandoned()
 
 
 def test_task_in_a_short_sleep_is_terminated_when_the_sleep_returns(pool, tmp_path):
