@@ -22,6 +22,7 @@ __all__ = [
     "SubinterpreterPoolExecutor",
     "TerminatedError",
     "check",
+    "get_reusable_executor",
 ]
 
 _WHERE = {
@@ -33,6 +34,7 @@ _WHERE = {
     "TerminatedError": "_errors",
     "check": "_check",
     "CheckResult": "_check",
+    "get_reusable_executor": "_reusable",
 }
 
 
