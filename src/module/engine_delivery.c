@@ -313,19 +313,17 @@ pp__engine_type_submit_apply(PyObject *self, PyObject *const *args,
 
 /* ---- collect ------------------------------------------------------ */
 
-/* The fast path of SubinterpreterPoolExecutor.submit()'s results: a
- * successful codec result for a future of ours that nobody waits on is
- * decoded and set here, with no Python code, no tuple and no trip
- * through the collector's Python loop.  Anything else (errors, pickled
- * results, futures with waiters or callbacks, maps) is left to that
- * loop.  1 if done here, 0 if not, -1 with an exception.  Needs: main
- * GIL. */
+/* The fast path of the bound objects' results: a successful codec
+ * result for a Future of ours that nobody waits on, or for one of the
+ * pool's result objects (result_type.c), is decoded and set here, with
+ * no tuple and no trip through the collector's Python loop (a pool
+ * result may run its callback).  Anything else (errors, pickled results,
+ * futures with waiters or callbacks, maps) is left to that loop.  1 if
+ * done here, 0 if not, -1 with an exception.  Needs: main GIL. */
 static int
-finish_future_here(pp_future_support *support, PyObject *futures,
-                   const pp_msg *msg)
+finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg)
 {
-    if (support->type == NULL || msg->kind != PP_DONE_OK ||
-        !pp__codec_is(msg->data, msg->size)) {
+    if (msg->kind != PP_DONE_OK || !pp__codec_is(msg->data, msg->size)) {
         return 0;
     }
     PyObject *key = PyLong_FromUnsignedLongLong((unsigned long long)msg->job);
@@ -333,32 +331,39 @@ finish_future_here(pp_future_support *support, PyObject *futures,
         return -1;
     }
     int done = 0;
-    PyObject *future = dict_get_ref(futures, key);
-    if (future == NULL) {
+    PyObject *value = NULL;
+    PyObject *target = dict_get_ref(futures, key);
+    if (target == NULL) {
         done = PyErr_Occurred() ? -1 : 0;
         goto out;
     }
-    if (!Py_IS_TYPE(future, support->type) ||
-        !pp__future_finishes_fast(future)) {
+    int future = st->future.type != NULL &&
+                 Py_IS_TYPE(target, st->future.type);
+    if (future ? !pp__future_finishes_fast(target)
+               : !pp__result_is_ours(&st->result, target)) {
         goto out;
     }
-    PyObject *value = pp__codec_decode(msg->data, msg->size);
+    value = pp__codec_decode(msg->data, msg->size);
     if (value == NULL) {
         /* The Python loop decodes it again and fails just this task. */
         PyErr_Clear();
         goto out;
     }
+    if (!future) {
+        /* It leaves the dict itself once complete. */
+        done = pp__result_deliver(&st->result, target, msg->index, 1, value);
+    }
     /* Decoding may have run a garbage collection, and with it any code,
      * and on a free-threaded build another thread may have made the
      * future's condition meanwhile: finish it only if that is still not
      * so, in one step.  Else the Python loop does it the stdlib's way. */
-    if (pp__future_try_finish_fast(future, value)) {
+    else if (pp__future_try_finish_fast(target, value)) {
         /* Finished: nothing else touches its entry any more. */
         done = PyDict_DelItem(futures, key) < 0 ? -1 : 1;
     }
-    Py_DECREF(value);
 out:
-    Py_XDECREF(future);
+    Py_XDECREF(value);
+    Py_XDECREF(target);
     Py_DECREF(key);
     return done;
 }
@@ -444,10 +449,7 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     for (pp_msg *msg = first; list != NULL && msg != NULL; msg = msg->next) {
         if (futures != NULL) {
             /* The executor's Futures, or the pool's results. */
-            int done = finish_future_here(&st->future, futures, msg);
-            if (done == 0) {
-                done = pp__result_collect(&st->result, futures, msg);
-            }
+            int done = finish_here(st, futures, msg);
             if (done < 0) {
                 Py_CLEAR(list);
                 break;

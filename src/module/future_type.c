@@ -542,11 +542,7 @@ future_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->waiters);
     Py_VISIT(self->callbacks);
     Py_VISIT(self->owner);
-#if PY_VERSION_HEX >= 0x030D0000
-    return PyObject_VisitManagedDict(op, visit, arg);
-#else
-    return _PyObject_VisitManagedDict(op, visit, arg);
-#endif
+    return pp__visit_instance_dict(op, visit, arg);
 }
 
 static int
@@ -559,11 +555,7 @@ future_clear(PyObject *op)
     Py_CLEAR(self->waiters);
     Py_CLEAR(self->callbacks);
     Py_CLEAR(self->owner);
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject_ClearManagedDict(op);
-#else
-    _PyObject_ClearManagedDict(op);
-#endif
+    pp__clear_instance_dict(op);
     return 0;
 }
 

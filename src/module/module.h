@@ -133,7 +133,7 @@ typedef struct {
  * the dict too, as its {job: result} cache: submit_apply(fn, args,
  * kwargs, callback, error_callback) is apply_async() the same way, and
  * collect() hands plain results of the result types of result_type.c
- * to them (pp__result_collect), which then leave the dict themselves.
+ * to them (pp__result_deliver), which then leave the dict themselves.
  * Job ids come from new_job() or these calls, never from elsewhere.  The function
  * references submit_future uses come from the module's cache, filled by
  * _poolparty.remember_function(fn, data, flags). */
@@ -166,6 +166,29 @@ PyObject *pp__module_remember_function(PyObject *module,
  * TypeError if `obj` is not one. */
 pp_engine *pp__engine_from_object(pp_module_state *st, PyObject *obj);
 
+/* The instance dict of our heap types whose base is a Python class (the
+ * Future, the pool's results): their tp_traverse and tp_clear visit and
+ * clear it, through the API 3.13 made public. */
+static inline int
+pp__visit_instance_dict(PyObject *op, visitproc visit, void *arg)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_VisitManagedDict(op, visit, arg);
+#else
+    return _PyObject_VisitManagedDict(op, visit, arg);
+#endif
+}
+
+static inline void
+pp__clear_instance_dict(PyObject *op)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject_ClearManagedDict(op);
+#else
+    _PyObject_ClearManagedDict(op);
+#endif
+}
+
 /* Create a heap type from `spec` for `module`, store it in *slot and
  * add it to the module.  0 or -1 with an exception. */
 int pp__add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot);
@@ -193,15 +216,12 @@ int pp__fork_guard_add(PyObject *module);
 
 /* The pool's result types (result_type.c).  pp__result_deliver: give
  * `result` chunk `index`'s outcome if it is one of ours (1), else 0; -1
- * with an exception.  May run callbacks.  pp__result_collect: the
- * collector's fast path for a completion whose job is in `results`
- * ({job: result}): a plain (codec) result of one of ours is decoded and
- * delivered here (1); anything else is left to the Python loop (0); -1
- * with an exception.  Both: main GIL, no lock held. */
+ * with an exception.  May run callbacks, and the result leaves its
+ * cache when complete.  pp__result_is_ours: 1 if `obj` is one of these
+ * types.  Both: main GIL, no lock held. */
 int pp__result_deliver(pp_result_support *support, PyObject *result,
                        uint64_t index, int ok, PyObject *value);
-int pp__result_collect(pp_result_support *support, PyObject *results,
-                       const pp_msg *msg);
+int pp__result_is_ours(pp_result_support *support, PyObject *obj);
 /* A pending ApplyResult for job `job` that leaves `cache` (a dict) when
  * complete; the caller registers it there.  New reference or NULL. */
 PyObject *pp__apply_result_new(pp_result_support *support, PyObject *cache,

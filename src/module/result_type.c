@@ -7,7 +7,7 @@
  * Python code on the collector thread, which then fights the caller for
  * the main GIL (8 us per apply_async against ThreadPool's 4.4 us).  These
  * keep their state in C fields and are finished in C, by Engine.collect()
- * for plain results (pp__result_collect) or by _set() from the Python
+ * for plain results (pp__result_deliver) or by _set() from the Python
  * loop for the rest; callbacks run there, on the collector thread, as
  * multiprocessing runs them on its result handler thread.
  *
@@ -808,11 +808,7 @@ result_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->callback);
     Py_VISIT(self->error_callback);
     Py_VISIT(self->event);
-#if PY_VERSION_HEX >= 0x030D0000
-    return PyObject_VisitManagedDict(op, visit, arg);
-#else
-    return _PyObject_VisitManagedDict(op, visit, arg);
-#endif
+    return pp__visit_instance_dict(op, visit, arg);
 }
 
 static int
@@ -825,11 +821,7 @@ result_clear(PyObject *op)
     Py_CLEAR(self->callback);
     Py_CLEAR(self->error_callback);
     Py_CLEAR(self->event);
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject_ClearManagedDict(op);
-#else
-    _PyObject_ClearManagedDict(op);
-#endif
+    pp__clear_instance_dict(op);
     return 0;
 }
 
@@ -1257,11 +1249,7 @@ imap_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->ready);
     Py_VISIT(self->unsorted);
     Py_VISIT(self->current);
-#if PY_VERSION_HEX >= 0x030D0000
-    return PyObject_VisitManagedDict(op, visit, arg);
-#else
-    return _PyObject_VisitManagedDict(op, visit, arg);
-#endif
+    return pp__visit_instance_dict(op, visit, arg);
 }
 
 static int
@@ -1272,11 +1260,7 @@ imap_clear(PyObject *op)
     Py_CLEAR(self->ready);
     Py_CLEAR(self->unsorted);
     Py_CLEAR(self->current);
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject_ClearManagedDict(op);
-#else
-    _PyObject_ClearManagedDict(op);
-#endif
+    pp__clear_instance_dict(op);
     return 0;
 }
 
@@ -1383,44 +1367,13 @@ pp__result_deliver(pp_result_support *support, PyObject *result,
 
 /* See module.h. */
 int
-pp__result_collect(pp_result_support *support, PyObject *results,
-                   const pp_msg *msg)
+pp__result_is_ours(pp_result_support *support, PyObject *obj)
 {
-    if (support->apply_type == NULL || msg->kind != PP_DONE_OK ||
-        !pp__codec_is(msg->data, msg->size)) {
-        return 0;
-    }
-    PyObject *key = PyLong_FromUnsignedLongLong((unsigned long long)msg->job);
-    if (key == NULL) {
-        return -1;
-    }
-    PyObject *result = NULL;
-#if PY_VERSION_HEX >= 0x030D0000
-    int found = PyDict_GetItemRef(results, key, &result);
-#else
-    result = Py_XNewRef(PyDict_GetItemWithError(results, key));
-    int found = result != NULL ? 1 : (PyErr_Occurred() ? -1 : 0);
-#endif
-    Py_DECREF(key);
-    if (found <= 0) {
-        return found;
-    }
-    PyTypeObject *type = Py_TYPE(result);
-    int done = 0;
-    if (type == support->apply_type || type == support->map_type ||
-        type == support->imap_type || type == support->imap_unordered_type) {
-        PyObject *value = pp__codec_decode(msg->data, msg->size);
-        if (value == NULL) {
-            /* The Python loop decodes it again and fails just this task. */
-            PyErr_Clear();
-        }
-        else {
-            done = pp__result_deliver(support, result, msg->index, 1, value);
-            Py_DECREF(value);
-        }
-    }
-    Py_DECREF(result);
-    return done;
+    PyTypeObject *type = Py_TYPE(obj);
+    return support->apply_type != NULL &&
+           (type == support->apply_type || type == support->map_type ||
+            type == support->imap_type ||
+            type == support->imap_unordered_type);
 }
 
 /* ---- the types, made once per module ---------------------------------- */

@@ -217,16 +217,6 @@ def test_imap_next_from_several_threads_shares_the_items(pool):
     assert sorted(got) == sorted(x * x for x in range(200))
 
 
-def test_imap_next_timeout_then_the_result(pool, gate):
-    it = pool.imap_unordered(tasks.wait_for_file, [gate])
-    with pytest.raises(multiprocessing.TimeoutError):
-        it.next(timeout=0.05)
-    open(gate, "w").close()
-    assert it.next(timeout=60) is True
-    with pytest.raises(StopIteration):
-        it.next()
-
-
 @pytest.mark.reference_hangs("multiprocessing's imap reader waits forever "
                              "for chunks terminate() dropped")
 def test_imap_reader_waiting_when_the_pool_terminates(make_pool, gate,
