@@ -29,6 +29,7 @@
  * may read. */
 #include "pp_internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 enum {
@@ -454,18 +455,77 @@ encode_value(encoder *e, PyObject *obj)
     return ENC_UNSUPPORTED;
 }
 
-/* Needs: the GIL of obj's interpreter.  See pp_internal.h. */
-int
-pp__codec_encode(PyObject *obj, pp_buf *out)
+/* Append obj's encoding to what out holds. */
+static int
+encode_append(PyObject *obj, pp_buf *out)
 {
     encoder e = {out, {0}, 0};
-    out->size = 0;
     int rc = reserve(out, sizeof(PP_CODEC_MAGIC) - 1) < 0
                  ? enc_nomem()
                  : (emit_raw(out, PP_CODEC_MAGIC, sizeof(PP_CODEC_MAGIC) - 1),
                     encode_value(&e, obj));
     memo_fini(&e.seen);
     return rc;
+}
+
+/* Needs: the GIL of obj's interpreter.  See pp_internal.h. */
+int
+pp__codec_encode(PyObject *obj, pp_buf *out)
+{
+    out->size = 0;
+    return encode_append(obj, out);
+}
+
+/* pp_buf.grow for a message being encoded into: owner is the pp_msg
+ * (malloc'd, as pp_msg_new's), data its payload.  No GIL needed. */
+static int
+grow_msg(pp_buf *b, size_t capacity)
+{
+    if (capacity > SIZE_MAX - sizeof(pp_msg)) {
+        return -1;
+    }
+    pp_msg *msg = realloc(b->owner, sizeof(pp_msg) + capacity);
+    if (msg == NULL) {
+        return -1;
+    }
+    b->owner = msg;
+    b->data = msg->data;
+    b->capacity = capacity;
+    return 0;
+}
+
+/* Needs: the GIL of obj's interpreter.  See pp_internal.h. */
+int
+pp__codec_encode_msg(PyObject *obj, const void *prefix, size_t prefix_size,
+                     pp_msg **out)
+{
+    pp_buf buf = {.grow = grow_msg};
+    *out = NULL;
+    if (prefix_size > SIZE_MAX / 2 || grow_msg(&buf, prefix_size + 256) < 0) {
+        return enc_nomem();
+    }
+    if (prefix_size) {
+        emit_raw(&buf, prefix, prefix_size);
+    }
+    int rc = encode_append(obj, &buf);
+    pp_msg *msg = buf.owner;
+    if (rc != ENC_OK) {
+        free(msg);
+        return rc;
+    }
+    /* Give back what doubling left over, beyond a page: a queued
+     * message should hold what it carries, not twice that. */
+    if (buf.capacity - buf.size > 4096) {
+        pp_msg *smaller = realloc(msg, sizeof(pp_msg) + buf.size);
+        msg = smaller != NULL ? smaller : msg;
+    }
+    msg->next = NULL;
+    msg->job = msg->index = 0;
+    msg->kind = msg->worker = 0;
+    msg->size = buf.size;
+    msg->func_size = prefix_size;
+    *out = msg;
+    return ENC_OK;
 }
 
 /* ---- decoder --------------------------------------------------------- */

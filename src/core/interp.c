@@ -647,7 +647,6 @@ release_objects(pp_interp *it)
     Py_CLEAR(it->resolve_function);
     Py_CLEAR(it->dumps_by_value);
     Py_CLEAR(it->func);
-    pp__buf_fini(&it->out);
     PyMem_RawFree(it->func_pickle);
     it->func_pickle = NULL;
     it->func_pickle_size = 0;
@@ -929,21 +928,14 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
     }
     /* Plain data goes through the codec, which keeps shared references
      * shared; anything else through pickle. */
-    int encoded = pp__codec_encode(result, &it->out);
+    int encoded = pp__codec_encode_msg(result, NULL, 0, &done);
     if (encoded < 0) {
         goto error;
     }
     if (encoded == 0) {
-        done = pp_msg_new(task->job, task->index, PP_DONE_OK, it->out.data,
-                          it->out.size);
-        /* Keep a worker's buffer from holding on to one huge result. */
-        if (it->out.capacity > (1u << 20)) {
-            pp__buf_fini(&it->out);
-        }
-        if (done == NULL) {
-            PyErr_NoMemory();
-            goto error;
-        }
+        done->job = task->job;
+        done->index = task->index;
+        done->kind = PP_DONE_OK;
         goto done;
     }
     if (need_pickle(it) < 0) {

@@ -98,6 +98,15 @@ void pp__buf_fini(pp_buf *b);
  * obj's interpreter. */
 int pp__codec_encode(PyObject *obj, pp_buf *out);
 
+/* Encode obj straight into a new message, after `prefix_size` bytes
+ * copied from `prefix` (a task's function pickle; func_size is set to
+ * it), so that the encoding is never copied again.  Returns as
+ * pp__codec_encode; on 0 *out is the message (job, index and kind 0: the
+ * caller sets them and owns it), else NULL.  Needs: the GIL of obj's
+ * interpreter. */
+int pp__codec_encode_msg(PyObject *obj, const void *prefix, size_t prefix_size,
+                         pp_msg **out);
+
 /* Decode a payload made by pp__codec_encode.  New reference, or NULL
  * with an exception.  Needs: the GIL of the receiving interpreter. */
 PyObject *pp__codec_decode(const unsigned char *data, size_t size);
@@ -137,7 +146,6 @@ typedef struct pp_interp {
     PyObject *func;               /* (sub GIL) */
     unsigned char *func_pickle;   /* PyMem_Raw; func_pickle_size bytes */
     size_t func_pickle_size;
-    pp_buf out;                   /* reused for encoding results */
 } pp_interp;
 
 /* Create an isolated subinterpreter with its own GIL, set its sys.path,

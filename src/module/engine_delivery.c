@@ -186,7 +186,7 @@ submit_call(PyObject *self, PyObject *fn, PyObject *fargs, PyObject *fkwargs,
     }
     PyObject *result = NULL, *payload = NULL, *future = NULL,
              *job_key = NULL;
-    pp_buf buf = {0};
+    pp_msg *task = NULL;
     unsigned long flags;
     PyObject *ref = func_ref_get(st, fn);
     if (ref == NULL) {
@@ -207,7 +207,10 @@ submit_call(PyObject *self, PyObject *fn, PyObject *fargs, PyObject *fkwargs,
     if (payload == NULL) {
         goto done;
     }
-    int rc = pp__codec_encode(payload, &buf);
+    /* Encoded straight into the task, after the function's reference. */
+    PyObject *func = PyTuple_GET_ITEM(ref, 0);
+    int rc = pp__codec_encode_msg(payload, PyBytes_AS_STRING(func),
+                                  (size_t)PyBytes_GET_SIZE(func), &task);
     if (rc != 0) {
         if (rc > 0) {
             result = Py_NewRef(Py_None); /* needs pickle */
@@ -226,20 +229,14 @@ submit_call(PyObject *self, PyObject *fn, PyObject *fargs, PyObject *fkwargs,
     if (PyDict_SetItem(futures, job_key, future) < 0) {
         goto done;
     }
-    PyObject *func = PyTuple_GET_ITEM(ref, 0);
-    pp_msg *task = pp_msg_new_task(job, 0, PP_TASK_CALL | (uint32_t)flags,
-                                   PyBytes_AS_STRING(func),
-                                   (size_t)PyBytes_GET_SIZE(func), buf.data,
-                                   buf.size);
-    if (task == NULL) {
-        PyErr_NoMemory();
-        (void)PyDict_DelItem(futures, job_key);
-        goto done;
-    }
+    task->job = job;
+    task->kind = PP_TASK_CALL | (uint32_t)flags;
     rc = pp__engine_submit(PP_ENGINE(self), task);
-    if (rc != PP_OK) {
+    if (rc == PP_OK) {
+        task = NULL; /* the queue's now */
+    }
+    else {
         /* Closed or terminated: the Python path says so properly. */
-        pp_msg_free(task);
         if (PyDict_DelItem(futures, job_key) < 0) {
             goto done;
         }
@@ -248,7 +245,7 @@ submit_call(PyObject *self, PyObject *fn, PyObject *fargs, PyObject *fkwargs,
     }
     result = Py_NewRef(future);
 done:
-    pp__buf_fini(&buf);
+    pp_msg_free(task);
     Py_XDECREF(job_key);
     Py_XDECREF(future);
     Py_XDECREF(payload);
@@ -368,18 +365,36 @@ out:
     return done;
 }
 
-/* Keep all but the first PP_COLLECT_BATCH of the `count` completions
- * from `first` on the Engine, after anything held meanwhile by another
- * caller.  `tail` is the chain's last message when known (it came from
- * the held list), else NULL: it is then found once, so that a backlog
- * of n completions costs O(n) over all the calls, not O(n) per call.
+/* How many of the `count` completions from `first` one collect() hands
+ * out: PP_COLLECT_BATCH, or fewer that carry PP_COLLECT_BYTES (at least
+ * one). */
+static size_t
+batch_size(const pp_msg *first, size_t count)
+{
+    size_t n = 0, bytes = 0;
+    for (const pp_msg *msg = first; msg != NULL && n < count; msg = msg->next) {
+        if (n == PP_COLLECT_BATCH || (n > 0 && bytes >= PP_COLLECT_BYTES)) {
+            break;
+        }
+        bytes += msg->size;
+        n++;
+    }
+    return n;
+}
+
+/* Keep all but the first `keep` of the `count` completions from `first`
+ * on the Engine, after anything held meanwhile by another caller.
+ * `tail` is the chain's last message when known (it came from the held
+ * list), else NULL: it is then found once, so that a backlog of n
+ * completions costs O(n) over all the calls, not O(n) per call.
  * Needs: main GIL. */
 static void
-hold_rest(PyObject *self, pp_msg *first, size_t count, pp_msg *tail)
+hold_rest(PyObject *self, pp_msg *first, size_t count, size_t keep,
+          pp_msg *tail)
 {
     pp_engine_object *eo = (pp_engine_object *)self;
     pp_msg *last = first;
-    for (size_t i = 1; i < PP_COLLECT_BATCH; i++) {
+    for (size_t i = 1; i < keep; i++) {
         last = last->next;
     }
     pp_msg *rest = last->next;
@@ -394,15 +409,15 @@ hold_rest(PyObject *self, pp_msg *first, size_t count, pp_msg *tail)
         eo->held_tail = tail;
     }
     eo->held = rest;
-    eo->held_count += count - PP_COLLECT_BATCH;
+    eo->held_count += count - keep;
     PP_UNLOCK_OBJECT();
 }
 
 /* collect(timeout=None) -> list of completions as (job, index, kind,
  * worker, payload) tuples, [] on timeout, or None once every worker has
- * exited and all was collected.  At most PP_COLLECT_BATCH per call (see
- * module.h); the futures' fast results are finished here and left out
- * (see "Completion delivery" in module.h).  Needs: main GIL, released
+ * exited and all was collected.  At most PP_COLLECT_BATCH per call,
+ * fewer when large (see module.h); the futures' fast results are
+ * finished here and left out (see "Completion delivery" in module.h).  Needs: main GIL, released
  * while waiting. */
 PyObject *
 pp__engine_type_collect(PyObject *self, PyObject *const *args,
@@ -438,8 +453,9 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
             return PyList_New(0);
         }
     }
-    if (count > PP_COLLECT_BATCH) {
-        hold_rest(self, first, count, tail);
+    size_t keep = batch_size(first, count);
+    if (count > keep) {
+        hold_rest(self, first, count, keep, tail);
     }
     PyObject *owner, *futures;
     bound_futures(self, &owner, &futures);

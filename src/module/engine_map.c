@@ -18,19 +18,17 @@ static int
 chunk_task(uint64_t job, uint64_t index, uint32_t kind, const Py_buffer *func,
            PyObject *chunk, PyObject *pickle_dumps, pp_msg **task)
 {
-    pp_buf buf = {0};
-    int rc = pp__codec_encode(chunk, &buf);
+    /* Encoded straight into the message, after the function. */
+    int rc = pp__codec_encode_msg(chunk, func->buf, (size_t)func->len, task);
     if (rc < 0) {
-        pp__buf_fini(&buf);
         return -1;
     }
     if (rc == 0) {
-        *task = pp_msg_new_task(job, index, kind, func->buf, (size_t)func->len,
-                                buf.data, buf.size);
-        pp__buf_fini(&buf);
+        (*task)->job = job;
+        (*task)->index = index;
+        (*task)->kind = kind;
     }
     else {
-        pp__buf_fini(&buf);
         PyObject *pickled = PyObject_CallOneArg(pickle_dumps, chunk);
         if (pickled == NULL) {
             return -1;

@@ -103,6 +103,19 @@ pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
 PyObject *
 pp__completion_tuple(const pp_msg *msg)
 {
+    if (msg->kind == PP_DONE_OK && pp__codec_is(msg->data, msg->size)) {
+        /* Decoded straight from the message: no bytes copy of it, no
+         * Python call.  If it fails, the bytes go to Python, whose
+         * decode() raises the error again for just this task. */
+        PyObject *value = pp__codec_decode(msg->data, msg->size);
+        if (value != NULL) {
+            return Py_BuildValue("(KKIIN)", (unsigned long long)msg->job,
+                                 (unsigned long long)msg->index,
+                                 (unsigned)PP_DONE_DECODED,
+                                 (unsigned)msg->worker, value);
+        }
+        PyErr_Clear();
+    }
     return Py_BuildValue("(KKIIy#)", (unsigned long long)msg->job,
                          (unsigned long long)msg->index, (unsigned)msg->kind,
                          (unsigned)msg->worker, (const char *)msg->data,
@@ -299,6 +312,7 @@ module_exec(PyObject *module)
     ADD_INT(PP_SITE_TEMPLATE_MIN_WORKERS)
     ADD_INT(PP_COLLECT_BATCH)
     ADD_INT(PP_DONE_OK)
+    ADD_INT(PP_DONE_DECODED)
     ADD_INT(PP_DONE_ERROR)
     ADD_INT(PP_DONE_UNPICKLABLE)
     ADD_INT(PP_DONE_INIT_FAILED)

@@ -24,6 +24,12 @@
  * that went over every large result still young (data_pass's, measured
  * in docs/design.md, "The collector and the garbage collector"). */
 #define PP_COLLECT_BATCH 64
+/* ... and stops early once it has decoded this many payload bytes: the
+ * decoding holds the main GIL, so a batch of large results would keep
+ * a caller's thread (an imap consumer) waiting for it well past the
+ * interpreter's switch interval.  Between collect() calls the GIL can
+ * change hands. */
+#define PP_COLLECT_BYTES (1u << 20)
 
 /* What the Future type (future_type.c) needs; all NULL until
  * _poolparty.future_type() makes it. */
@@ -90,8 +96,13 @@ int pp__timeout_ns(PyObject *obj, int64_t *out);
 pp_msg *pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
                               PyObject *func, PyObject *args);
 
-/* A tuple (job, index, kind, worker, payload bytes) for a completion.
- * New reference or NULL. */
+/* A completion's kind in collect()'s tuples (never in a pp_msg): a
+ * successful codec result, already decoded; the payload is the value. */
+#define PP_DONE_DECODED 64
+
+/* A tuple (job, index, kind, worker, payload bytes) for a completion,
+ * or (job, index, PP_DONE_DECODED, worker, value) for a codec result.
+ * New reference or NULL.  Needs: main GIL. */
 PyObject *pp__completion_tuple(const pp_msg *msg);
 
 /* _poolparty.Engine's instance.  Three files share it, each owning its
@@ -107,7 +118,8 @@ typedef struct {
      * free-threaded builds run those without a lock. */
     atomic_uint_fast64_t next_job;
     /* engine_delivery.c: completions taken from the core but not yet
-     * handed out (collect() hands out at most PP_COLLECT_BATCH per call) */
+     * handed out (collect() hands out at most PP_COLLECT_BATCH per call,
+     * fewer when they are large) */
     pp_msg *held;
     pp_msg *held_tail; /* the last of them, NULL when none */
     size_t held_count;

@@ -32,6 +32,7 @@ from ._errors import BrokenInterpreterPool, decode_error
 DESIGNS = {"queue": _core.PP_DESIGN_QUEUE, "call": _core.PP_DESIGN_CALL}
 
 DONE_OK = _core.PP_DONE_OK
+DONE_DECODED = _core.PP_DONE_DECODED  # collect() decoded it: payload is the value
 INIT_FAILED = _core.PP_DONE_INIT_FAILED
 MAIN_IMPORT = _core.PP_DONE_MAIN_IMPORT
 TASK_CALL = _core.PP_TASK_CALL
@@ -334,6 +335,8 @@ def decode(kind, payload):
     Whatever unpickling raises -- even SystemExit from a hostile
     ``__reduce__`` -- fails this one task instead of the collector.
     """
+    if kind == DONE_DECODED:
+        return True, payload
     if kind == DONE_OK:
         try:
             if payload[:4] == _CODEC_MAGIC:

@@ -11,8 +11,9 @@ It prints one line, MARKER followed by a JSON object:
 
     wall_s    construction + map + shutdown of the pool, in seconds
     map_s     the map alone, in seconds: the per-task time.  For the overhead
-              bench it follows a warm-up map of a few tasks (part of wall_s),
-              so that it is the cost of a task on a started pool, also for
+              bench and the workloads that set WARM_UP (the data_* ones) it
+              follows a warm-up map of two tasks per worker (part of
+              wall_s), so that it is the cost on a started pool, also for
               executors that start their workers at the first task.
     cpu_s     user + system CPU time over that span, of this process (all its
               threads and interpreters) and of its children that exited
@@ -110,9 +111,10 @@ def run_workload(bench, mode, workers, scale, sample_gil=True):
                 sampler = NullSampler("not sampled (--no-gil)")
             sampler.start()
         try:
-            if bench == "overhead":
+            if bench == "overhead" or getattr(workload, "WARM_UP", False):
                 warm_up = inputs[:2 * max(1, workers)]
-                if runner.map(workload.task, warm_up) != warm_up:
+                if not workload.check(warm_up, runner.map(workload.task,
+                                                          warm_up)):
                     raise RuntimeError("the warm-up map returned wrong results")
             map_t0 = time.perf_counter()
             results = runner.map(workload.task, inputs)

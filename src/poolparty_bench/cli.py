@@ -16,11 +16,15 @@ from . import modes
 from .modes import (ALL_MODES, API_MODES, DEFAULT_BUILD_MODES,
                     DEFAULT_RUN_MODES, EXTRA_MODES, FREE_THREADED_MODES,
                     SEQUENTIAL_MODES)
+from .results import WARM_BENCHES
 
 DEFAULT_BENCHES = ("fib", "fib2", "nbody", "nbody_no_share", "raytrace",
                    "data_pass")
 STARTUP = "startup"
-ALL_BENCHES = DEFAULT_BENCHES + ("overhead", STARTUP)
+# Distinct values, as computations return them, timed on warm pools too;
+# `--bench data` names them all with data_pass.
+REAL_DATA_BENCHES = WARM_BENCHES
+ALL_BENCHES = DEFAULT_BENCHES + ("overhead", STARTUP) + REAL_DATA_BENCHES
 
 # Scale of each workload in a default run, measured so that the whole
 # default run (every mode, 2 and 16 workers, 3 repeats, nogil included)
@@ -35,6 +39,7 @@ DEFAULT_SCALES = {
     "raytrace": 0.0625,
     "data_pass": 0.125,
     "overhead": 0.1,
+    **dict.fromkeys(REAL_DATA_BENCHES, 0.25),
 }
 
 DEFAULT_REPEAT = 3
@@ -63,6 +68,8 @@ def _names(text, known, what):
 def _bench_list(text):
     if text.strip() == "all":
         return list(ALL_BENCHES)
+    if text.strip() == "data":
+        return ["data_pass", *REAL_DATA_BENCHES]
     return _names(text, ALL_BENCHES, "bench")
 
 
@@ -110,7 +117,9 @@ def build_parser():
         "--bench", type=_bench_list, default=list(DEFAULT_BENCHES),
         metavar="LIST",
         help=f"comma-separated workloads, or 'all' (default: "
-             f"{','.join(DEFAULT_BENCHES)}; also: overhead, startup)")
+             f"{','.join(DEFAULT_BENCHES)}; also: overhead, startup, "
+             f"{', '.join(REAL_DATA_BENCHES)}; 'data' = data_pass and "
+             f"those)")
     parser.add_argument(
         "--mode", type=_mode_list, default=None, metavar="LIST",
         help="comma-separated modes (default: all of them but "

@@ -350,6 +350,22 @@ def test_speedups():
     ]
 
 
+def test_the_data_group_and_warm_speedups():
+    assert cli.parse_args(["--bench", "data"]).bench == [
+        "data_pass", "data_floats", "data_ints", "data_records", "data_text",
+        "data_blob"]
+    recs = [_record("3.13.0", "default", "sequential", 4.0, workers=1,
+                    bench="data_ints"),
+            _record("3.13.0", "default", "interp", 2.0, bench="data_ints"),
+            _record("3.13.0", "default", "interp", 2.0)]
+    for rec, us in zip(recs, (30.0, 10.0, 10.0)):
+        rec["us_per_task"] = us
+    results.add_speedups(recs, primary_python="3.13.0")
+    # From the warm maps' times, for the workloads that time them.
+    assert [r["warm_speedup"] for r in recs] == [1.0, 3.0, None]
+    assert "warm x" in results.format_table(recs)
+
+
 def test_unavailable_record():
     rec = results.unavailable_record(dict(CELL, mode="interp-futures"),
                                      "needs 3.14")

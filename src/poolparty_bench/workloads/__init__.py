@@ -8,15 +8,21 @@ Every workload module defines:
 * ``task(arg)``: the top-level function the pools run on each argument;
 * ``check(inputs, results) -> bool``: whether the results are right.
 
-The modules import only light stdlib modules (math, copy) so they can be
+The modules import only light stdlib modules (math, copy, random) so they can be
 imported inside isolated subinterpreters.
 """
 
-from . import data_pass, fib, fib2, nbody, nbody_no_share, overhead, raytrace
+from . import (data_blob, data_floats, data_ints, data_pass, data_records,
+               data_text, fib, fib2, nbody, nbody_no_share, overhead, raytrace)
+
+# Results of distinct values, as computations make them (data_pass's is
+# one float repeated).
+REAL_DATA = (data_floats, data_ints, data_records, data_text, data_blob)
 
 WORKLOADS = {
     m.NAME: m
-    for m in (fib, fib2, nbody, nbody_no_share, raytrace, data_pass, overhead)
+    for m in (fib, fib2, nbody, nbody_no_share, raytrace, data_pass, overhead,
+              *REAL_DATA)
 }
 
 

@@ -1,0 +1,31 @@
+"""What the data_* workloads share: tasks that compute distinct values.
+
+data_pass returns one float object repeated 65,536 times, which the codec
+sends as one float and a repeat.  A computation's results are distinct
+values: each data_* workload's task builds its value from its argument
+(so a result delivered to the wrong task is caught), and its check
+rebuilds the expected value in the main interpreter.
+"""
+
+BASE_TASKS = 128
+MIN_TASKS = 4
+# The cell maps two tasks per worker first and times the map after them
+# (map_s): the warm-pool figure, next to the usual cold one (wall_s).
+WARM_UP = True
+
+
+def inputs(scale: float) -> list:
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale!r}")
+    return list(range(max(MIN_TASKS, round(BASE_TASKS * scale))))
+
+
+def checker(task):
+    """check(inputs, results) comparing each result with task(arg)."""
+
+    def check(inputs: list, results: list) -> bool:
+        return len(results) == len(inputs) and all(
+            type(r) is type(e) and r == e
+            for r, e in zip(results, map(task, inputs)))
+
+    return check
