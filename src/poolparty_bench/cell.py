@@ -15,6 +15,7 @@ It prints one line, MARKER followed by a JSON object:
               follows a warm-up map of two tasks per worker (part of
               wall_s), so that it is the cost on a started pool, also for
               executors that start their workers at the first task.
+    map_cpu_s the CPU time of this process (all threads) during the map
     cpu_s     user + system CPU time over that span, of this process (all its
               threads and interpreters) and of its children that exited
     sampler_s time spent starting and stopping the GIL sampler, taken out
@@ -116,9 +117,11 @@ def run_workload(bench, mode, workers, scale, sample_gil=True):
                 if not workload.check(warm_up, runner.map(workload.task,
                                                           warm_up)):
                     raise RuntimeError("the warm-up map returned wrong results")
+            map_cpu0 = _cpu_seconds()
             map_t0 = time.perf_counter()
             results = runner.map(workload.task, inputs)
             map_s = time.perf_counter() - map_t0
+            map_cpu_s = _cpu_seconds() - map_cpu0
         finally:
             with aside:
                 gil = sampler.stop()
@@ -132,6 +135,7 @@ def run_workload(bench, mode, workers, scale, sample_gil=True):
         "cpu_s": cpu,
         "sampler_s": aside.wall,
         "map_s": map_s,
+        "map_cpu_s": map_cpu_s,
         "tasks": len(inputs),
         "correct": bool(workload.check(inputs, results)),
         "gil": gil,

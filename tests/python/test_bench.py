@@ -290,6 +290,10 @@ def test_us_per_task_comes_from_the_map_alone_when_measured():
     rec = results.aggregate(dict(CELL, bench="overhead"), runs, cores=2)
     assert rec["wall_s_median"] == 2.0
     assert rec["us_per_task"] == pytest.approx(0.2e6 / 64)
+    assert rec["cpu_us_per_task"] is None  # not measured by these runs
+    runs = [dict(r, map_cpu_s=c) for r, c in zip(runs, (0.3, 0.1, 0.2))]
+    rec = results.aggregate(dict(CELL, bench="overhead"), runs, cores=2)
+    assert rec["cpu_us_per_task"] == pytest.approx(0.2e6 / 64)
 
 
 def test_aggregate_wrong_and_failed_repeats():
@@ -432,8 +436,8 @@ def test_api_table_puts_each_call_beside_the_stdlibs():
     text = results.format_api_table(recs)
     lines = text.splitlines()
     assert lines[0].startswith("Python 3.13.0, 2 workers, 64 no-op tasks")
-    assert "| Pool.map | 15625.00 | 62500.00 | 0.25 |" in lines
-    assert "| Pool.apply_async | 7812.50 | 31250.00 | 0.25 |" in lines
+    assert "| Pool.map | 15625.00 | 62500.00 | 0.25 | - |" in lines
+    assert "| Pool.apply_async | 7812.50 | 31250.00 | 0.25 | - |" in lines
     assert not any("imap" in line for line in lines)
     assert results.format_api_table(recs[2:3]) == ""
 
