@@ -79,11 +79,65 @@ def measure(repeat=20, n=N):
     return rows
 
 
+def buffers(size_mb=64, repeat=5):
+    """Seconds to move a `size_mb` MB bytes result through a warm pool of
+    each kind, and to memcpy it once in this process: {name: seconds}."""
+    import ctypes
+    import multiprocessing
+    from multiprocessing.pool import ThreadPool
+
+    from poolparty import SubinterpreterPool
+
+    from .workloads._realdata import blob, blob_size
+
+    size = size_mb << 20
+    source = bytes(size)
+    target = bytearray(size)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(target))
+    times = {"memcpy (to warm memory)": [], "bytes copy (to fresh memory)": []}
+    for _ in range(repeat):
+        start = time.perf_counter()
+        ctypes.memmove(address, source, size)
+        times["memcpy (to warm memory)"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        copy = bytes(memoryview(source))   # a new object: fresh memory
+        times["bytes copy (to fresh memory)"].append(time.perf_counter() - start)
+        del copy
+    pools = {"poolparty": lambda: SubinterpreterPool(1),
+             "ThreadPool": lambda: ThreadPool(1),
+             "spawn Pool": lambda: multiprocessing.get_context("spawn").Pool(1)}
+    for name, make in pools.items():
+        with make() as pool:
+            pool.apply(blob, (size,))               # warm: made and kept
+            assert pool.apply(blob_size, (source,)) == size
+            for what, call in (("result", lambda: pool.apply(blob, (size,))),
+                               ("argument",
+                                lambda: pool.apply(blob_size, (source,)))):
+                key = f"{name}: {size_mb} MB {what}"
+                times[key] = []
+                for _ in range(repeat):
+                    start = time.perf_counter()
+                    call()
+                    times[key].append(time.perf_counter() - start)
+    return {key: min(values) for key, values in times.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("-n", type=int, default=N, help="items per value")
+    parser.add_argument("--buffers", type=int, metavar="MB",
+                        help="instead: time a MB-sized bytes result and "
+                             "argument through warm pools, against memcpy")
     args = parser.parse_args(argv)
+    if args.buffers:
+        found = buffers(args.buffers, min(args.repeat, 5))
+        base = found["memcpy (to warm memory)"]
+        print(f"Python {sys.version.split()[0]}, best of {min(args.repeat, 5)}")
+        for key, seconds in found.items():
+            print(f"{key:34} {seconds * 1e3:8.1f} ms {args.buffers / 1024 / seconds:6.2f} GB/s"
+                  f"  {seconds / base:5.1f}x memcpy")
+        return 0
     rows = measure(args.repeat, args.n)
     print(f"Python {sys.version.split()[0]}, n={args.n}, best of {args.repeat}; "
           "times in ms, ratio = codec / pickle")

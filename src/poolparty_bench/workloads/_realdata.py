@@ -29,3 +29,20 @@ def checker(task):
             for r, e in zip(results, map(task, inputs)))
 
     return check
+
+
+_blobs = {}
+
+
+def blob(size):
+    """A bytes of `size` made once per interpreter and kept: what a task
+    returns when only moving it is to be timed."""
+    if size not in _blobs:
+        _blobs.clear()
+        _blobs[size] = bytes(range(256)) * (size // 256)
+    return _blobs[size]
+
+
+def blob_size(data):
+    """len(data): a task whose argument is the large part."""
+    return len(data)
