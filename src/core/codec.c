@@ -50,9 +50,14 @@ enum {
     T_LIST = 13,     /* varint n, n items (REPEAT allowed) */
     T_DICT = 14,     /* varint n, n (key, value) pairs */
     T_REF = 15,      /* varint number of an object numbered earlier */
-    T_REPEAT = 16    /* inside a tuple/list: varint k, the previous item k
+    T_REPEAT = 16,   /* inside a tuple/list: varint k, the previous item k
                         more times */
+    T_ARRAY = 17,    /* array.array: 1 byte typecode, varint n, n bytes */
+    T_MEMORYVIEW = 18 /* 1 byte readonly, varint f, f bytes of format,
+                         varint n, n bytes (one dimension) */
 };
+/* array.array typecodes the codec sends (numbers; 'u'/'w' go to pickle). */
+#define ARRAY_TYPECODES "bBhHiIlLqQfd"
 #define T_NUMBERED 0x80 /* flag on a tag: number the object it makes */
 
 /* Enough room for any tag, varint and fixed-size number together. */
@@ -361,6 +366,46 @@ encode_str(pp_buf *out, unsigned char flag, PyObject *obj)
     return rc;
 }
 
+/* An array.array of numbers, or a one-dimensional C-contiguous
+ * memoryview: its format and its bytes, copied now (so, like a
+ * bytearray, later changes are not sent).  Anything else in a buffer is
+ * pickle's (which refuses memoryviews). */
+static int
+encode_buffer(pp_buf *out, unsigned char flag, PyObject *obj, int memoryview)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) <
+        0) {
+        PyErr_Clear();
+        return ENC_UNSUPPORTED;
+    }
+    const char *format = view.format ? view.format : "B";
+    size_t format_size = strlen(format);
+    int rc = ENC_UNSUPPORTED;
+    if (memoryview ? view.ndim == 1 && format_size < 64
+                   : format_size == 1 && strchr(ARRAY_TYPECODES, *format)) {
+        size_t size = (size_t)view.len;
+        rc = reserve(out, 2 * SMALL + format_size + size) < 0 ? enc_nomem()
+                                                              : ENC_OK;
+        if (rc == ENC_OK && memoryview) {
+            emit_byte(out, T_MEMORYVIEW | flag);
+            emit_byte(out, view.readonly ? 1 : 0);
+            emit_varint(out, (uint64_t)format_size);
+            emit_raw(out, format, format_size);
+        }
+        else if (rc == ENC_OK) {
+            emit_byte(out, T_ARRAY | flag);
+            emit_byte(out, (unsigned char)*format);
+        }
+        if (rc == ENC_OK) {
+            emit_varint(out, (uint64_t)size);
+            emit_raw(out, view.buf, size);
+        }
+    }
+    PyBuffer_Release(&view);
+    return rc;
+}
+
 /* A list, tuple or dict: the recursion is bounded the way the
  * interpreter bounds its own (too deep: pickle's turn, which raises
  * RecursionError or copes). */
@@ -479,6 +524,10 @@ encode_value(encoder *e, PyObject *obj)
         /* Copied now: what the task does to it later is not sent. */
         return encode_blob(out, T_BYTEARRAY | flag, PyByteArray_AS_STRING(obj),
                            (size_t)PyByteArray_GET_SIZE(obj));
+    }
+    if (type == &PyMemoryView_Type ||
+        strcmp(type->tp_name, "array.array") == 0) {
+        return encode_buffer(out, flag, obj, type == &PyMemoryView_Type);
     }
     return ENC_UNSUPPORTED;
 }
@@ -875,6 +924,79 @@ decode_container(decoder *d, unsigned char tag, int numbered)
     return obj;
 }
 
+/* An array.array or a memoryview written by encode_buffer, its bytes
+ * copied once out of the input.  Needs: the GIL. */
+static PyObject *
+decode_buffer(decoder *d, unsigned char tag)
+{
+    uint64_t n, format_size = 1;
+    if (d->pos >= d->end) {
+        return corrupt();
+    }
+    unsigned char first = *d->pos++; /* typecode, or readonly */
+    char format[64] = {(char)first, 0};
+    if (tag == T_MEMORYVIEW) {
+        if (get_length(d, &format_size) < 0 || format_size == 0 ||
+            format_size >= sizeof(format)) {
+            return corrupt();
+        }
+        memcpy(format, d->pos, (size_t)format_size);
+        format[format_size] = '\0';
+        d->pos += format_size;
+    }
+    else if (first == 0 || strchr(ARRAY_TYPECODES, first) == NULL) {
+        return corrupt();
+    }
+    if (get_length(d, &n) < 0) {
+        return corrupt();
+    }
+    const char *data = (const char *)d->pos;
+    d->pos += n;
+    if (tag == T_MEMORYVIEW) {
+        /* Over a bytes when it was read-only, else over a bytearray; cast
+         * from bytes to its format (which checks it). */
+        PyObject *base = first ? PyBytes_FromStringAndSize(data, (Py_ssize_t)n)
+                               : PyByteArray_FromStringAndSize(
+                                     data, (Py_ssize_t)n);
+        PyObject *view = base ? PyMemoryView_FromObject(base) : NULL;
+        Py_XDECREF(base);
+        if (view == NULL || strcmp(format, "B") == 0) {
+            return view;
+        }
+        PyObject *cast = PyObject_CallMethod(view, "cast", "s", format);
+        Py_DECREF(view);
+        if (cast == NULL) { /* a format or length that does not fit */
+            PyErr_Clear();
+            return corrupt();
+        }
+        return cast;
+    }
+    PyObject *module = PyImport_ImportModule("array");
+    PyObject *array = module ? PyObject_CallMethod(module, "array", "C",
+                                                   (int)first)
+                             : NULL;
+    Py_XDECREF(module);
+    PyObject *view = array ? PyMemoryView_FromMemory((char *)data,
+                                                     (Py_ssize_t)n, PyBUF_READ)
+                           : NULL;
+    PyObject *done = view ? PyObject_CallMethod(array, "frombytes", "O", view)
+                          : NULL;
+    if (view != NULL) {
+        /* Nothing may keep reading the input once this returns. */
+        PyObject *exc = PyErr_GetRaisedException();
+        PyObject *released = PyObject_CallMethod(view, "release", NULL);
+        Py_XDECREF(released);
+        PyErr_Clear();
+        PyErr_SetRaisedException(exc);
+        Py_DECREF(view);
+    }
+    if (done == NULL) {
+        Py_CLEAR(array);
+    }
+    Py_XDECREF(done);
+    return array;
+}
+
 /* An int written as hex text by encode_bigint.  Needs: the GIL. */
 static PyObject *
 decode_bigint(decoder *d)
@@ -943,6 +1065,10 @@ decode_value(decoder *d)
     }
     case T_BIGINT:
         obj = decode_bigint(d);
+        break;
+    case T_ARRAY:
+    case T_MEMORYVIEW:
+        obj = decode_buffer(d, tag);
         break;
     case T_STR1:
     case T_STR8:

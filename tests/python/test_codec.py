@@ -1,6 +1,7 @@
 """The C codec for plain data: exact round trips, shared references kept,
 and a clean fallback (None) for anything it does not handle."""
 
+import array
 import math
 import sys
 import pickle
@@ -115,6 +116,28 @@ def test_an_object_met_again_stays_one_object():
     assert first[0] is second[0] and first[1] is second[1]  # keys sent once
 
 
+@pytest.mark.parametrize("value", [
+    *(array.array(code, [1, 2, 3]) for code in "bBhHiIlLqQ"),
+    array.array("d", [1.5, -0.0, math.inf]), array.array("f", [0.25]),
+    array.array("q"), memoryview(b"read only"), memoryview(bytearray(b"rw")),
+    memoryview(array.array("d", [2.5, 3.5])), memoryview(b"abcd").cast("H"),
+])
+def test_arrays_and_memoryviews_round_trip(value):
+    back = core.decode(core.encode(value))
+    assert type(back) is type(value) and back == value
+    assert back.tolist() == value.tolist()
+    if isinstance(value, memoryview):
+        assert (back.readonly, back.format) == (value.readonly, value.format)
+    else:
+        assert back.typecode == value.typecode
+
+
+def test_buffers_that_pickle_or_nobody_does():
+    assert core.encode(memoryview(b"abcdef")[::2]) is None       # strided
+    assert core.encode(memoryview(b"abcd").cast("B", (2, 2))) is None
+    assert core.encode(type("A", (array.array,), {})("d")) is None  # subclass
+
+
 def test_a_bytearray_is_copied_when_encoded():
     value = bytearray(b"abc")
     data = core.encode(value)
@@ -135,7 +158,7 @@ def test_too_deep_falls_back_to_pickle_and_never_crashes():
 
 
 @pytest.mark.parametrize("value", [
-    {1, 2}, frozenset(), 1 + 2j, memoryview(b"x"),
+    {1, 2}, frozenset(), 1 + 2j,
     type("Sub", (list,), {})(),           # subclasses are pickle's job
     type("Text", (str,), {})("x"), type("Int", (int,), {})(5),
 ])
@@ -156,6 +179,8 @@ def test_a_tuple_inside_itself_falls_back():
     b"\xb5pp2\x0f\x07", b"\xb5pp2\x00\x00", b"\xb5pp2\x06\x02zz", b"\xb5pp2\x06\x03\x30x\x00",
     b"\xb5pp2\x06\x00", b"\xb5pp2\x08\x05abc", b"\xb5pp2\x09\x02\xff\xfe", b"\xb5pp2\x04\x01",
     b"\xb5pp2\x07\x00\x00", b"\xb5pp2\x03", b"\xb5pp2\x8d\x01\x0f\x01",
+    b"\xb5pp2\x11zz", b"\xb5pp2\x11d\x03abc", b"\xb5pp2\x11d\x09", b"\xb5pp2\x12",
+    b"\xb5pp2\x12\x01\x00", b"\xb5pp2\x12\x01\x02Qz\x01a", b"\xb5pp2\x12\x01\x01d\x03abc",
 ])
 def test_corrupt_input_raises_value_error(data):
     with pytest.raises(ValueError):

@@ -21,10 +21,11 @@ VALUES = [
     [{"id": i, "name": str(i), "tags": ["a"], "ok": True} for i in range(200)],
     (1, 2.5, "x", b"y", None, (), []),
     bytes(range(256)) * 1000, bytearray(b"abc" * 1000),
+    array.array("d", range(10_000)), array.array("b", [1, -1]),
 ]
 FALLBACK = [                                           # pickle's job
     {1, 2, 3}, frozenset("ab"), 1 + 2j, fractions.Fraction(1, 3),
-    array.array("d", [1.0, 2.0]), [{"set": {1}}], {(1, 2): [3]},
+    [{"set": {1}}], {(1, 2): [3]},
 ]
 
 
@@ -42,6 +43,17 @@ def test_the_executor_round_trips_them_too(make_executor):
         for value in VALUES + FALLBACK:
             assert executor.submit(data_tasks.echo, value).result() == value
         assert list(executor.map(data_tasks.echo, VALUES)) == VALUES
+
+
+@pytest.mark.skipif(REFERENCE, reason="pickle refuses memoryviews")
+def test_memoryviews_travel_too(make_pool):
+    values = [memoryview(b"x" * 100_000), memoryview(array.array("i", [1, 2])),
+              memoryview(bytearray(b"rw"))]
+    with make_pool(1) as pool:
+        for value in values:
+            back = pool.apply(data_tasks.echo, (value,))
+            assert type(back) is memoryview and back == value
+            assert (back.format, back.readonly) == (value.format, value.readonly)
 
 
 @pytest.mark.skipif(REFERENCE, reason="poolparty's codec")
