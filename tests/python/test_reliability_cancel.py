@@ -46,7 +46,9 @@ def test_cancel_futures_of_an_idle_executor(make_executor):
     time.sleep(0.1)  # every worker is back waiting for work
     ran = _check_cancel_futures(executor)
     if not REFERENCE:
-        assert ran == 5  # exactly one per idle worker
+        # at least one per idle worker (more when the submits are slow
+        # enough, under a sanitizer, for workers to finish theirs)
+        assert ran >= 5
 
 
 def test_cancel_futures_without_waiting_does_not_wait_for_starting_workers(
