@@ -521,6 +521,10 @@ def _collect(runner):
                     # through) must not kill the collector: every later
                     # result would hang.
                     report_callback_error("result delivery")
+        # Keep nothing of this batch while waiting for the next: the last
+        # result would otherwise stay alive after its caller dropped it
+        # (a large one is memory the caller cannot get back).
+        batch = payload = value = None
 
 
 def _import_for_worker(engine, worker_id, payload):
@@ -585,6 +589,11 @@ def register_finalizer(owner, runner, on_exit):
 
 _finalizers = []
 _exiting = False
+
+
+def exiting():
+    """True once the interpreter's exit has begun stopping pools."""
+    return _exiting
 # Runners whose workers may still hold subinterpreters.  A finalizer that
 # another thread is running right now (a pool collected by the collector
 # thread's garbage collection, say) is already dead for detach(), yet its

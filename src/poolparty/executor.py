@@ -181,6 +181,11 @@ class SubinterpreterPoolExecutor(PoolBase, Executor):
         self._raise_if_broken()
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+        if _engine.exiting():
+            # Our exit hook has closed the engine (as concurrent.futures'
+            # own exit hook stops its executors).
+            raise RuntimeError(
+                "cannot schedule new futures after interpreter shutdown")
 
     def _stopped_error(self):
         return RuntimeError(
@@ -304,7 +309,12 @@ class SubinterpreterPoolExecutor(PoolBase, Executor):
                     chunk = results.take(index, end_time - time.monotonic())
                 if type(chunk) is _MapFailure:
                     raise chunk.error
-                yield from chunk
+                # Hand each result over without keeping it: once the
+                # caller drops it, nothing here holds it any more.
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
+                del chunk
         finally:
             self._engine.cancel_job(job)
             self._sink.maps.pop(job, None)

@@ -2,6 +2,7 @@
 
 import itertools
 import threading
+import warnings
 from multiprocessing import TimeoutError as _TimeoutError
 from multiprocessing.pool import (
     ApplyResult,
@@ -289,6 +290,15 @@ class SubinterpreterPool(PoolBase):
 
     def __exit__(self, exc_type, exc_value, traceback):
         self.terminate()
+
+    def __del__(self, _warn=warnings.warn, RUN=_RUN):
+        # As multiprocessing.Pool since 3.8: a running pool dropped without
+        # close()/terminate() is a resource leak the user should hear of
+        # (the finalizer still stops it).  The defaults keep working while
+        # the interpreter tears modules down.
+        if getattr(self, "_state", None) == RUN:
+            _warn(f"unclosed running multiprocessing pool {self!r}",
+                  ResourceWarning, source=self)
 
     def __repr__(self):
         return (f"<{type(self).__qualname__} state={self._state} "

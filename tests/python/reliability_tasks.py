@@ -264,3 +264,19 @@ def block_at_worker_exit(fd):
 
     atexit.register(os.read, fd, 1)
     return fd
+
+
+class Box:
+    """A result that can be weakly referenced (and so watched for release)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def box(value):
+    return Box(value)
+
+
+def fresh_list(n):
+    """A plain-data result (the codec's, finished in C for futures)."""
+    return [n] * 3
