@@ -413,6 +413,28 @@ hold_rest(PyObject *self, pp_msg *first, size_t count, size_t keep,
     PP_UNLOCK_OBJECT();
 }
 
+/* Put the chain from `first` (at most a batch) back in front of the
+ * held completions: collect() could not hand them out.  Needs: main
+ * GIL. */
+static void
+hold_again(PyObject *self, pp_msg *first)
+{
+    pp_engine_object *eo = (pp_engine_object *)self;
+    size_t count = 1;
+    pp_msg *tail = first;
+    for (; tail->next != NULL; tail = tail->next) {
+        count++;
+    }
+    PP_LOCK_OBJECT(self);
+    tail->next = eo->held;
+    if (eo->held == NULL) {
+        eo->held_tail = tail;
+    }
+    eo->held = first;
+    eo->held_count += count;
+    PP_UNLOCK_OBJECT();
+}
+
 /* collect(timeout=None) -> list of completions as (job, index, kind,
  * worker, payload) tuples, [] on timeout, or None once every worker has
  * exited and all was collected.  At most PP_COLLECT_BATCH per call,
@@ -462,12 +484,16 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     Py_XDECREF(owner);
     pp_module_state *st = pp__state_from_type(Py_TYPE(self));
     PyObject *list = PyList_New(0);
-    for (pp_msg *msg = first; list != NULL && msg != NULL; msg = msg->next) {
+    /* The first completion not handed out (on an error), and the one
+     * before it. */
+    pp_msg *failed = list == NULL ? first : NULL, *before = NULL;
+    for (pp_msg *msg = first; failed == NULL && msg != NULL;
+         before = msg, msg = msg->next) {
         if (futures != NULL) {
             /* The executor's Futures, or the pool's results. */
             int done = finish_here(st, futures, msg);
             if (done < 0) {
-                Py_CLEAR(list);
+                failed = msg;
                 break;
             }
             if (done) {
@@ -477,14 +503,28 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         PyObject *item = pp__completion_tuple(msg);
         if (item == NULL || PyList_Append(list, item) < 0) {
             Py_XDECREF(item);
-            Py_CLEAR(list);
+            failed = msg;
             break;
         }
         Py_DECREF(item);
     }
     Py_XDECREF(futures);
-    /* On failure the completions are lost with the exception; the
-     * caller (the result handler) treats that as fatal for the pool. */
+    if (failed != NULL) {
+        /* Out of memory, say.  Lose nothing (those results would never
+         * come) and deliver nothing twice: the completions from `failed`
+         * on stay held for the next call.  If some were handed out, they
+         * are returned and the error is dropped -- the next call meets it
+         * again if it persists; if none were, it is raised. */
+        if (before != NULL) {
+            before->next = NULL;
+        }
+        hold_again(self, failed);
+        if (before == NULL) {
+            Py_XDECREF(list);
+            return NULL;
+        }
+        PyErr_Clear();
+    }
     pp_msg_free_chain(first);
     return list;
 }

@@ -107,8 +107,11 @@ pp__engine_type_submit_map(PyObject *self, PyObject *const *args,
     if (PyObject_GetBuffer(args[2], &func, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(args[3], "map() needs an iterable of "
-                                             "items");
+    /* A snapshot (a tuple is its own): pickle_dumps runs Python code (a
+     * __reduce__, a garbage collection), and so may another thread on a
+     * free-threaded build, either of which could shrink the caller's
+     * list under the reads below. */
+    PyObject *seq = PySequence_Tuple(args[3]);
     PyObject *failures = PyList_New(0);
     PyObject *result = NULL;
     pp_msg *first = NULL, *last = NULL;
@@ -127,9 +130,6 @@ pp__engine_type_submit_map(PyObject *self, PyObject *const *args,
         if (chunk == NULL) {
             goto done;
         }
-        /* Re-read the items each time: pickle_dumps runs Python code,
-         * which may not resize seq (a list we hold), yet may replace
-         * items in it. */
         PyObject **items = PySequence_Fast_ITEMS(seq);
         for (Py_ssize_t i = 0; i < size; i++) {
             PyList_SET_ITEM(chunk, i, Py_NewRef(items[start + i]));

@@ -12,6 +12,11 @@ typedef struct {
     PyObject_HEAD
     pp_interp *it;         /* lock: NULL once closed */
     pthread_mutex_t lock;  /* held for the whole of a call or a close */
+    /* What the getters read, without the lock (which a call holds for
+     * its whole length): `it` itself may be freed meanwhile by close(),
+     * which runs with the GIL released.  id is set once, at creation. */
+    long long id;
+    atomic_int closed;
     pp_boot boot;          /* owned; kept for the interpreter's life */
 } InterpreterObject;
 
@@ -36,6 +41,7 @@ interpreter_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         goto done;
     }
     pthread_mutex_init(&SELF(self)->lock, NULL);
+    atomic_init(&SELF(self)->closed, 0);
     if (pp__boot_init(&SELF(self)->boot, sys_path.buf, (size_t)sys_path.len,
                       payload.buf, (size_t)payload.len) != PP_OK) {
         Py_CLEAR(self);
@@ -68,6 +74,7 @@ interpreter_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         goto done;
     }
     SELF(self)->it = it;
+    SELF(self)->id = (long long)PyInterpreterState_GetID(it->interp);
 done:
     pp_msg_free(failure);
     PyBuffer_Release(&sys_path);
@@ -91,6 +98,7 @@ close_interp(InterpreterObject *self, int wait)
     if (rc == PP_OK) {
         pp_interp *it = self->it;
         self->it = NULL;
+        atomic_store(&self->closed, 1);
         if (it != NULL) {
             pp__interp_destroy(it);
         }
@@ -213,17 +221,16 @@ interpreter_close(PyObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 interpreter_get_closed(PyObject *self, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(SELF(self)->it == NULL);
+    return PyBool_FromLong(atomic_load(&SELF(self)->closed));
 }
 
 static PyObject *
 interpreter_get_id(PyObject *self, void *Py_UNUSED(closure))
 {
-    pp_interp *it = SELF(self)->it;
-    if (it == NULL) {
+    if (atomic_load(&SELF(self)->closed)) {
         Py_RETURN_NONE;
     }
-    return PyLong_FromLongLong(PyInterpreterState_GetID(it->interp));
+    return PyLong_FromLongLong(SELF(self)->id);
 }
 
 static PyMethodDef interpreter_methods[] = {

@@ -44,6 +44,9 @@ FUNC_BY_NAME = _core.PP_TASK_FUNC_BY_NAME
 # How often a waiting join() wakes to let Ctrl-C through; the C wait
 # itself cannot see signals.
 _JOIN_SLICE_S = 0.1
+# How long the collector waits before it tries again after collect()
+# failed once more (out of memory still): not a hot loop.
+_COLLECT_RETRY_S = 0.05
 
 # How long join() waits, after terminate(), for workers to end before it
 # abandons those still running: a task blocked inside C (time.sleep, a
@@ -492,11 +495,22 @@ def _collect(runner):
     """The collector thread: completions from C to the sink."""
     engine, sink, lock = runner.engine, runner.sink, runner.lock
     broken = False
+    collect_failed = False
     while True:
         # Futures and pool results bound to the engine
         # (Engine.bind_futures) with plain results are finished inside
         # collect() and not in the batch.
-        batch = engine.collect(None)
+        try:
+            batch = engine.collect(None)
+        except BaseException as exc:  # MemoryError, say
+            # Ending this thread would leave every pending result waiting
+            # for ever.  The batch stays in the Engine for the next call.
+            if not collect_failed:
+                collect_failed = True
+                _collect_failed(runner, exc)
+            else:
+                time.sleep(_COLLECT_RETRY_S)
+            continue
         if batch is None:
             return  # every worker exited and everything was delivered
         with lock:
@@ -512,7 +526,8 @@ def _collect(runner):
                 ok, value = decode(kind, payload)
                 if not ok and runner.terminating and isinstance(value, SystemExit):
                     interrupted = runner.reason()
-                    interrupted.__cause__ = value
+                    if interrupted.__cause__ is None:  # else it names why
+                        interrupted.__cause__ = value
                     ok, value = False, interrupted
                 try:
                     sink.deliver(job, index, ok, value)
@@ -563,6 +578,25 @@ def _break(engine, sink, cause):
     sink.broken(error)
     for job, index in engine.terminate():
         sink.deliver(job, index, False, error)
+
+
+def _collect_failed(runner, cause):
+    """Engine.collect() raised: break the pool rather than hang it.
+
+    Every queued and running task fails with BrokenInterpreterPool (its
+    ``__cause__`` the collect() error), and so does every later call;
+    results that were already done are still delivered, as the collector
+    carries on.
+    """
+    error = BrokenInterpreterPool(
+        "taking the workers' results failed, so the pool stopped: "
+        f"{type(cause).__name__}: {cause} (that exception is the __cause__; "
+        "create a new pool)"
+    )
+    error.__cause__ = cause
+    with runner.lock:
+        runner.sink.broken(error)
+    runner.terminate(lambda: broken_again(error))
 
 
 def broken_again(error):
