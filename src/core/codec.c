@@ -238,6 +238,9 @@ typedef struct {
     pp_buf *out;
     memo seen;
     uint64_t numbered; /* objects numbered so far */
+#ifdef Py_GIL_DISABLED
+    PyObject *copies; /* see copy_to_encode(); NULL until the first */
+#endif
 } encoder;
 
 /* Results of the encoder's functions. */
@@ -406,6 +409,31 @@ encode_buffer(pp_buf *out, unsigned char flag, PyObject *obj, int memoryview)
     return rc;
 }
 
+#ifdef Py_GIL_DISABLED
+/* A free-threaded build has no GIL to keep other threads from changing a
+ * list or dict while it is encoded (its item array freed under the
+ * encoder by an append): encode `copy`, made under the object's own lock
+ * (PyList_AsTuple, PyDict_Copy).  Copies are kept until the encoding
+ * ends, so that no object the memo points at is freed meanwhile -- its
+ * address taken by a new object would be encoded as a reference to the
+ * first.  Borrowed (kept alive by e->copies), or NULL with an exception.
+ * Needs: the encoder's thread. */
+static PyObject *
+copy_to_encode(encoder *e, PyObject *copy)
+{
+    if (copy == NULL) {
+        return NULL;
+    }
+    if (e->copies == NULL && (e->copies = PyList_New(0)) == NULL) {
+        Py_DECREF(copy);
+        return NULL;
+    }
+    int rc = PyList_Append(e->copies, copy);
+    Py_DECREF(copy);
+    return rc < 0 ? NULL : copy;
+}
+#endif
+
 /* A list, tuple or dict: the recursion is bounded the way the
  * interpreter bounds its own (too deep: pickle's turn, which raises
  * RecursionError or copes). */
@@ -419,22 +447,33 @@ encode_container(encoder *e, PyObject *obj, unsigned char flag)
         return ENC_UNSUPPORTED;
     }
     int rc = ENC_OK;
+    PyObject *items = obj; /* what is read: obj, or a copy of it */
+#ifdef Py_GIL_DISABLED
+    if (type != &PyTuple_Type) {
+        items = copy_to_encode(e, type == &PyList_Type ? PyList_AsTuple(obj)
+                                                       : PyDict_Copy(obj));
+        if (items == NULL) {
+            Py_LeaveRecursiveCall();
+            return ENC_ERROR;
+        }
+    }
+#endif
     if (type == &PyList_Type || type == &PyTuple_Type) {
-        Py_ssize_t n = Py_SIZE(obj);
+        Py_ssize_t n = Py_SIZE(items);
         emit_byte(out, (type == &PyList_Type ? T_LIST : T_TUPLE) | flag);
         emit_varint(out, (uint64_t)n);
-        rc = encode_items(e, PySequence_Fast_ITEMS(obj), n);
+        rc = encode_items(e, PySequence_Fast_ITEMS(items), n);
         if (rc == ENC_OK && flag && type == &PyTuple_Type &&
             memo_put(&e->seen, obj, e->numbered++) < 0) {
             rc = enc_nomem();
         }
     }
     else {
-        Py_ssize_t n = PyDict_GET_SIZE(obj), pos = 0, seen = 0;
+        Py_ssize_t n = PyDict_GET_SIZE(items), pos = 0, seen = 0;
         PyObject *key, *value;
         emit_byte(out, T_DICT | flag);
         emit_varint(out, (uint64_t)n);
-        while (rc == ENC_OK && PyDict_Next(obj, &pos, &key, &value)) {
+        while (rc == ENC_OK && PyDict_Next(items, &pos, &key, &value)) {
             rc = encode_value(e, key);
             if (rc == ENC_OK) {
                 rc = encode_value(e, value);
@@ -521,9 +560,18 @@ encode_value(encoder *e, PyObject *obj)
                            (size_t)PyBytes_GET_SIZE(obj));
     }
     if (type == &PyByteArray_Type) {
-        /* Copied now: what the task does to it later is not sent. */
-        return encode_blob(out, T_BYTEARRAY | flag, PyByteArray_AS_STRING(obj),
-                           (size_t)PyByteArray_GET_SIZE(obj));
+        /* Copied now: what the task does to it later is not sent.  Under
+         * its lock on a free-threaded build: another thread may resize
+         * it meanwhile. */
+#ifdef Py_GIL_DISABLED
+        Py_BEGIN_CRITICAL_SECTION(obj);
+#endif
+        rc = encode_blob(out, T_BYTEARRAY | flag, PyByteArray_AS_STRING(obj),
+                         (size_t)PyByteArray_GET_SIZE(obj));
+#ifdef Py_GIL_DISABLED
+        Py_END_CRITICAL_SECTION();
+#endif
+        return rc;
     }
     if (type == &PyMemoryView_Type ||
         strcmp(type->tp_name, "array.array") == 0) {
@@ -542,6 +590,9 @@ encode_append(PyObject *obj, pp_buf *out)
                  : (emit_raw(out, PP_CODEC_MAGIC, sizeof(PP_CODEC_MAGIC) - 1),
                     encode_value(&e, obj));
     memo_fini(&e.seen);
+#ifdef Py_GIL_DISABLED
+    Py_XDECREF(e.copies);
+#endif
     return rc;
 }
 
