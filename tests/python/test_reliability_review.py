@@ -4,6 +4,7 @@ Each test failed (or crashed, hence the subprocesses) before its fix.
 """
 
 import os
+import sysconfig
 import textwrap
 
 import pytest
@@ -121,3 +122,52 @@ def test_a_failing_collect_breaks_the_pool_instead_of_hanging(
             pass
         pool.terminate()
         pool.join()
+
+
+# --- free-threaded builds: the codec against other threads ---------------------
+
+
+@pytest.mark.skipif(not sysconfig.get_config_var("Py_GIL_DISABLED"),
+                    reason="a free-threaded build's race (the GIL rules it out)")
+def test_encoding_lists_and_dicts_that_other_threads_change(tmp_path):
+    # Without a GIL, the encoder read a list's item array while another
+    # thread's appends reallocated it (and a dict's entries while they
+    # were replaced).  In a subprocess: before the fix it could crash.
+    script = tmp_path / "race.py"
+    script.write_text(textwrap.dedent("""\
+        import threading
+        from poolparty import _poolparty as core
+
+        shared_list = [[i] for i in range(64)]
+        shared_dict = {i: [i] for i in range(64)}
+        payload = {"list": shared_list, "dict": shared_dict}
+        stop = threading.Event()
+
+        def churn():
+            n = 0
+            while not stop.is_set():
+                shared_list.extend([[n]] * 500)
+                del shared_list[64:]
+                shared_dict.update({k: [n] for k in range(64, 300)})
+                for k in range(64, 300):
+                    del shared_dict[k]
+                n += 1
+
+        threads = [threading.Thread(target=churn) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(3000):
+                data = core.encode(payload)
+                if data is not None:
+                    decoded = core.decode(data)
+                    assert decoded["list"][:64] == [[i] for i in range(64)]
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        print("ok")
+        """))
+    result = run_script(script, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"
