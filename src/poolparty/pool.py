@@ -296,7 +296,9 @@ class SubinterpreterPool(PoolBase):
         # close()/terminate() is a resource leak the user should hear of
         # (the finalizer still stops it).  The defaults keep working while
         # the interpreter tears modules down.
-        if getattr(self, "_state", None) == RUN:
+        # (A pool whose arguments were refused never started: no warning.)
+        if (getattr(self, "_state", None) == RUN
+                and getattr(self, "_runner", None) is not None):
             _warn(f"unclosed running multiprocessing pool {self!r}",
                   ResourceWarning, source=self)
 

@@ -115,3 +115,21 @@ def test_stopped_pool_collected_does_not_warn(dispatch, stop):
         del pool
         gc.collect()
     assert [w for w in caught if w.category is ResourceWarning] == []
+
+
+def test_pool_refused_at_construction_does_not_warn():
+    import poolparty
+
+    unraisable = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(ValueError):
+                poolparty.SubinterpreterPool(0)
+            gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert unraisable == []
+    assert [w for w in caught if w.category is ResourceWarning] == []
