@@ -34,15 +34,11 @@ mp_tests = pytest.importorskip(
     reason="this CPython ships no test._test_multiprocessing",
 )
 
-# A test waits for work reliabA's part of issue 15 does (terminate() with
-# tasks blocked in C; the submit-to-start latency): marked until it lands.
+# A test waits for work another part of issue 15 does (item 1: terminate()
+# with tasks blocked in C): marked until it lands.
 ISSUE_15_TERMINATE = (
     "issue 15 item 1: terminate() waits for a task blocked in C "
     "(time.sleep), up to the task's whole sleep"
-)
-ISSUE_15_LATENCY = (
-    "issue 15 item 4: no worker starts a task within the ~75 us that 50 "
-    "submits take, so shutdown(cancel_futures=True) cancels them all"
 )
 
 
@@ -238,6 +234,3 @@ class TestShutdown(_ExecutorMixin, cf_shutdown.ExecutorShutdownTest,
                    cf_util.BaseTestCase):
     pass
 
-
-_mark(TestShutdown, "test_cancel_futures",
-      pytest.mark.xfail(strict=False, reason=ISSUE_15_LATENCY))
