@@ -8,12 +8,14 @@ are tests marked ``reference_hangs`` (where the stdlib itself hangs).
 """
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import subprocess
 import sys
 import threading
 import textwrap
+import warnings
 
 import pytest
 
@@ -230,6 +232,21 @@ def gate(tmp_path, make_pool, make_executor):
     release = tmp_path / "release"
     yield str(release)
     release.touch()
+
+
+@contextlib.contextmanager
+def recording_warnings():
+    """Record every warning, and every unraisable exception (a ``__del__``
+    that raised), inside the block: yields the two lists."""
+    unraisable = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught, unraisable
+    finally:
+        sys.unraisablehook = old_hook
 
 
 def run_clients(client, n_threads, timeout=100):

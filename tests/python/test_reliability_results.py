@@ -10,12 +10,12 @@ garbage collected warns, as multiprocessing.Pool does.
 import gc
 import sys
 import time
-import warnings
 import weakref
 
 import pytest
 
 import reliability_tasks as rt
+from conftest import recording_warnings
 
 pytestmark = pytest.mark.poolparty_only
 
@@ -110,26 +110,19 @@ def test_stopped_pool_collected_does_not_warn(dispatch, stop):
 
     pool = poolparty.SubinterpreterPool(1, dispatch=dispatch)
     getattr(pool, stop)()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with recording_warnings() as (caught, unraisable):
         del pool
         gc.collect()
+    assert unraisable == []
     assert [w for w in caught if w.category is ResourceWarning] == []
 
 
 def test_pool_refused_at_construction_does_not_warn():
     import poolparty
 
-    unraisable = []
-    old_hook = sys.unraisablehook
-    sys.unraisablehook = unraisable.append
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with pytest.raises(ValueError):
-                poolparty.SubinterpreterPool(0)
-            gc.collect()
-    finally:
-        sys.unraisablehook = old_hook
+    with recording_warnings() as (caught, unraisable):
+        with pytest.raises(ValueError):
+            poolparty.SubinterpreterPool(0)
+        gc.collect()
     assert unraisable == []
     assert [w for w in caught if w.category is ResourceWarning] == []

@@ -14,12 +14,16 @@ import sys
 import textwrap
 import threading
 import time
-import warnings
 
 import pytest
 
 import reliability_tasks as rt
-from conftest import REFERENCE, SUBPROCESS_TIMEOUT, wait_until_exists
+from conftest import (
+    REFERENCE,
+    SUBPROCESS_TIMEOUT,
+    recording_warnings,
+    wait_until_exists,
+)
 
 pytestmark = [
     pytest.mark.skipif(REFERENCE, reason="poolparty's own shutdown"),
@@ -176,30 +180,23 @@ def _settle(baseline, bound=30.0):
 def test_garbage_collected_pool_stops_its_workers(dispatch, kind):
     gc.collect()
     baseline = _settle(_thread_counts())
-    unraisable = []
-    old_hook = sys.unraisablehook
-    sys.unraisablehook = unraisable.append
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for _ in range(3):
-                if kind == "executor":
-                    runner = poolparty_module().SubinterpreterPoolExecutor(
-                        2, dispatch=dispatch)
-                    assert runner.submit(rt.increment, 1).result(60) == 2
-                else:
-                    runner = poolparty_module().SubinterpreterPool(2, dispatch=dispatch)
-                    assert runner.apply(rt.increment, (1,)) == 2
-                assert _thread_counts() != baseline  # it did start threads
-                del runner
-                gc.collect()
-                # A recorded warning keeps its source (the pool) alive.
-                for warning in caught:
-                    warning.source = None
-                gc.collect()
-                assert _settle(baseline) == baseline
-    finally:
-        sys.unraisablehook = old_hook
+    with recording_warnings() as (caught, unraisable):
+        for _ in range(3):
+            if kind == "executor":
+                runner = poolparty_module().SubinterpreterPoolExecutor(
+                    2, dispatch=dispatch)
+                assert runner.submit(rt.increment, 1).result(60) == 2
+            else:
+                runner = poolparty_module().SubinterpreterPool(2, dispatch=dispatch)
+                assert runner.apply(rt.increment, (1,)) == 2
+            assert _thread_counts() != baseline  # it did start threads
+            del runner
+            gc.collect()
+            # A recorded warning keeps its source (the pool) alive.
+            for warning in caught:
+                warning.source = None
+            gc.collect()
+            assert _settle(baseline) == baseline
     assert unraisable == []
     # As multiprocessing.Pool: a running pool collected unclosed warns;
     # executors do not (nor do the stdlib's).
