@@ -291,12 +291,19 @@ class _WorkerRun:
             self.at_exit = f"the process was {_death(returncode, tail)} at exit"
 
 
+def _origin(name, origins):
+    """(distribution, version) of module ``name``: "stdlib" for the
+    standard library's, (None, None) when unknown."""
+    top = name.partition(".")[0]
+    if top in origins:
+        return origins[top]
+    return ("stdlib" if top in sys.stdlib_module_names else None), None
+
+
 def _result(name, outcome, seconds, origins):
     """A CheckResult from the worker's report on ``name``."""
     top = name.partition(".")[0]
-    distribution, version = origins.get(top, (None, None))
-    if distribution is None and top in sys.stdlib_module_names:
-        distribution = "stdlib"
+    distribution, version = _origin(name, origins)
     common = dict(module=name, distribution=distribution, version=version,
                   seconds=round(seconds, 3),
                   fallbacks=tuple(f"{ext}: {why}"
@@ -363,8 +370,7 @@ def check(
         tried = list(run.outcomes)
         if run.blamed is not None:
             name, status, reason = run.blamed
-            top = name.partition(".")[0]
-            distribution, version = origins.get(top, (None, None))
+            distribution, version = _origin(name, origins)
             found[name] = CheckResult(module=name, status=status,
                                       reason=reason,
                                       distribution=distribution,
@@ -412,13 +418,13 @@ def _table(results):
         version = result.version or result.distribution or ""
         why = result.reason
         status = result.status
-        if result.at_exit:
-            status += ", then crashed at exit"
-            why = result.at_exit + (f"; {why}" if why else "")
         if result.status == "loads" and result.fallbacks:
             more = len(result.fallbacks) - 1
             why = (f"fell back after {result.fallbacks[0]}"
                    + (f" (and {more} more)" if more else ""))
+        if result.at_exit:
+            status += ", then crashed at exit"
+            why = result.at_exit + (f"; {why}" if why else "")
         rows.append((result.module, version, status, why))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "".join(

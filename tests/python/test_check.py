@@ -280,6 +280,17 @@ def test_default_modules_are_importable_top_level_names():
     assert names == sorted(names)
 
 
+def test_table_keeps_an_exit_crash_next_to_a_fallback():
+    result = poolparty.CheckResult(
+        module="m", status="loads", fallbacks=("m._c: refused",),
+        at_exit="the process was killed by SIGABRT at exit")
+    row = _check._table([result]).splitlines()[1]
+    assert row.split("  ")[0] == "m"
+    assert row.endswith("loads, then crashed at exit  the process was "
+                        "killed by SIGABRT at exit; fell back after m._c: "
+                        "refused")
+
+
 def test_stdlib_modules():
     names = _check.stdlib_modules()
     assert {"json", "faulthandler", "asyncio"} <= set(names)
