@@ -131,7 +131,12 @@ def runs():
 
 
 def test_registry_order_and_names():
-    assert list(workloads.WORKLOADS) == EXPECTED_ORDER
+    # The seed's seven first, then the distinct-value data workloads
+    # (their runs and checks are tested in test_pool_data.py).
+    real_data = ["data_floats", "data_ints", "data_records", "data_text",
+                 "data_blob"]
+    assert [m.NAME for m in workloads.REAL_DATA] == real_data
+    assert list(workloads.WORKLOADS) == EXPECTED_ORDER + real_data
     for name, module in workloads.WORKLOADS.items():
         assert module.NAME == name
         assert workloads.get(name) is module
