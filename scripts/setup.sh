@@ -6,7 +6,8 @@
 #
 # CPythons looked for: pyenv's 3.12.x/3.13.x/3.14.x (newest of each),
 # /usr/bin/python3.1[2-9] (as .venv/X.Y-system when pyenv has the same
-# minor), and any listed in POOLPARTY_PYTHONS (space-separated paths).
+# minor), and any listed in POOLPARTY_PYTHONS (space-separated paths; as
+# .venv/X.Y.Z when an earlier one has .venv/X.Y, t for free-threaded).
 # Older CPythons are refused: they have no per-interpreter GIL.
 #
 # Environment: POOLPARTY_WERROR=ON builds with -Werror (CI does);
@@ -44,8 +45,10 @@ candidates() {
         [ -x "$sys_py" ] || continue
         printf '%s\t%s\n' "$("$sys_py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-system" "$sys_py"
     done
+    # X.Y or X.Yt, or X.Y.Z(t) when an earlier one took X.Y(t) (pyenv's
+    # 3.13.0 and a 3.13.5 built by scripts/python313.sh).
     for extra in ${POOLPARTY_PYTHONS:-}; do
-        printf '%s\t%s\n' "$("$extra" -c 'import sys, sysconfig; print("%d.%d" % sys.version_info[:2] + ("t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))')" "$extra"
+        printf '%s\t%s\n' "$("$extra" -c 'import sys, sysconfig; print("%d.%d|%d" % sys.version_info[:3] + ("t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))')" "$extra"
     done
 }
 
@@ -56,6 +59,11 @@ while IFS=$'\t' read -r name python; do
         log "skipping $python: poolparty needs CPython 3.12 or newer (per-interpreter GIL)"
         continue
     fi
+    case "$name" in *"|"*)
+        short=${name%%|*} micro=${name#*|}
+        flag=${micro//[0-9]/}
+        if [[ " ${made[*]-} " == *" $short$flag "* ]]; then name=$short.$micro; else name=$short$flag; fi ;;
+    esac
     # A system CPython whose minor pyenv does not have takes the plain name.
     case "$name" in *-system)
         [ -d ".venv/${name%-system}" ] || [[ " ${made[*]-} " == *" ${name%-system} "* ]] || name=${name%-system} ;;
