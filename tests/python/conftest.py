@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import sysconfig
 import threading
 import textwrap
 import warnings
@@ -20,6 +21,8 @@ import warnings
 import pytest
 
 REFERENCE = os.environ.get("POOLPARTY_TEST_REFERENCE") == "1"
+# A free-threaded CPython (3.13t): the main interpreter has no GIL.
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 DISPATCHES = ("reference",) if REFERENCE else ("queue", "call")
 
 # Default per-test timeout for tests that don't set one explicitly, so that a
