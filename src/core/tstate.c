@@ -42,11 +42,16 @@
  * tstate", "main GIL", "sub GIL": see pp_internal.h). */
 #include "pp_internal.h"
 
-/* Needs: nothing (any thread, attached or not). */
+/* Needs: nothing (any thread, attached or not).  3.13 made the call
+ * public; 3.12 has only the private name (exported, same function). */
 PyThreadState *
 pp__ts_current(void)
 {
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyThreadState_GetUnchecked();
+#else
     return _PyThreadState_UncheckedGet();
+#endif
 }
 
 /* Needs: no tstate; returns holding `ts`'s interpreter's GIL. */
