@@ -218,6 +218,10 @@ def _main_info():
     path = getattr(main, "__file__", None)
     if path is None or not os.path.exists(path):
         return None, None  # interactive or -c: nothing to run
+    if os.path.basename(os.path.dirname(path)) == "_pyrepl":
+        # 3.13.5's REPL leaves its own _pyrepl/__main__.py as
+        # __main__.__file__ (3.13.0's sets none): still interactive.
+        return None, None
     return os.path.abspath(path), None
 
 
