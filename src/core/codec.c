@@ -63,6 +63,13 @@ enum {
 /* Enough room for any tag, varint and fixed-size number together. */
 #define SMALL 24
 #define IN_PROGRESS ((uint64_t)-1)
+/* Containers nested deeper than this are pickle's (encoding) or an error
+ * (decoding), whatever the interpreter's own limit: 3.13 allows 10,000
+ * C levels, which a decode on a thread with a 1 or 2 MB stack
+ * (threading.stack_size(), the collector thread's too) overflowed at
+ * 210-420 bytes a level -- a segfault, as under ASan on the main
+ * thread, whose frames are bigger.  3.12 stops near 1,000 anyway. */
+#define MAX_DEPTH 1000u
 
 /* ---- large buffers ----------------------------------------------------- */
 
@@ -241,6 +248,7 @@ typedef struct {
 #ifdef Py_GIL_DISABLED
     PyObject *copies; /* see copy_to_encode(); NULL until the first */
 #endif
+    unsigned depth; /* containers being encoded, see MAX_DEPTH */
 } encoder;
 
 /* Results of the encoder's functions. */
@@ -442,10 +450,14 @@ encode_container(encoder *e, PyObject *obj, unsigned char flag)
 {
     pp_buf *out = e->out;
     PyTypeObject *type = Py_TYPE(obj);
+    if (e->depth >= MAX_DEPTH) {
+        return ENC_UNSUPPORTED;
+    }
     if (Py_EnterRecursiveCall(" while encoding for poolparty")) {
         PyErr_Clear();
         return ENC_UNSUPPORTED;
     }
+    e->depth++;
     int rc = ENC_OK;
     PyObject *items = obj; /* what is read: obj, or a copy of it */
 #ifdef Py_GIL_DISABLED
@@ -453,6 +465,7 @@ encode_container(encoder *e, PyObject *obj, unsigned char flag)
         items = copy_to_encode(e, type == &PyList_Type ? PyList_AsTuple(obj)
                                                        : PyDict_Copy(obj));
         if (items == NULL) {
+            e->depth--;
             Py_LeaveRecursiveCall();
             return ENC_ERROR;
         }
@@ -484,6 +497,7 @@ encode_container(encoder *e, PyObject *obj, unsigned char flag)
             rc = ENC_UNSUPPORTED;
         }
     }
+    e->depth--;
     Py_LeaveRecursiveCall();
     return rc;
 }
@@ -663,6 +677,7 @@ typedef struct {
     const unsigned char *pos, *end;
     PyObject **made; /* strong references to the numbered objects */
     size_t nmade, capacity;
+    unsigned depth; /* containers being decoded, see MAX_DEPTH */
 } decoder;
 
 static PyObject *
@@ -962,12 +977,19 @@ decode_container(decoder *d, unsigned char tag, int numbered)
     if (get_varint(d, &n) < 0) {
         return corrupt();
     }
+    if (d->depth >= MAX_DEPTH) {
+        PyErr_SetString(PyExc_RecursionError,
+                        "poolparty: codec data nested too deeply");
+        return NULL;
+    }
     if (Py_EnterRecursiveCall(" while decoding poolparty data")) {
         return NULL;
     }
+    d->depth++;
     PyObject *obj = tag == T_LIST    ? decode_list(d, n, numbered)
                     : tag == T_TUPLE ? decode_tuple(d, n)
                                      : decode_dict(d, n, numbered);
+    d->depth--;
     Py_LeaveRecursiveCall();
     if (obj != NULL && numbered && tag == T_TUPLE && made(d, obj) < 0) {
         Py_CLEAR(obj);

@@ -84,6 +84,41 @@ def test_lists_far_longer_than_their_encoding():
     assert type(back) is tuple and len(back) == many
 
 
+def test_nesting_is_bounded_whatever_the_thread_stack():
+    # 3.13 lets C code nest 10,000 levels; the codec's 200-400 bytes a
+    # level overflowed a thread with a small stack (threading.stack_size(),
+    # which the collector thread gets too): a segfault.  The codec stops
+    # at 1,000 levels on every version: deeper data is pickle's.
+    import subprocess
+    import textwrap
+
+    deep = []
+    for _ in range(1_500):
+        deep = [deep]
+    assert core.encode(deep) is None
+    script = textwrap.dedent("""\
+        import threading
+        from poolparty import _poolparty as core
+        data = b"\\xb5pp2" + b"\\x0d\\x01" * 5_000 + b"\\x00"
+        threading.stack_size(512 << 10)
+        caught = []
+        def run():
+            try:
+                core.decode(data)
+            except RecursionError as exc:
+                caught.append(exc)
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        assert caught, "decoded 5,000 levels"
+        print("bounded")
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "bounded"
+
+
 @pytest.mark.parametrize("value", [
     2**63, -2**63 - 1, 2**64, -(2**64), 3**1000, -(7**2000),   # beyond 64 bits
     -129, -128, 127, 128, -2**31 - 1, -2**31, 2**31 - 1, 2**31,  # width edges
