@@ -18,6 +18,7 @@ import fractions
 import gc
 import os
 import sys
+import tempfile
 import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -112,6 +113,26 @@ def lifecycle_phase(dispatch):
         check(f"{dispatch}: broken pool", True)
     pool.terminate()
     pool.join()
+    # terminate() abandons workers blocked in C; they end once released
+    read_end, write_end = os.pipe()
+    started = [os.path.join(tempfile.mkdtemp(), str(i)) for i in range(2)]
+    pool = poolparty.SubinterpreterPool(2, dispatch=dispatch)
+    blocked = pool.starmap_async(rt.block_in_c,
+                                 [(path, "pipe", read_end) for path in started], 1)
+    for path in started:
+        rt.wait_for(path)
+    pool.terminate()
+    pool.join()
+    try:
+        blocked.get(30)
+        check(f"{dispatch}: terminate abandons blocked workers", False)
+    except poolparty.TerminatedError:
+        check(f"{dispatch}: terminate abandons blocked workers", True)
+    os.write(write_end, b"xx")
+    check(f"{dispatch}: abandoned workers end",
+          poolparty._poolparty.abandoned_workers(60) == 0)
+    os.close(read_end)
+    os.close(write_end)
 
 
 def executor_phase(dispatch, n):
@@ -141,6 +162,14 @@ def executor_phase(dispatch, n):
         check(f"{dispatch}: executor error and pickled argument",
               isinstance(failing.exception(60), ZeroDivisionError) and
               pickled.result(60) == fractions.Fraction(4, 3))
+    # shutdown(cancel_futures=True) of a fresh executor: starting workers
+    # take a task each first (the hand-off and the boot wait)
+    ex = poolparty.SubinterpreterPoolExecutor(2, dispatch=dispatch)
+    futures = [ex.submit(rt.sleep_then, 0.01, i) for i in range(20)]
+    ex.shutdown(cancel_futures=True)
+    ran = [f for f in futures if not f.cancelled()]
+    check(f"{dispatch}: cancel_futures ({len(ran)} ran)",
+          ran and all(f.result(60) == futures.index(f) for f in ran))
 
 
 def interpreter_phase():

@@ -63,8 +63,6 @@ struct pp_engine {
     uint32_t live_workers;      /* mutex */
     uint32_t booting;           /* mutex: workers not yet at their first
                                    task (creating their interpreter) */
-    uint32_t threads_left;      /* mutex: workers not yet out of their
-                                   loop, abandoned ones included */
     uint32_t nworkers;          /* immutable */
     pp_worker workers[];
 };
@@ -147,24 +145,27 @@ pp__abandoned_wait(int64_t timeout_ns)
 }
 
 /* One fewer worker the pool waits for; the last makes the engine
- * JOINED.  Needs e->mutex. */
-static void
+ * JOINED and returns 1: the caller then closes the completion queue
+ * (after e->mutex), so that the collector delivers what is in it and
+ * ends.  An abandoned worker's later completion is dropped there (its
+ * task's result was failed when it was abandoned).  Needs e->mutex. */
+static int
 one_fewer_live_locked(pp_engine *e)
 {
     e->live_workers--;
-    if (e->live_workers == 0) {
-        pp_engine_state next;
-        if (pp_engine_transition(e->state, PP_EV_JOINED, &next) == PP_OK) {
-            e->state = next;
-        }
-    }
     pthread_cond_broadcast(&e->exited);
+    if (e->live_workers > 0) {
+        return 0;
+    }
+    pp_engine_state next;
+    if (pp_engine_transition(e->state, PP_EV_JOINED, &next) == PP_OK) {
+        e->state = next;
+    }
+    return 1;
 }
 
 /* A worker (NULL: one that never was) left its loop, its interpreter
- * ended.  The last thread out, abandoned ones included, closes the
- * completion queue so the collector learns that nothing more will
- * come.  Takes e->mutex. */
+ * ended.  Takes e->mutex. */
 static void
 worker_exited(pp_engine *e, pp_worker *w)
 {
@@ -173,10 +174,7 @@ worker_exited(pp_engine *e, pp_worker *w)
     if (w != NULL) {
         w->exited = 1;
     }
-    if (!abandoned) {
-        one_fewer_live_locked(e);
-    }
-    int last = --e->threads_left == 0;
+    int last = !abandoned && one_fewer_live_locked(e);
     pthread_mutex_unlock(&e->mutex);
     if (abandoned) {
         abandoned_add(-1);
@@ -490,7 +488,6 @@ start_queue_workers(pp_engine *e)
             pp__engine_decref(e);
             pthread_mutex_lock(&e->mutex);
             e->live_workers--;
-            e->threads_left--;
             w->exited = 1;
             e->booting--;
             pthread_cond_broadcast(&e->started);
@@ -525,7 +522,6 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
     e->maxtasks = maxtasks;
     e->nworkers = nworkers;
     e->live_workers = nworkers;
-    e->threads_left = nworkers;
     e->booting = nworkers;
     e->state = PP_ENGINE_RUNNING;
     pthread_mutex_init(&e->mutex, NULL);
@@ -677,6 +673,7 @@ pp__engine_abandon(pp_engine *e, uint64_t *jobs, uint64_t *indexes,
                    uint32_t *workers, uint32_t *count)
 {
     uint32_t n = 0;
+    int last = 0;
     pthread_mutex_lock(&e->mutex);
     if (e->state == PP_ENGINE_RUNNING || e->state == PP_ENGINE_CLOSED) {
         /* Only terminate() gives up on running tasks. */
@@ -706,11 +703,14 @@ pp__engine_abandon(pp_engine *e, uint64_t *jobs, uint64_t *indexes,
             jobs[n] = indexes[n] = UINT64_MAX;
         }
         n++;
-        one_fewer_live_locked(e);
+        last = one_fewer_live_locked(e) || last;
     }
     pthread_mutex_unlock(&e->mutex);
     if (n > 0) {
         abandoned_add((int)n);
+    }
+    if (last) {
+        pp_queue_close(e->completions);
     }
     *count = n;
     return PP_OK;

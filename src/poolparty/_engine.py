@@ -473,9 +473,9 @@ class Runner:
         for worker, thread in enumerate(self._threads):
             if worker not in self._abandoned:
                 thread.join()
-        if not self._abandoned and self._collector is not threading.current_thread():
-            # With abandoned workers it runs on until they end: a late
-            # completion is delivered (or dropped) as usual, then it exits.
+        if self._collector is not threading.current_thread():
+            # It ends once it has delivered every completion the workers
+            # pushed (abandoned workers' later ones are dropped).
             self._collector.join()
 
     def _abandon(self):
@@ -492,7 +492,11 @@ class Runner:
         self._abandoned = frozenset(workers) | set(self._abandoned)
         with self.lock:
             for job, index in tasks:
-                self.sink.deliver(job, index, False, self.reason())
+                error = self.reason()
+                error.add_note(
+                    f"its worker was still running it {ABANDON_AFTER_S} s "
+                    f"after terminate() (blocked in C code?) and was abandoned")
+                self.sink.deliver(job, index, False, error)
 
 
 def _collect(runner):

@@ -91,8 +91,14 @@ def test_running_python_tasks_are_interrupted(pool, tmp_path):
     for result, end in zip(results, ends):
         with pytest.raises(_terminated_error()) as info:
             result.get(0)
-        assert isinstance(info.value.__cause__, SystemExit)
+        # interrupted (a machine slow enough, under a sanitizer, has the
+        # worker abandoned before the SystemExit ends its task)
+        assert isinstance(info.value.__cause__, SystemExit) or _abandoned(info.value)
         assert not os.path.exists(end)  # interrupted, not finished
+
+
+def _abandoned(error):
+    return any("abandoned" in note for note in getattr(error, "__notes__", ()))
 
 
 def _release_abandoned():
