@@ -68,7 +68,7 @@ enum {
  * C levels, which a decode on a thread with a 1 or 2 MB stack
  * (threading.stack_size(), the collector thread's too) overflowed at
  * 210-420 bytes a level -- a segfault, as under ASan on the main
- * thread, whose frames are bigger.  3.12 stops near 1,000 anyway. */
+ * thread, whose frames are bigger.  (3.12's C limit is 1,500.) */
 #define MAX_DEPTH 1000u
 
 /* ---- large buffers ----------------------------------------------------- */

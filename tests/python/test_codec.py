@@ -85,9 +85,10 @@ def test_lists_far_longer_than_their_encoding():
 
 
 def test_nesting_is_bounded_whatever_the_thread_stack():
-    # 3.13 lets C code nest 10,000 levels; the codec's 200-400 bytes a
-    # level overflowed a thread with a small stack (threading.stack_size(),
-    # which the collector thread gets too): a segfault.  The codec stops
+    # 3.13 lets C code nest 10,000 levels; the codec's 210-420 bytes a
+    # level overflowed a thread with a 2 MB stack (threading.stack_size(),
+    # which the collector thread gets too): a segfault.  (1,000 levels
+    # fit in 2 MB under ASan too.)  The codec stops
     # at 1,000 levels on every version: deeper data is pickle's.
     import subprocess
     import textwrap
@@ -99,8 +100,8 @@ def test_nesting_is_bounded_whatever_the_thread_stack():
     script = textwrap.dedent("""\
         import threading
         from poolparty import _poolparty as core
-        data = b"\\xb5pp2" + b"\\x0d\\x01" * 5_000 + b"\\x00"
-        threading.stack_size(512 << 10)
+        data = b"\\xb5pp2" + b"\\x0d\\x01" * 9_990 + b"\\x00"
+        threading.stack_size(2 << 20)
         caught = []
         def run():
             try:
@@ -110,7 +111,7 @@ def test_nesting_is_bounded_whatever_the_thread_stack():
         thread = threading.Thread(target=run)
         thread.start()
         thread.join()
-        assert caught, "decoded 5,000 levels"
+        assert caught, "decoded 9,990 levels"
         print("bounded")
         """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True,
