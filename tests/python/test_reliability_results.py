@@ -89,7 +89,7 @@ def test_executor_map_keeps_no_result_it_yielded(make_executor):
     for obj in executor.map(rt.box, range(12), chunksize=4):
         ref = weakref.ref(obj)
         del obj
-        assert released(ref, limit=0)
+        assert released(ref)
 
 
 def test_running_pool_collected_without_close_warns(dispatch):
