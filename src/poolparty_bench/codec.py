@@ -8,6 +8,10 @@ prints each one's best time of ``--repeat`` runs and the ratio codec /
 pickle (below 1: the codec is faster).  The garbage collector is off
 while timing, for both: its passes would land on one or the other by
 chance; the pool's own share of that is measured by the suite.
+
+``--share``, ``--arguments`` and ``--buffers MB`` measure the data paths
+through warm pools instead (see docs/bench.md, "The codec against
+pickle").
 """
 
 import argparse
@@ -122,6 +126,83 @@ def buffers(size_mb=64, repeat=5):
     return {key: min(values) for key, values in times.items()}
 
 
+def _main_interpreter_cpu():
+    """CPU seconds of every thread of this interpreter (the caller, the
+    pool's collector, multiprocessing's handler threads); a poolparty
+    worker's native thread runs in its own interpreter and is not one."""
+    import threading
+
+    return sum(time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+               for t in threading.enumerate() if t.ident)
+
+
+def main_share(tasks=32, repeat=5):
+    """The main interpreter's CPU per task of a warm 2-worker pool's map
+    over each data_* workload, and the CPU per task of running the tasks
+    sequentially here (what building the same objects costs, and more):
+    [(name, pool_s, sequential_s)]."""
+    from poolparty import SubinterpreterPool
+
+    from .workloads import REAL_DATA, data_pass
+
+    rows = []
+    with SubinterpreterPool(2) as pool:
+        for workload in (data_pass, *REAL_DATA):
+            inputs = workload.inputs(1.0)[:tasks]
+            pool.map(workload.task, inputs[:4], chunksize=1)
+            pooled, alone = [], []
+            for _ in range(repeat):
+                start = time.thread_time()
+                results = list(map(workload.task, inputs))
+                alone.append(time.thread_time() - start)
+                del results
+                start = _main_interpreter_cpu()
+                results = pool.map(workload.task, inputs, chunksize=1)
+                pooled.append(_main_interpreter_cpu() - start)
+                del results
+            rows.append((workload.NAME, min(pooled) / len(inputs),
+                         min(alone) / len(inputs)))
+    return rows
+
+
+def arguments(repeat=3):
+    """The main interpreter's CPU for a map over large items, poolparty
+    against a spawn multiprocessing.Pool (whose pickling runs in its
+    handler threads, counted too): [(kind, poolparty_s, multiprocessing_s)]."""
+    import multiprocessing
+
+    from poolparty import SubinterpreterPool
+
+    from .workloads._realdata import blob_size
+
+    kinds = {
+        "16 blobs of 8 MB": [bytes([i]) * (8 << 20) for i in range(16)],
+        "64 lists of 65,536 floats": [[i + j * 0.5 for j in range(65_536)]
+                                      for i in range(64)],
+        "64 lists of 2,048 records": [[{"id": j, "name": f"u{j}",
+                                        "score": j * 0.1}
+                                       for j in range(2_048)]
+                                      for i in range(64)],
+    }
+    rows = []
+    with SubinterpreterPool(2) as ours, \
+            multiprocessing.get_context("spawn").Pool(2) as theirs:
+        for pool in (ours, theirs):
+            pool.map(blob_size, [b"x"] * 4)
+        for kind, items in kinds.items():
+            spent = []
+            for pool in (ours, theirs):
+                best = None
+                for _ in range(repeat):
+                    start = _main_interpreter_cpu()
+                    pool.map(blob_size, items, chunksize=1)
+                    cpu = _main_interpreter_cpu() - start
+                    best = cpu if best is None else min(best, cpu)
+                spent.append(best)
+            rows.append((kind, *spent))
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=20)
@@ -129,7 +210,26 @@ def main(argv=None):
     parser.add_argument("--buffers", type=int, metavar="MB",
                         help="instead: time a MB-sized bytes result and "
                              "argument through warm pools, against memcpy")
+    parser.add_argument("--share", action="store_true",
+                        help="instead: the main interpreter's CPU per task "
+                             "of the data_* workloads on a warm pool")
+    parser.add_argument("--arguments", action="store_true",
+                        help="instead: the main interpreter's CPU for a map "
+                             "over large items, against multiprocessing")
     args = parser.parse_args(argv)
+    if args.share:
+        print("main interpreter's CPU per task, warm 2-worker pool, against "
+              "running the task here")
+        for name, pooled, alone in main_share():
+            print(f"{name:13} {pooled * 1e3:6.2f} ms  sequential "
+                  f"{alone * 1e3:6.2f} ms  ({pooled / alone:.2f})")
+        return 0
+    if args.arguments:
+        print("main interpreter's CPU for map(len-like task, items), 2 workers")
+        for kind, ours, theirs in arguments():
+            print(f"{kind:27} poolparty {ours * 1e3:7.1f} ms  "
+                  f"multiprocessing {theirs * 1e3:7.1f} ms  ({ours / theirs:.2f})")
+        return 0
     if args.buffers:
         found = buffers(args.buffers, min(args.repeat, 5))
         base = found["memcpy (to warm memory)"]

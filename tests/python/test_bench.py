@@ -704,3 +704,11 @@ def test_charts_from_synthetic_results(tmp_path):
             assert data.startswith(b"\x89PNG")
         else:
             assert b"<svg" in data[:500]
+
+
+def test_the_codec_bench_runs_and_checks_what_it_times(capsys):
+    from poolparty_bench import codec
+
+    assert codec.main(["-n", "256", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert all(kind in out for kind in codec.kinds(256))
