@@ -75,9 +75,9 @@ enum {
 
 /* Buffers this large are written or read once, just after they are
  * allocated: fresh memory, whose first touch costs a page fault per 4 KB
- * page -- three quarters of the time of a 64 MB result, perf said, and
- * more than the copy.  Transparent huge pages (where the kernel offers
- * them on request, as with "madvise") take one fault per 2 MB. */
+ * page, more than the copy (docs/design.md, "Measured costs").
+ * Transparent huge pages (where the kernel offers them on request, as
+ * with "madvise") take one fault per 2 MB. */
 #define HUGE_MIN ((size_t)4 << 20)
 #define HUGE_PAGE ((uintptr_t)2 << 20)
 

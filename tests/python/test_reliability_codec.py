@@ -8,6 +8,8 @@ read out of bounds.  Run under scripts/sanitize.sh this is an
 AddressSanitizer fuzz of the decoder.
 """
 
+import array
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,9 +31,13 @@ if not hasattr(core, "decode"):  # pragma: no cover - before the codec
 # much), OverflowError, RecursionError.
 ACCEPTABLE = (ValueError, TypeError, MemoryError, OverflowError, RecursionError)
 
-scalars = (st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
+scalars = (st.none() | st.booleans() | st.integers()
            | st.floats(allow_nan=True) | st.text(max_size=20)
-           | st.binary(max_size=20))
+           | st.text(st.characters(codec=None), max_size=5)   # surrogates too
+           | st.binary(max_size=20) | st.binary(max_size=20).map(bytearray)
+           | st.binary(max_size=20).map(memoryview)
+           | st.lists(st.integers(-2**15, 2**15 - 1), max_size=5).map(
+               lambda items: array.array("h", items)))
 plain = st.recursive(
     scalars,
     lambda inner: (st.lists(inner, max_size=6)
