@@ -15,7 +15,7 @@ import weakref
 import pytest
 
 import reliability_tasks as rt
-from conftest import recording_warnings
+from conftest import FREE_THREADED, recording_warnings
 
 pytestmark = pytest.mark.poolparty_only
 
@@ -83,6 +83,12 @@ def test_executor_keeps_no_result_it_returned(make_executor):
     assert only_the_caller_holds(result)
 
 
+@pytest.mark.xfail(FREE_THREADED, strict=False, reason=(
+    "issue 15 (free-threaded 3.13.5t, flaky: both params failed in one run, "
+    "passed in the next): a result dropped by "
+    "the caller is not freed at once; results are made on the collector "
+    "thread, and a free-threaded build may defer freeing an object that "
+    "another thread made (biased reference counting)"))
 def test_executor_map_keeps_no_result_it_yielded(make_executor):
     executor = make_executor(2)
     # chunksize > 1: the rest of the chunk must not hold the ones handed out.
