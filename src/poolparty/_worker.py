@@ -239,7 +239,15 @@ def dumps_by_value(value):
     The C core calls this only when pickling a result failed: a lambda,
     or an instance of a class that this worker got by value and whose
     name pickle cannot find.  None keeps pickle's error.
+
+    On CPython 3.12 only a worker that already has cloudpickle (it got a
+    function or class by value) tries it: a 3.12.1 worker whose first
+    import of cloudpickle comes here, for a result that pickle refused,
+    brings the whole process down at exit ("munmap_chunk(): invalid
+    pointer", or a segfault; 3.13 does not).
     """
+    if sys.version_info < (3, 13) and "cloudpickle" not in sys.modules:
+        return None
     try:
         import cloudpickle
 

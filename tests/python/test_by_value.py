@@ -7,6 +7,8 @@ per worker.  Module-level functions keep the by-name path.
 
 import functools
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -224,3 +226,26 @@ def test_a_module_workers_cannot_import_is_named(tmp_path, make_pool, monkeypatc
         assert "cannot be imported in this worker" in message
         assert "No module named" in message  # and why
         assert pool.apply(lambda: 1) == 1
+
+
+def test_a_refused_result_of_a_by_name_function_does_not_crash_the_exit(tmp_path):
+    # 3.12.1: a worker that imported cloudpickle only to retry a result
+    # pickle refused (a lock) aborted the whole process at exit.
+    script = tmp_path / "refused_result.py"
+    script.write_text(
+        "import threading\n"
+        "from poolparty import SubinterpreterPool\n"
+        "def make_lock(x):\n"
+        "    return threading.Lock()\n"
+        "if __name__ == '__main__':\n"
+        "    with SubinterpreterPool(1) as pool:\n"
+        "        try:\n"
+        "            pool.map(make_lock, [1])\n"
+        "        except Exception as exc:\n"
+        "            print(type(exc).__name__)\n"
+        "        print(pool.map(abs, [-1]))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["MaybeEncodingError", "[1]"], done.stdout
