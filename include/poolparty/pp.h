@@ -68,8 +68,10 @@ typedef enum {
      * by-reference pickle holds: the worker imports the module and
      * follows the name, as unpickling would, without the pickle module;
      * or a by-value reference ("\0v" token, name, cloudpickle's bytes),
-     * unpickled once per worker.  _worker.resolve_function resolves
-     * both.  Set together with PP_TASK_REUSE_FUNC. */
+     * unpickled once per worker; a task queued on an engine carries
+     * only the reference's header, the engine keeping the bytes (see
+     * fnstore.c).  _worker.resolve_function resolves both.  Set
+     * together with PP_TASK_REUSE_FUNC. */
     PP_TASK_FUNC_BY_NAME = 0x200,
 } pp_task_kind;
 

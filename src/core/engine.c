@@ -13,8 +13,9 @@
  * terminating thread attaches to a worker's interpreter (with no GIL of
  * its own), so every other taker of worker->life -- the worker in
  * publish_interp and retire_interp, an import request -- takes it with
- * no GIL held.  worker->task_lock and abandoned_lock are leaves:
- * nothing is taken or waited for under them.
+ * no GIL held.  worker->task_lock, abandoned_lock and fns.lock (the
+ * by-value function store, fnstore.c) are leaves: nothing is taken or
+ * waited for under them.
  *
  * Which field each lock guards is written next to the field. */
 #include "pp_internal.h"
@@ -63,6 +64,8 @@ struct pp_engine {
     uint32_t live_workers;      /* mutex */
     uint32_t booting;           /* mutex: workers not yet at their first
                                    task (creating their interpreter) */
+    pp_fn_store fns;            /* own leaf lock: by-value functions of
+                                   the tasks queued or running */
     uint32_t nworkers;          /* immutable */
     pp_worker workers[];
 };
@@ -89,6 +92,7 @@ pp__engine_decref(pp_engine *e)
     }
     pp_queue_free(e->tasks);
     pp_queue_free(e->completions);
+    pp__fn_store_fini(&e->fns);
     pp__boot_fini(&e->boot);
     pthread_cond_destroy(&e->started);
     pthread_cond_destroy(&e->exited);
@@ -320,6 +324,7 @@ queue_worker_main(void *arg)
             pp__ts_attach(ts);
             pp_msg *done = pp__interp_run(it, task);
             ts = pp__ts_detach();
+            pp__fn_store_release(&e->fns, task);
             pp_msg_free(task);
             if (end_task(w)) {
                 complete(e, w, done);
@@ -390,6 +395,7 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
             /* Here this thread holds the main GIL: the design's cost is
              * this hop through the main interpreter for every task. */
             pp_msg *done = pp__interp_call(it, task);
+            pp__fn_store_release(&e->fns, task);
             pp_msg_free(task);
             if (end_task(w)) {
                 complete(e, w, done);
@@ -527,6 +533,7 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
     pthread_mutex_init(&e->mutex, NULL);
     pthread_cond_init(&e->exited, NULL);
     pthread_cond_init(&e->started, NULL);
+    pp__fn_store_init(&e->fns);
     for (uint32_t i = 0; i < nworkers; i++) {
         e->workers[i].engine = e;
         e->workers[i].id = i;
@@ -563,6 +570,42 @@ pp__engine_submit(pp_engine *e, pp_msg *task)
 {
     task->next = NULL;
     return pp__engine_submit_chain(e, task, 1);
+}
+
+/* Any GIL or none.  See pp_internal.h. */
+int
+pp__engine_submit_fn(pp_engine *e, pp_msg *first, size_t count,
+                     const void *func, size_t func_size)
+{
+    /* Held before the push: a worker may run and release a task as
+     * soon as it is queued. */
+    if (func != NULL &&
+        pp__fn_store_hold(&e->fns, first, count, func, func_size) != PP_OK) {
+        return PP_ENOMEM;
+    }
+    int rc = pp__engine_submit_chain(e, first, count);
+    if (rc != PP_OK) {
+        pp__fn_store_release_chain(&e->fns, first);
+    }
+    return rc;
+}
+
+/* Any GIL.  See pp_internal.h. */
+int
+pp__engine_function_bytes(const pp_msg *task, const unsigned char **data,
+                          size_t *size)
+{
+    pp_worker *w = current_worker;
+    if (w == NULL) {
+        return PP_ENOTFOUND;
+    }
+    return pp__fn_store_find(&w->engine->fns, task, data, size);
+}
+
+void
+pp__engine_function_stats(pp_engine *e, pp_fn_stats *out)
+{
+    pp__fn_store_stats(&e->fns, out);
 }
 
 /* Any GIL or none.  The chain is `count` tasks linked by ->next; the
@@ -627,6 +670,7 @@ pp__engine_terminate(pp_engine *e)
     pp_queue_close(e->tasks);
     pthread_mutex_unlock(&e->mutex);
     pp_msg *dropped = pp_queue_drain(e->tasks);
+    pp__fn_store_release_chain(&e->fns, dropped);
 
     /* Interrupt what is running.  A worker idle in next_task() gets the
      * exception too but never runs Python again before it exits (and
@@ -726,16 +770,20 @@ pp__engine_nworkers(pp_engine *e)
 pp_msg *
 pp__engine_discard(pp_engine *e, int after_start)
 {
+    pp_msg *dropped;
     if (!after_start) {
-        return pp_queue_drain(e->tasks);
+        dropped = pp_queue_drain(e->tasks);
+        pp__fn_store_release_chain(&e->fns, dropped);
+        return dropped;
     }
     pthread_mutex_lock(&e->mutex);
     while (e->booting > 0) {
         pthread_cond_wait(&e->started, &e->mutex);
     }
     /* Under e->mutex: ordered after each worker's first take. */
-    pp_msg *dropped = pp_queue_drain(e->tasks);
+    dropped = pp_queue_drain(e->tasks);
     pthread_mutex_unlock(&e->mutex);
+    pp__fn_store_release_chain(&e->fns, dropped);
     return dropped;
 }
 
@@ -745,6 +793,9 @@ pp__engine_cancel(pp_engine *e, uint64_t job, uint64_t index)
 {
     pp_msg *msg = NULL;
     int rc = pp_queue_remove(e->tasks, job, index, &msg);
+    if (msg != NULL) {
+        pp__fn_store_release(&e->fns, msg);
+    }
     pp_msg_free(msg);
     return rc;
 }
@@ -753,7 +804,9 @@ pp__engine_cancel(pp_engine *e, uint64_t job, uint64_t index)
 pp_msg *
 pp__engine_cancel_job(pp_engine *e, uint64_t job)
 {
-    return pp_queue_remove_job(e->tasks, job);
+    pp_msg *removed = pp_queue_remove_job(e->tasks, job);
+    pp__fn_store_release_chain(&e->fns, removed);
+    return removed;
 }
 
 /* Needs: no tstate. */

@@ -763,6 +763,40 @@ unpickle(pp_interp *it, const unsigned char *data, size_t size)
     return obj;
 }
 
+/* The function of a task that carries only its by-value header
+ * (`header`, as bytes): its bytes come from the engine's store, once
+ * per worker, and _worker.resolve_function unpickles and keeps it.
+ * New reference or NULL with an exception.  Needs: sub GIL. */
+static PyObject *
+fetch_by_value(pp_interp *it, const pp_msg *task, PyObject *header)
+{
+    const unsigned char *data;
+    size_t size;
+    if (pp__engine_function_bytes(task, &data, &size) != PP_OK) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "poolparty: this task's by-value function is "
+                        "not in its pool's function store (a task was "
+                        "queued without it); please report this");
+        return NULL;
+    }
+    /* Copied into this interpreter's own bytes: the store's memory is
+     * the engine's, read here while this task holds it. */
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)data,
+                                                (Py_ssize_t)size);
+    if (bytes == NULL) {
+        return NULL;
+    }
+    PyObject *func = PyObject_CallFunctionObjArgs(it->resolve_function,
+                                                  header, bytes, NULL);
+    Py_DECREF(bytes);
+    if (func == Py_None) {
+        Py_SETREF(func, NULL);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "poolparty: resolve_function returned None");
+    }
+    return func;
+}
+
 /* The task's function: the cached object when the task allows reuse and
  * its pickle is the cached one's, else freshly unpickled (and cached if
  * reusable).  New reference or NULL with an exception.  Needs: sub GIL. */
@@ -782,6 +816,10 @@ task_function(pp_interp *it, const pp_msg *task)
             return NULL;
         }
         func = PyObject_CallOneArg(it->resolve_function, name);
+        if (func == Py_None) {
+            /* A by-value header this worker has not unpickled yet. */
+            Py_SETREF(func, fetch_by_value(it, task, name));
+        }
         Py_DECREF(name);
     }
     else {

@@ -119,6 +119,61 @@ pp__codec_is(const unsigned char *data, size_t size)
            memcmp(data, PP_CODEC_MAGIC, sizeof(PP_CODEC_MAGIC) - 1) == 0;
 }
 
+/* ---- by-value functions kept by the engine (fnstore.c) ------------ */
+
+/* The size of the header of a by-value function reference
+ * ("\0v<token>\0module\0qualname\0", see poolparty._byvalue), with the
+ * token in *token (when not NULL); 0 when `data` is not one.  A task
+ * built for an engine carries just this header as its function (the
+ * bytes after it go to the engine's store).  No tstate needed. */
+size_t pp__fn_header(const unsigned char *data, size_t size, uint64_t *token);
+/* How much of function reference `func` a task for an engine carries:
+ * the header of a by-value reference, else all of it. */
+size_t pp__fn_task_part(const void *func, size_t size);
+
+/* The function bytes of the by-value tasks an engine has queued or
+ * running, each kept once.  An entry is held by each such task; with
+ * no holds it stays idle until idle entries pass PP_FN_IDLE_BYTES, the
+ * least recently used going first (see fnstore.c).  Raw memory; `lock`
+ * is a leaf: these take it with any GIL or none. */
+#define PP_FN_IDLE_BYTES ((size_t)32 << 20)
+typedef struct pp_fn_entry pp_fn_entry;
+typedef struct pp_fn_store {
+    pthread_mutex_t lock;
+    pp_fn_entry *entries;  /* lock */
+    size_t count;          /* lock: entries now */
+    size_t bytes;          /* lock: their bytes now */
+    size_t idle_bytes;     /* lock: bytes of entries with no holds */
+    uint64_t copies;       /* lock: entries ever stored */
+    uint64_t copied_bytes; /* lock: bytes ever copied in */
+    uint64_t fetches;      /* lock: reads by workers */
+} pp_fn_store;
+typedef struct pp_fn_stats {
+    size_t entries, bytes, idle_bytes;
+    uint64_t copies, copied_bytes, fetches;
+} pp_fn_stats;
+void pp__fn_store_init(pp_fn_store *s);
+/* Free every entry.  Nobody may use the store any more. */
+void pp__fn_store_fini(pp_fn_store *s);
+/* Hold the function of the chain of `count` tasks starting at `first`,
+ * whose function part is the header of `func` (a whole by-value
+ * reference, header and bytes), copying the bytes in if they are not
+ * stored yet.  Does nothing unless func is such a reference and the
+ * tasks carry its header alone, with PP_TASK_FUNC_BY_NAME.  PP_OK or
+ * PP_ENOMEM. */
+int pp__fn_store_hold(pp_fn_store *s, const pp_msg *first, size_t count,
+                      const unsigned char *func, size_t size);
+/* Drop the hold of each task of the chain that has one (the task is
+ * done or dropped); an entry is freed with its last hold. */
+void pp__fn_store_release_chain(pp_fn_store *s, const pp_msg *first);
+/* The same for one task (its ->next is ignored). */
+void pp__fn_store_release(pp_fn_store *s, pp_msg *task);
+/* The stored bytes of task's function in *data and *size, valid while
+ * the task holds its entry.  PP_OK or PP_ENOTFOUND. */
+int pp__fn_store_find(pp_fn_store *s, const pp_msg *task,
+                      const unsigned char **data, size_t *size);
+void pp__fn_store_stats(pp_fn_store *s, pp_fn_stats *out);
+
 /* One own-GIL subinterpreter and the Python objects that run tasks in
  * it.
  *
@@ -228,6 +283,21 @@ void pp__engine_decref(pp_engine *e);
 int pp__engine_submit(pp_engine *e, pp_msg *task);
 /* The same for `count` tasks linked by ->next, queued in one step. */
 int pp__engine_submit_chain(pp_engine *e, pp_msg *first, size_t count);
+
+/* pp__engine_submit_chain for tasks whose function part is `func`
+ * cut to its by-value header (pp__fn_header), if it has one: the
+ * engine keeps func's bytes for them (pp_fn_store) until they are done.
+ * PP_ENOMEM when that copy fails (the caller keeps the tasks). */
+int pp__engine_submit_fn(pp_engine *e, pp_msg *first, size_t count,
+                         const void *func, size_t func_size);
+
+/* From a worker's own thread (either design), running `task`: the
+ * bytes of its by-value function kept by the engine, in *data and
+ * *size, valid while the task runs.  PP_OK, or PP_ENOTFOUND when this
+ * thread is no pool worker or the engine has no such bytes.  Any GIL. */
+int pp__engine_function_bytes(const pp_msg *task, const unsigned char **data,
+                              size_t *size);
+void pp__engine_function_stats(pp_engine *e, pp_fn_stats *out);
 
 /* Wait up to timeout_ns for completions and take all that are ready.
  * PP_OK, PP_ETIMEDOUT, or PP_ECLOSED once every worker has exited and

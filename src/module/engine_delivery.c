@@ -207,10 +207,14 @@ submit_call(PyObject *self, PyObject *fn, PyObject *fargs, PyObject *fkwargs,
     if (payload == NULL) {
         goto done;
     }
-    /* Encoded straight into the task, after the function's reference. */
+    /* Encoded straight into the task, after the function's reference
+     * (of a by-value one, its header: the engine keeps its bytes). */
     PyObject *func = PyTuple_GET_ITEM(ref, 0);
-    int rc = pp__codec_encode_msg(payload, PyBytes_AS_STRING(func),
-                                  (size_t)PyBytes_GET_SIZE(func), &task);
+    const char *func_data = PyBytes_AS_STRING(func);
+    size_t func_size = (size_t)PyBytes_GET_SIZE(func);
+    int rc = pp__codec_encode_msg(payload, func_data,
+                                  pp__fn_task_part(func_data, func_size),
+                                  &task);
     if (rc != 0) {
         if (rc > 0) {
             result = Py_NewRef(Py_None); /* needs pickle */
@@ -231,7 +235,8 @@ submit_call(PyObject *self, PyObject *fn, PyObject *fargs, PyObject *fkwargs,
     }
     task->job = job;
     task->kind = PP_TASK_CALL | (uint32_t)flags;
-    rc = pp__engine_submit(PP_ENGINE(self), task);
+    rc = pp__engine_submit_fn(PP_ENGINE(self), task, 1, func_data,
+                              func_size);
     if (rc == PP_OK) {
         task = NULL; /* the queue's now */
     }

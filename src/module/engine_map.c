@@ -18,8 +18,10 @@ static int
 chunk_task(uint64_t job, uint64_t index, uint32_t kind, const Py_buffer *func,
            PyObject *chunk, PyObject *pickle_dumps, pp_msg **task)
 {
-    /* Encoded straight into the message, after the function. */
-    int rc = pp__codec_encode_msg(chunk, func->buf, (size_t)func->len, task);
+    /* Encoded straight into the message, after the function (of a
+     * by-value one, its header: the engine keeps its bytes). */
+    size_t func_part = pp__fn_task_part(func->buf, (size_t)func->len);
+    int rc = pp__codec_encode_msg(chunk, func->buf, func_part, task);
     if (rc < 0) {
         return -1;
     }
@@ -38,7 +40,7 @@ chunk_task(uint64_t job, uint64_t index, uint32_t kind, const Py_buffer *func,
             Py_DECREF(pickled);
             return -1;
         }
-        *task = pp_msg_new_task(job, index, kind, func->buf, (size_t)func->len,
+        *task = pp_msg_new_task(job, index, kind, func->buf, func_part,
                                 view.buf, (size_t)view.len);
         PyBuffer_Release(&view);
         Py_DECREF(pickled);
@@ -50,15 +52,18 @@ chunk_task(uint64_t job, uint64_t index, uint32_t kind, const Py_buffer *func,
     return 0;
 }
 
-/* Queue the chain; on refusal free it.  0 when queued (or empty), 1 when
- * refused.  Takes the queue mutex; GIL held (briefly, as every push). */
+/* Queue the chain of tasks of function `func`; on refusal free it.  0
+ * when queued (or empty), 1 when refused.  Takes the queue mutex; GIL
+ * held (briefly, as every push). */
 static int
-push_chain(pp_engine *engine, pp_msg **first, pp_msg **last, size_t *count)
+push_chain(pp_engine *engine, const Py_buffer *func, pp_msg **first,
+           pp_msg **last, size_t *count)
 {
     if (*count == 0) {
         return 0;
     }
-    int refused = pp__engine_submit_chain(engine, *first, *count) != PP_OK;
+    int refused = pp__engine_submit_fn(engine, *first, *count, func->buf,
+                                       (size_t)func->len) != PP_OK;
     if (refused) {
         pp_msg_free_chain(*first);
     }
@@ -166,7 +171,7 @@ pp__engine_type_submit_map(PyObject *self, PyObject *const *args,
         }
         if (count == SUBMIT_BATCH) {
             uint64_t batch_first = first->index;
-            if (push_chain(PP_ENGINE(self), &first, &last, &count)) {
+            if (push_chain(PP_ENGINE(self), &func, &first, &last, &count)) {
                 refused_from = PyLong_FromUnsignedLongLong(batch_first);
                 goto finish;
             }
@@ -174,7 +179,7 @@ pp__engine_type_submit_map(PyObject *self, PyObject *const *args,
     }
     if (count > 0) {
         uint64_t batch_first = first->index;
-        if (push_chain(PP_ENGINE(self), &first, &last, &count)) {
+        if (push_chain(PP_ENGINE(self), &func, &first, &last, &count)) {
             refused_from = PyLong_FromUnsignedLongLong(batch_first);
             goto finish;
         }
@@ -190,7 +195,7 @@ done:
      * caller never owns tasks it cannot see. */
     if (count > 0) {
         PyObject *pending_exc = PyErr_GetRaisedException();
-        push_chain(PP_ENGINE(self), &first, &last, &count);
+        push_chain(PP_ENGINE(self), &func, &first, &last, &count);
         PyErr_SetRaisedException(pending_exc);
     }
     Py_XDECREF(failures);

@@ -117,11 +117,18 @@ engine_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         pp__as_u64(args[2], &kind) < 0) {
         return NULL;
     }
-    pp_msg *task = pp__task_from_buffers(job, index, kind, args[3], args[4]);
+    /* A by-value function's bytes go to the engine's store, once; the
+     * task carries its header (function_pickle hands out bytes). */
+    int stored = PyBytes_Check(args[3]);
+    pp_msg *task = pp__task_from_buffers(job, index, kind, args[3], args[4],
+                                         stored);
     if (task == NULL) {
         return NULL;
     }
-    int rc = pp__engine_submit(ENGINE(self), task);
+    int rc = stored ? pp__engine_submit_fn(
+                          ENGINE(self), task, 1, PyBytes_AS_STRING(args[3]),
+                          (size_t)PyBytes_GET_SIZE(args[3]))
+                    : pp__engine_submit(ENGINE(self), task);
     if (rc != PP_OK) {
         pp_msg_free(task);
         return pp__raise(pp__state_from_type(Py_TYPE(self)), rc);
@@ -359,6 +366,22 @@ engine_get_state(PyObject *self, void *Py_UNUSED(closure))
     return PyLong_FromLong((long)pp__engine_state(ENGINE(self)));
 }
 
+/* function_store: the engine's store of by-value functions
+ * (pp_fn_store) as a dict of its counters.  Main GIL. */
+static PyObject *
+engine_get_function_store(PyObject *self, void *Py_UNUSED(closure))
+{
+    pp_fn_stats st;
+    pp__engine_function_stats(ENGINE(self), &st);
+    return Py_BuildValue("{snsnsnsnsKsKsK}", "entries",
+                         (Py_ssize_t)st.entries, "bytes", (Py_ssize_t)st.bytes,
+                         "idle_bytes", (Py_ssize_t)st.idle_bytes, "idle_limit",
+                         (Py_ssize_t)PP_FN_IDLE_BYTES, "copies",
+                         (unsigned long long)st.copies, "copied_bytes",
+                         (unsigned long long)st.copied_bytes, "fetches",
+                         (unsigned long long)st.fetches);
+}
+
 static PyMethodDef engine_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))engine_submit, METH_FASTCALL,
      "submit(job, index, kind, func_pickle, args_pickle): queue one task."},
@@ -428,6 +451,10 @@ static PyGetSetDef engine_getset[] = {
     {"live_workers", engine_get_live_workers, NULL,
      "workers that have not exited", NULL},
     {"state", engine_get_state, NULL, "lifecycle state (PP_ENGINE_*)", NULL},
+    {"function_store", engine_get_function_store, NULL,
+     "the by-value function store: entries and bytes kept now (for queued "
+     "or running tasks, plus idle ones up to idle_limit bytes); copies and "
+     "copied_bytes stored so far; fetches by workers so far", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -150,7 +150,7 @@ interpreter_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (pp__as_u64(args[0], &kind) < 0) {
         return NULL;
     }
-    pp_msg *task = pp__task_from_buffers(0, 0, kind, args[1], args[2]);
+    pp_msg *task = pp__task_from_buffers(0, 0, kind, args[1], args[2], 0);
     if (task == NULL) {
         return NULL;
     }

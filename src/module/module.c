@@ -80,7 +80,7 @@ pp__timeout_ns(PyObject *obj, int64_t *out)
 
 pp_msg *
 pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
-                      PyObject *func, PyObject *args)
+                      PyObject *func, PyObject *args, int header_only)
 {
     Py_buffer fb, ab;
     if (PyObject_GetBuffer(func, &fb, PyBUF_SIMPLE) < 0) {
@@ -90,8 +90,10 @@ pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
         PyBuffer_Release(&fb);
         return NULL;
     }
+    size_t func_part = header_only ? pp__fn_task_part(fb.buf, (size_t)fb.len)
+                                   : (size_t)fb.len;
     pp_msg *task = pp_msg_new_task(job, index, (uint32_t)kind, fb.buf,
-                                   (size_t)fb.len, ab.buf, (size_t)ab.len);
+                                   func_part, ab.buf, (size_t)ab.len);
     PyBuffer_Release(&fb);
     PyBuffer_Release(&ab);
     if (task == NULL) {

@@ -92,9 +92,12 @@ int pp__as_u64(PyObject *obj, uint64_t *out);
  * forever).  0 or -1 with an exception. */
 int pp__timeout_ns(PyObject *obj, int64_t *out);
 /* A task message from two bytes-like objects (the function's pickle and
- * the arguments').  NULL with an exception. */
+ * the arguments'); with header_only, of a by-value function reference
+ * only its header (pp__fn_task_part: the task is for an engine, which
+ * keeps the bytes).  NULL with an exception. */
 pp_msg *pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
-                              PyObject *func, PyObject *args);
+                              PyObject *func, PyObject *args,
+                              int header_only);
 
 /* A completion's kind in collect()'s tuples (never in a pp_msg): a
  * successful codec result, already decoded; the payload is the value. */

@@ -8,9 +8,11 @@ classes defined inside functions, and for anything defined in a
 and Dask send them; everything pickle can send by name keeps doing so.
 
 A function or class sent by value is pickled once, at its first
-submission (``poolparty._engine.function_pickle`` keeps the bytes), and
-each worker unpickles it once and keeps it
-(``poolparty._worker.resolve_function``).  What the worker gets is a
+submission (``poolparty._engine.function_pickle`` keeps the bytes); a
+pool's engine keeps one copy of them while its tasks need them
+(src/core/fnstore.c), the tasks carrying only the header of
+function_data's reference, and each worker unpickles it once and keeps
+it (``poolparty._worker.resolve_function``).  What the worker gets is a
 snapshot: globals and closure variables as they were when it was
 pickled.
 """

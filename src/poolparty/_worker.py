@@ -158,16 +158,18 @@ def bootstrap(payload):
         initializer(*initargs)
 
 
-def resolve_function(reference):
+def resolve_function(reference, data=None):
     """The object a by-name function reference (``b"module\\0qualname"``) names.
 
     What unpickling a by-reference pickle of it does: import the module,
     then follow the dotted qualified name (in ``__main__``, the parent's
     script, run as ``__mp_main__`` on first use).  A by-value reference
-    (see poolparty._byvalue.function_data) is unpickled once per worker.
+    (see poolparty._byvalue.function_data) is unpickled once per worker;
+    a pool's task carries only its header, and None asks the C core for
+    the bytes (``data``), which it reads from the engine's store.
     """
     if reference[:2] == b"\0v":
-        return _by_value_function(reference)
+        return _by_value_function(reference, data)
     module_name, _, qualname = reference.decode(
         "utf-8", "surrogatepass").partition("\0")
     __import__(module_name)
@@ -182,16 +184,20 @@ _by_value = {}
 _BY_VALUE_MAX = 256
 
 
-def _by_value_function(reference):
+def _by_value_function(reference, data=None):
     """Unpickle a by-value reference's function, or the copy kept from before.
 
-    The bytes are cloudpickle's; the C pickler loads them, importing
+    The bytes are cloudpickle's, after the header or in ``data``; None
+    when neither has them.  The C pickler loads them, importing
     cloudpickle for its reconstructors.
     """
-    token, module, qualname, data = reference[1:].split(b"\0", 3)
+    token, module, qualname, inline = reference[1:].split(b"\0", 3)
     found = _by_value.get(token)
     if found is not None:
         return found
+    data = inline or data
+    if not data:
+        return None
     try:
         found = _pickle().loads(data)
     except ImportError as exc:

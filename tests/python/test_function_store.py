@@ -1,0 +1,132 @@
+"""A by-value function's bytes go to the engine once, not with each task.
+
+Tasks carry only the function's by-value header; the engine keeps the
+cloudpickle bytes (Engine.function_store counts them) while tasks that
+name them are queued or running, plus idle ones up to a byte limit, and a
+worker that has not unpickled the function yet reads them from there.
+"""
+
+import time
+
+import pytest
+
+from conftest import REFERENCE
+
+pytestmark = pytest.mark.skipif(REFERENCE, reason="poolparty-specific")
+
+BIG = 1 << 20  # bytes each closure below captures
+
+
+def closure_over(size, salt=0):
+    """A function closing over `size` bytes of data (distinct per salt)."""
+    data = bytes([salt % 256]) * size
+
+    def task(x):
+        return x + len(data) + data[0]
+
+    return task
+
+
+def store_of(pool):
+    return pool._engine.function_store
+
+
+def test_a_large_closure_is_copied_once_for_many_tasks(make_pool):
+    task = closure_over(BIG, salt=3)
+    with make_pool(2) as pool:
+        assert pool.map(task, range(300), chunksize=1) == [
+            x + BIG + 3 for x in range(300)
+        ]
+        assert [pool.apply(task, (i,)) for i in range(5)] == [
+            i + BIG + 3 for i in range(5)
+        ]
+        assert sorted(pool.imap_unordered(task, range(20))) == [
+            x + BIG + 3 for x in range(20)
+        ]
+        store = store_of(pool)
+    # One copy in the engine, for 325 tasks; at most one read per worker.
+    assert store["copies"] == 1
+    assert BIG <= store["copied_bytes"] < 2 * BIG
+    assert 1 <= store["fetches"] <= 2
+
+
+def test_executor_submit_and_map_copy_it_once(make_executor):
+    task = closure_over(BIG, salt=5)
+    with make_executor(2) as executor:
+        futures = [executor.submit(task, i) for i in range(100)]
+        assert [f.result() for f in futures] == [i + BIG + 5 for i in range(100)]
+        assert list(executor.map(task, range(50))) == [
+            i + BIG + 5 for i in range(50)
+        ]
+        store = store_of(executor)
+    assert store["copies"] == 1
+    assert 1 <= store["fetches"] <= 2
+
+
+def test_many_distinct_closures_do_not_grow_the_store(make_executor):
+    count = 48  # 48 MB of closures, more than the store keeps idle
+    with make_executor(2) as executor:
+        limit = store_of(executor)["idle_limit"]
+        assert count * BIG > limit
+        futures = [
+            executor.submit(closure_over(BIG, salt=i), 1) for i in range(count)
+        ]
+        assert [f.result() for f in futures] == [
+            1 + BIG + i % 256 for i in range(count)
+        ]
+        store = store_of(executor)
+    assert store["copies"] == count
+    # Every task is done: nothing is held, and what stays is bounded.
+    assert store["bytes"] == store["idle_bytes"] <= limit
+    assert store["entries"] < count
+
+
+def test_a_worker_replaced_by_maxtasksperchild_reads_it_again(make_pool):
+    task = closure_over(BIG, salt=7)
+    with make_pool(1, maxtasksperchild=2) as pool:
+        assert pool.map(task, range(10), chunksize=1) == [
+            x + BIG + 7 for x in range(10)
+        ]
+        store = store_of(pool)
+    # Five interpreters in turn, each reading the one copy once.
+    assert store["copies"] == 1
+    assert store["fetches"] == 5
+
+
+def slow_closure(size):
+    data = b"s" * size
+
+    def task(x):
+        time.sleep(0.05)
+        return x + len(data)
+
+    return task
+
+
+def test_dropped_tasks_let_go_of_it(make_pool, make_executor):
+    task = slow_closure(BIG)
+    with make_executor(1) as executor:
+        futures = [executor.submit(task, i) for i in range(30)]
+        executor.shutdown(wait=True, cancel_futures=True)
+        assert any(f.cancelled() for f in futures)
+        store = store_of(executor)
+    assert store["bytes"] == store["idle_bytes"] == store["copied_bytes"]
+    pool = make_pool(1)
+    pool.map_async(task, range(30), chunksize=1)
+    time.sleep(0.2)
+    pool.terminate()
+    pool.join()
+    store = store_of(pool)
+    assert store["copies"] == 1
+    assert store["bytes"] == store["idle_bytes"]
+
+
+def test_module_level_functions_and_interpreter_calls_use_no_store(make_pool):
+    from poolparty import Interpreter
+
+    with make_pool(2) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+        assert store_of(pool)["copies"] == 0
+    # Interpreter has no engine: each call carries the bytes itself.
+    with Interpreter() as interp:
+        assert interp.call(closure_over(BIG, salt=1), 1) == 1 + BIG + 1
