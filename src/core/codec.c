@@ -851,6 +851,21 @@ decode_item_array(decoder *d, Py_ssize_t n)
     return items;
 }
 
+/* Decode the n items of `obj`, a new list or tuple of n, straight into
+ * its item array.  obj, or NULL with an exception (obj freed).  Needs:
+ * the GIL. */
+static PyObject *
+fill_in_place(decoder *d, PyObject *obj, uint64_t n)
+{
+    PyObject **slots = PySequence_Fast_ITEMS(obj);
+    size_t capacity = (size_t)n;
+    if (decode_items(d, &slots, &capacity, (Py_ssize_t)n) < 0) {
+        Py_DECREF(obj);
+        return NULL;
+    }
+    return obj;
+}
+
 /* A list of n items, numbered (if it is) before them: it may contain
  * itself.  New reference or NULL with an exception.  Needs: the GIL. */
 static PyObject *
@@ -868,13 +883,7 @@ decode_list(decoder *d, uint64_t n, int numbered)
             Py_XDECREF(obj);
             return NULL;
         }
-        PyObject **slots = PySequence_Fast_ITEMS(obj);
-        size_t capacity = (size_t)n;
-        if (decode_items(d, &slots, &capacity, (Py_ssize_t)n) < 0) {
-            Py_DECREF(obj);
-            return NULL;
-        }
-        return obj;
+        return fill_in_place(d, obj, n);
     }
     /* Longer than its input (REPEATs, or damage): the list starts empty,
      * numbered, and takes its items at the end. */
@@ -917,16 +926,7 @@ decode_tuple(decoder *d, uint64_t n)
         /* In place, as a list: a new tuple's items are NULL until set,
          * which its deallocator and the garbage collector allow. */
         PyObject *obj = PyTuple_New((Py_ssize_t)n);
-        if (obj == NULL) {
-            return NULL;
-        }
-        PyObject **slots = PySequence_Fast_ITEMS(obj);
-        size_t capacity = (size_t)n;
-        if (decode_items(d, &slots, &capacity, (Py_ssize_t)n) < 0) {
-            Py_DECREF(obj);
-            return NULL;
-        }
-        return obj;
+        return obj ? fill_in_place(d, obj, n) : NULL;
     }
     PyObject **items = decode_item_array(d, (Py_ssize_t)n);
     if (items == NULL) {

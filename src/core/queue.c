@@ -99,6 +99,8 @@ pp_queue_push(pp_queue *q, pp_msg *msg)
     return pp_queue_push_chain(q, msg, 1);
 }
 
+static void unlink_waiter_locked(pp_queue *q, pp_waiter *w);
+
 /* Takes q->mutex.  One lock round and one wake-up for a whole batch:
  * a map's chunks are queued together instead of paying both per chunk. */
 int
@@ -118,11 +120,7 @@ pp_queue_push_chain(pp_queue *q, pp_msg *first, size_t count)
      * one each, longest-waiting first. */
     while (q->waiters != NULL && first != NULL) {
         pp_waiter *w = q->waiters;
-        q->waiters = w->next;
-        if (q->waiters == NULL) {
-            q->waiters_tail = NULL;
-        }
-        q->nwaiters--;
+        unlink_waiter_locked(q, w);
         w->next = NULL;
         w->msg = first;
         first = first->next;
@@ -208,6 +206,21 @@ take_head_locked(pp_queue *q)
     return msg;
 }
 
+/* Take `node`, which follows `prev` (NULL: it is the head), out of the
+ * singly linked list from `head` to `tail`. */
+#define UNLINK(head, tail, prev, node)                                     \
+    do {                                                                   \
+        if ((prev) == NULL) {                                              \
+            (head) = (node)->next;                                         \
+        }                                                                  \
+        else {                                                             \
+            (prev)->next = (node)->next;                                   \
+        }                                                                  \
+        if ((tail) == (node)) {                                            \
+            (tail) = (prev);                                               \
+        }                                                                  \
+    } while (0)
+
 /* Take `w` out of the line of waiters.  Needs q->mutex. */
 static void
 unlink_waiter_locked(pp_queue *q, pp_waiter *w)
@@ -217,15 +230,7 @@ unlink_waiter_locked(pp_queue *q, pp_waiter *w)
         if (it != w) {
             continue;
         }
-        if (prev == NULL) {
-            q->waiters = w->next;
-        }
-        else {
-            prev->next = w->next;
-        }
-        if (q->waiters_tail == w) {
-            q->waiters_tail = prev;
-        }
+        UNLINK(q->waiters, q->waiters_tail, prev, w);
         q->nwaiters--;
         return;
     }
@@ -355,15 +360,7 @@ pp_queue_remove(pp_queue *q, uint64_t job, uint64_t index, pp_msg **out)
         if (m->job != job || m->index != index) {
             continue;
         }
-        if (prev == NULL) {
-            q->head = m->next;
-        }
-        else {
-            prev->next = m->next;
-        }
-        if (q->tail == m) {
-            q->tail = prev;
-        }
+        UNLINK(q->head, q->tail, prev, m);
         q->length--;
         m->next = NULL;
         *out = m;
@@ -390,15 +387,7 @@ pp_queue_remove_job(pp_queue *q, uint64_t job)
             m = next;
             continue;
         }
-        if (prev == NULL) {
-            q->head = next;
-        }
-        else {
-            prev->next = next;
-        }
-        if (q->tail == m) {
-            q->tail = prev;
-        }
+        UNLINK(q->head, q->tail, prev, m);
         q->length--;
         m->next = NULL;
         if (removed_tail == NULL) {
@@ -414,22 +403,26 @@ pp_queue_remove_job(pp_queue *q, uint64_t job)
     return removed;
 }
 
-/* Takes q->mutex. */
-size_t
-pp_queue_length(pp_queue *q)
+/* One of q's counts, read under q->mutex (a snapshot). */
+static size_t
+count_now(pp_queue *q, const size_t *count)
 {
     pthread_mutex_lock(&q->mutex);
-    size_t n = q->length;
+    size_t n = *count;
     pthread_mutex_unlock(&q->mutex);
     return n;
 }
 
 /* Takes q->mutex. */
 size_t
+pp_queue_length(pp_queue *q)
+{
+    return count_now(q, &q->length);
+}
+
+/* Takes q->mutex. */
+size_t
 pp_queue_waiting(pp_queue *q)
 {
-    pthread_mutex_lock(&q->mutex);
-    size_t n = q->nwaiters;
-    pthread_mutex_unlock(&q->mutex);
-    return n;
+    return count_now(q, &q->nwaiters);
 }
