@@ -20,16 +20,15 @@ log() { printf '[compat %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 # pip's output less the index-location warnings of this machine's config;
 # keeps pip's exit status.
 quiet() { grep -v '^WARNING: Location' || true; }
+. scripts/pyenv-python.sh
 
 pythons() {
     if [ -n "${POOLPARTY_PYTHONS:-}" ]; then
         printf '%s\n' $POOLPARTY_PYTHONS
         return
     fi
-    for minor in 3.12 3.13; do
-        v=$(pyenv versions --bare 2>/dev/null | grep -E "^${minor//./\\.}\.[0-9]+$" | sort -V | tail -1 || true)
-        [ -n "$v" ] && echo "$(pyenv prefix "$v")/bin/python$minor"
-    done
+    pyenv_python 3.12 || true
+    pyenv_python 3.13 || true
 }
 
 if [ "${1:-}" != "--render" ]; then

@@ -217,29 +217,26 @@ def _by_dist(report):
     return {p["distribution"]: p for p in report["packages"]}
 
 
+# What a table cell says for each of classify()'s words.
+_CELL_TEXT = {
+    "missing": "not installed",
+    "loads": "works",
+    "fallback": "works, without C parts",
+    "unusable": "**imports, fails in use**",
+    "exit": "**works, then the process crashes at exit**",
+    "own": "**refused**",
+    "feature": "**refused** (threads/fork/signals)",
+}
+
+
 def _cell(entry):
-    result = entry["result"]
     word = classify(entry)
-    if word == "missing":
-        text = "not installed"
-    elif word == "loads":
-        text = "works"
-    elif word == "fallback":
-        text = "works, without C parts"
-    elif word == "unusable":
-        text = "**imports, fails in use**"
-    elif word == "exit":
-        text = "**works, then the process crashes at exit**"
-    elif word == "own":
-        text = "**refused**"
-    elif word == "dependency":
+    if word == "dependency":
         needs = ", ".join(dict.fromkeys(_top(c) for c in culprits(entry)))
-        text = f"**refused** (needs {needs})"
-    elif word == "feature":
-        text = "**refused** (threads/fork/signals)"
-    else:
-        text = f"**{result['status']}**"
-    return text
+        return f"**refused** (needs {needs})"
+    if word in _CELL_TEXT:
+        return _CELL_TEXT[word]
+    return f"**{entry['result']['status']}**"
 
 
 def _why(entry):

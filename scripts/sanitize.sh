@@ -40,6 +40,7 @@ esac
 
 log() { printf '[sanitize %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 status=0
+. scripts/pyenv-python.sh
 
 pythons() {
     if [ -n "${POOLPARTY_SANITIZE_PYTHONS:-}" ]; then
@@ -47,12 +48,9 @@ pythons() {
         return
     fi
     for minor in 3.13 3.12; do
-        v=$(pyenv versions --bare 2>/dev/null | grep -E "^${minor//./\\.}\.[0-9]+$" | sort -V | tail -1 || true)
-        if [ -n "$v" ]; then
-            printf '%s\n' "$(pyenv prefix "$v")/bin/python$minor"
-        elif [ -x "/usr/bin/python$minor" ]; then
-            printf '%s\n' "/usr/bin/python$minor"
-        fi
+        pyenv_python "$minor" || {
+            [ -x "/usr/bin/python$minor" ] && echo "/usr/bin/python$minor"
+        } || true
     done
 }
 

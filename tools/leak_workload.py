@@ -38,6 +38,16 @@ def check(what, ok):
 check.failed = False
 
 
+def check_raises(what, exc_type, call, *args):
+    """check() that call(*args) raises exc_type (others propagate)."""
+    try:
+        call(*args)
+    except exc_type:
+        check(what, True)
+    else:
+        check(what, False)
+
+
 def pool_phase(dispatch, n):
     with poolparty.SubinterpreterPool(2, dispatch=dispatch) as pool:
         check(f"{dispatch}: map {n}", pool.map(rt.increment, range(n), 1) ==
@@ -62,11 +72,8 @@ def pool_phase(dispatch, n):
         except Exception as exc:
             check(f"{dispatch}: unpicklable result",
                   type(exc).__name__ == "MaybeEncodingError")
-        try:
-            pool.apply(rt.recurse_forever)
-            check(f"{dispatch}: RecursionError", False)
-        except RecursionError:
-            check(f"{dispatch}: RecursionError", True)
+        check_raises(f"{dispatch}: RecursionError", RecursionError,
+                     pool.apply, rt.recurse_forever)
         try:
             pool.apply(rt.call_sys_exit, (5,))
         except SystemExit as exc:
@@ -87,11 +94,8 @@ def lifecycle_phase(dispatch):
     pending = pool.map_async(rt.sleep_then, [(0.001, i) for i in range(300)], 1)
     pool.terminate()
     pool.join()
-    try:
-        pending.get(30)
-        check(f"{dispatch}: terminate drops queued", False)
-    except poolparty.TerminatedError:
-        check(f"{dispatch}: terminate drops queued", True)
+    check_raises(f"{dispatch}: terminate drops queued",
+                 poolparty.TerminatedError, pending.get, 30)
     # maxtasksperchild: interpreters replaced
     pool = poolparty.SubinterpreterPool(2, maxtasksperchild=3, dispatch=dispatch)
     check(f"{dispatch}: maxtasksperchild", pool.map(rt.increment, range(40), 1) ==
@@ -106,11 +110,8 @@ def lifecycle_phase(dispatch):
     # a failing initializer breaks the pool
     pool = poolparty.SubinterpreterPool(2, initializer=tasks.failing_initializer,
                                         initargs=("no",), dispatch=dispatch)
-    try:
-        pool.apply(rt.increment, (1,))
-        check(f"{dispatch}: broken pool", False)
-    except poolparty.BrokenInterpreterPool:
-        check(f"{dispatch}: broken pool", True)
+    check_raises(f"{dispatch}: broken pool", poolparty.BrokenInterpreterPool,
+                 pool.apply, rt.increment, (1,))
     pool.terminate()
     pool.join()
     # terminate() abandons workers blocked in C; they end once released
@@ -123,11 +124,8 @@ def lifecycle_phase(dispatch):
         rt.wait_for(path)
     pool.terminate()
     pool.join()
-    try:
-        blocked.get(30)
-        check(f"{dispatch}: terminate abandons blocked workers", False)
-    except poolparty.TerminatedError:
-        check(f"{dispatch}: terminate abandons blocked workers", True)
+    check_raises(f"{dispatch}: terminate abandons blocked workers",
+                 poolparty.TerminatedError, blocked.get, 30)
     os.write(write_end, b"xx")
     check(f"{dispatch}: abandoned workers end",
           poolparty._poolparty.abandoned_workers(60) == 0)
