@@ -450,12 +450,9 @@ PyObject *
 pp__engine_type_collect(PyObject *self, PyObject *const *args,
                         Py_ssize_t nargs)
 {
-    int64_t timeout_ns;
-    if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "collect(timeout=None)");
-        return NULL;
-    }
-    if (pp__timeout_ns(nargs ? args[0] : NULL, &timeout_ns) < 0) {
+    int64_t timeout_ns = -1;
+    if (pp__timeout_arg(args, nargs, "collect(timeout=None)",
+                        &timeout_ns) < 0) {
         return NULL;
     }
     pp_engine_object *eo = (pp_engine_object *)self;

@@ -93,14 +93,11 @@ PyObject *
 pp__engine_type_submit_map(PyObject *self, PyObject *const *args,
                            Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "submit_map(job, kind, func_pickle, "
-                                         "items, chunksize, pickle_dumps)");
-        return NULL;
-    }
     uint64_t job, kind, chunksize;
-    if (pp__as_u64(args[0], &job) < 0 || pp__as_u64(args[1], &kind) < 0 ||
-        pp__as_u64(args[4], &chunksize) < 0) {
+    if (pp__u64_args(args, nargs, 6,
+                     "submit_map(job, kind, func_pickle, items, chunksize, "
+                     "pickle_dumps)",
+                     "014", &job, &kind, &chunksize) < 0) {
         return NULL;
     }
     if (chunksize == 0) {

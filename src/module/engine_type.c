@@ -107,14 +107,10 @@ engine_dealloc(PyObject *self)
 static PyObject *
 engine_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "submit(job, index, kind, "
-                                         "func_pickle, args_pickle)");
-        return NULL;
-    }
     uint64_t job, index, kind;
-    if (pp__as_u64(args[0], &job) < 0 || pp__as_u64(args[1], &index) < 0 ||
-        pp__as_u64(args[2], &kind) < 0) {
+    if (pp__u64_args(args, nargs, 5,
+                     "submit(job, index, kind, func_pickle, args_pickle)",
+                     "012", &job, &index, &kind) < 0) {
         return NULL;
     }
     /* A by-value function's bytes go to the engine's store, once; the
@@ -209,11 +205,8 @@ static PyObject *
 engine_cancel(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     uint64_t job, index;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "cancel(job, index)");
-        return NULL;
-    }
-    if (pp__as_u64(args[0], &job) < 0 || pp__as_u64(args[1], &index) < 0) {
+    if (pp__u64_args(args, nargs, 2, "cancel(job, index)", "01", &job,
+                     &index) < 0) {
         return NULL;
     }
     return PyBool_FromLong(pp__engine_cancel(ENGINE(self), job, index) ==
@@ -235,12 +228,8 @@ engine_cancel_job(PyObject *self, PyObject *arg)
 static PyObject *
 engine_join(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    int64_t timeout_ns;
-    if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "join(timeout=None)");
-        return NULL;
-    }
-    if (pp__timeout_ns(nargs ? args[0] : NULL, &timeout_ns) < 0) {
+    int64_t timeout_ns = -1;
+    if (pp__timeout_arg(args, nargs, "join(timeout=None)", &timeout_ns) < 0) {
         return NULL;
     }
     int rc;

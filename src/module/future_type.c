@@ -66,11 +66,8 @@ typedef struct {
 static pp_future_support *
 support_of(PyObject *op)
 {
-    PyObject *module = PyType_GetModuleByDef(Py_TYPE(op), &pp__module_def);
-    if (module == NULL) {
-        return NULL;
-    }
-    return &((pp_module_state *)PyModule_GetState(module))->future;
+    pp_module_state *st = pp__state_from_type(Py_TYPE(op));
+    return st ? &st->future : NULL;
 }
 
 static int
@@ -288,15 +285,7 @@ future_exception(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     return read_or_wait(op, args, nargs, kwnames, 1);
 }
 
-static future_state
-state_of(PyObject *op)
-{
-    future_state state;
-    FUTURE_LOCK(op);
-    state = FUT(op)->state;
-    FUTURE_UNLOCK();
-    return state;
-}
+PP_LOCKED_READER(future_state, state_of, FUT(op)->state)
 
 static PyObject *
 future_done(PyObject *op, PyObject *Py_UNUSED(ignored))
@@ -448,33 +437,6 @@ set_exception_attr(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
     return set_field(op, &FUT(op)->exception, value);
 }
 
-/* The object in *field, made by make() if there is none yet.  make()
- * may run Python code, so the field is checked again before storing:
- * whoever stored first wins and everybody gets that one. */
-static PyObject *
-get_or_make(PyObject *op, PyObject **field, PyObject *(*make)(PyObject *))
-{
-    PyObject *value;
-    FUTURE_LOCK(op);
-    value = Py_XNewRef(*field);
-    FUTURE_UNLOCK();
-    if (value != NULL) {
-        return value;
-    }
-    PyObject *made = make(op);
-    if (made == NULL) {
-        return NULL;
-    }
-    FUTURE_LOCK(op);
-    if (*field == NULL) {
-        *field = Py_NewRef(made);
-    }
-    value = Py_NewRef(*field);
-    FUTURE_UNLOCK();
-    Py_DECREF(made);
-    return value;
-}
-
 static PyObject *
 make_list(PyObject *Py_UNUSED(op))
 {
@@ -494,19 +456,19 @@ make_condition(PyObject *op)
 static PyObject *
 get_condition(PyObject *op, void *Py_UNUSED(closure))
 {
-    return get_or_make(op, &FUT(op)->condition, make_condition);
+    return pp__get_or_make(op, &FUT(op)->condition, make_condition);
 }
 
 static PyObject *
 get_waiters(PyObject *op, void *Py_UNUSED(closure))
 {
-    return get_or_make(op, &FUT(op)->waiters, make_list);
+    return pp__get_or_make(op, &FUT(op)->waiters, make_list);
 }
 
 static PyObject *
 get_callbacks(PyObject *op, void *Py_UNUSED(closure))
 {
-    return get_or_make(op, &FUT(op)->callbacks, make_list);
+    return pp__get_or_make(op, &FUT(op)->callbacks, make_list);
 }
 
 /* Setting these replaces them (concurrent.futures.Future.__init__ run on
@@ -531,44 +493,10 @@ set_callbacks(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 
 /* ---- GC ------------------------------------------------------------- */
 
-static int
-future_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    FutureObject *self = FUT(op);
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(self->result);
-    Py_VISIT(self->exception);
-    Py_VISIT(self->condition);
-    Py_VISIT(self->waiters);
-    Py_VISIT(self->callbacks);
-    Py_VISIT(self->owner);
-    return pp__visit_instance_dict(op, visit, arg);
-}
-
-static int
-future_clear(PyObject *op)
-{
-    FutureObject *self = FUT(op);
-    Py_CLEAR(self->result);
-    Py_CLEAR(self->exception);
-    Py_CLEAR(self->condition);
-    Py_CLEAR(self->waiters);
-    Py_CLEAR(self->callbacks);
-    Py_CLEAR(self->owner);
-    pp__clear_instance_dict(op);
-    return 0;
-}
-
-static void
-future_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    PyObject_ClearWeakRefs(op);
-    (void)future_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
+#define FUTURE_REFS(X)                                                     \
+    X(result) X(exception) X(condition) X(waiters) X(callbacks) X(owner)
+#define NOTHING_ELSE(op) (void)(op)
+PP_GC_FUNCTIONS(future, FutureObject, FUTURE_REFS, NOTHING_ELSE)
 
 /* ---- the type ------------------------------------------------------- */
 
@@ -615,9 +543,7 @@ static PyType_Slot future_slots[] = {
     {Py_tp_doc, "A concurrent.futures.Future for one task of a "
                 "SubinterpreterPoolExecutor."},
     {Py_tp_init, future_init},
-    {Py_tp_dealloc, future_dealloc},
-    {Py_tp_traverse, future_traverse},
-    {Py_tp_clear, future_clear},
+    PP_GC_SLOTS(future),
     {Py_tp_methods, future_methods},
     {Py_tp_getset, future_getset},
     {0, NULL},
@@ -674,12 +600,7 @@ pp__module_future_type(PyObject *module, PyObject *const *args,
     }
     /* concurrent.futures imported threading already: fetched now, so
      * that no thread races to fetch it later. */
-    PyObject *threading = PyImport_ImportModule("threading");
-    if (threading == NULL) {
-        goto error;
-    }
-    made.condition_class = PyObject_GetAttrString(threading, "Condition");
-    Py_DECREF(threading);
+    made.condition_class = pp__import_attr("threading", "Condition");
     made.no_args = PyTuple_New(0);
     if (made.condition_class == NULL || made.no_args == NULL) {
         goto error;
@@ -703,38 +624,27 @@ error:
     return NULL;
 }
 
+#define SUPPORT_REFS(X)                                                    \
+    X(type) X(no_args) X(base_result) X(base_exception) X(base_set_result) \
+        X(base_set_exception) X(base_cancel) X(invalid_state_error)        \
+            X(condition_class)
+
 int
-pp__future_support_traverse(pp_future_support *support, visitproc visit,
+pp__future_support_traverse(pp_future_support *self, visitproc visit,
                             void *arg)
 {
-    Py_VISIT(support->type);
+    SUPPORT_REFS(PP_VISIT_REF)
     for (int s = 0; s < FS_COUNT; s++) {
-        Py_VISIT(support->state_names[s]);
+        Py_VISIT(self->state_names[s]);
     }
-    Py_VISIT(support->no_args);
-    Py_VISIT(support->base_result);
-    Py_VISIT(support->base_exception);
-    Py_VISIT(support->base_set_result);
-    Py_VISIT(support->base_set_exception);
-    Py_VISIT(support->base_cancel);
-    Py_VISIT(support->invalid_state_error);
-    Py_VISIT(support->condition_class);
     return 0;
 }
 
 void
-pp__future_support_clear(pp_future_support *support)
+pp__future_support_clear(pp_future_support *self)
 {
-    Py_CLEAR(support->type);
+    SUPPORT_REFS(PP_CLEAR_REF)
     for (int s = 0; s < FS_COUNT; s++) {
-        Py_CLEAR(support->state_names[s]);
+        Py_CLEAR(self->state_names[s]);
     }
-    Py_CLEAR(support->no_args);
-    Py_CLEAR(support->base_result);
-    Py_CLEAR(support->base_exception);
-    Py_CLEAR(support->base_set_result);
-    Py_CLEAR(support->base_set_exception);
-    Py_CLEAR(support->base_cancel);
-    Py_CLEAR(support->invalid_state_error);
-    Py_CLEAR(support->condition_class);
 }

@@ -141,13 +141,9 @@ acquire_open(InterpreterObject *self)
 static PyObject *
 interpreter_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError,
-                        "call(kind, func_pickle, args_pickle)");
-        return NULL;
-    }
     uint64_t kind;
-    if (pp__as_u64(args[0], &kind) < 0) {
+    if (pp__u64_args(args, nargs, 3, "call(kind, func_pickle, args_pickle)",
+                     "0", &kind) < 0) {
         return NULL;
     }
     pp_msg *task = pp__task_from_buffers(0, 0, kind, args[1], args[2], 0);

@@ -6,6 +6,7 @@
 #include "module.h"
 
 #include <math.h>
+#include <stdarg.h>
 
 pp_module_state *
 pp__state_from_type(PyTypeObject *type)
@@ -51,31 +52,106 @@ pp__as_u64(PyObject *obj, uint64_t *out)
     return 0;
 }
 
+/* See module.h. */
+PyObject *
+pp__import_attr(const char *module_name, const char *attr)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+    return PyImport_ImportModuleAttrString(module_name, attr);
+#else
+    PyObject *module = PyImport_ImportModule(module_name);
+    if (module == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyObject_GetAttrString(module, attr);
+    Py_DECREF(module);
+    return value;
+#endif
+}
+
+/* See module.h.  make() may run Python code, so the field is checked
+ * again before storing: whoever stored first wins. */
+PyObject *
+pp__get_or_make(PyObject *op, PyObject **field, PyObject *(*make)(PyObject *))
+{
+    PyObject *value;
+    PP_LOCK_OBJECT(op);
+    value = Py_XNewRef(*field);
+    PP_UNLOCK_OBJECT();
+    if (value != NULL) {
+        return value;
+    }
+    PyObject *made = make(op);
+    if (made == NULL) {
+        return NULL;
+    }
+    PP_LOCK_OBJECT(op);
+    if (*field == NULL) {
+        *field = Py_NewRef(made);
+    }
+    value = Py_NewRef(*field);
+    PP_UNLOCK_OBJECT();
+    Py_DECREF(made);
+    return value;
+}
+
+int
+pp__u64_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t n,
+             const char *usage, const char *at, ...)
+{
+    if (nargs != n) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    int rc = 0;
+    va_list out;
+    va_start(out, at);
+    for (; rc == 0 && *at != '\0'; at++) {
+        rc = pp__as_u64(args[*at - '0'], va_arg(out, uint64_t *));
+    }
+    va_end(out);
+    return rc;
+}
+
+int
+pp__timeout_seconds(PyObject *obj, double *seconds)
+{
+    if (obj == NULL || obj == Py_None) {
+        return 1;
+    }
+    *seconds = PyFloat_AsDouble(obj);
+    return *seconds == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
 int
 pp__timeout_ns(PyObject *obj, int64_t *out)
 {
-    if (obj == NULL || obj == Py_None) {
-        *out = -1;
-        return 0;
-    }
-    double seconds = PyFloat_AsDouble(obj);
-    if (seconds == -1.0 && PyErr_Occurred()) {
+    double seconds = -1; /* None: forever */
+    if (pp__timeout_seconds(obj, &seconds) < 0) {
         return -1;
     }
     if (isnan(seconds)) {
         PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
         return -1;
     }
-    if (seconds < 0) {
-        *out = -1;
-    }
-    else if (seconds > 9.0e9) {
-        *out = -1; /* ~285 years: the same as forever */
+    if (seconds < 0 || seconds > 9.0e9) {
+        *out = -1; /* 9e9 s, ~285 years: the same as forever */
     }
     else {
         *out = (int64_t)(seconds * 1e9);
     }
     return 0;
+}
+
+int
+pp__timeout_arg(PyObject *const *args, Py_ssize_t nargs, const char *usage,
+                int64_t *out)
+{
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    return nargs == 1 ? pp__timeout_ns(args[0], out) : 0;
 }
 
 pp_msg *
@@ -151,28 +227,44 @@ module_main_import(PyObject *module, PyObject *arg)
     Py_RETURN_TRUE;
 }
 
-/* pp_buf.grow for encode(): the buffer is a bytes object (b->owner), so
- * the encoding is not copied again once done, as pickle.dumps does.
+/* pp_buf.grow for encode(): the buffer is the bytes object being made
+ * (b->owner), so the encoding is not copied again once done, as
+ * pickle.dumps does.  3.15 soft-deprecates growing a bytes object in
+ * place (_PyBytes_Resize) for PyBytesWriter (PEP 782), which does the
+ * same: there b->owner is the writer.
  * Needs: the GIL of the bytes' interpreter. */
 static int
 grow_bytes(pp_buf *b, size_t capacity)
 {
-    PyObject *bytes = b->owner;
     if (capacity > (size_t)PY_SSIZE_T_MAX) {
         return -1;
     }
-    if (bytes == NULL) {
-        bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)capacity);
+    Py_ssize_t size = (Py_ssize_t)capacity;
+#if PY_VERSION_HEX >= 0x030F0000
+    PyBytesWriter *writer = b->owner;
+    if (writer == NULL) {
+        b->owner = writer = PyBytesWriter_Create(size);
     }
-    else if (_PyBytes_Resize(&bytes, (Py_ssize_t)capacity) < 0) {
+    else if (PyBytesWriter_Resize(writer, size) < 0) {
+        writer = NULL; /* still b->owner, for encode() to discard */
+    }
+    void *data = writer ? PyBytesWriter_GetData(writer) : NULL;
+#else
+    PyObject *bytes = b->owner;
+    if (bytes == NULL) {
+        bytes = PyBytes_FromStringAndSize(NULL, size);
+    }
+    else if (_PyBytes_Resize(&bytes, size) < 0) {
         bytes = NULL; /* _PyBytes_Resize freed it */
     }
     b->owner = bytes;
-    if (bytes == NULL) {
+    void *data = bytes ? PyBytes_AS_STRING(bytes) : NULL;
+#endif
+    if (data == NULL) {
         PyErr_Clear(); /* the encoder raises its own MemoryError */
         return -1;
     }
-    b->data = (unsigned char *)PyBytes_AS_STRING(bytes);
+    b->data = data;
     b->capacity = capacity;
     return 0;
 }
@@ -183,17 +275,22 @@ static PyObject *
 module_encode(PyObject *Py_UNUSED(module), PyObject *obj)
 {
     pp_buf buf = {.grow = grow_bytes};
-    PyObject *bytes = NULL;
     int rc = pp__codec_encode(obj, &buf);
-    bytes = buf.owner;
-    if (rc != 0) {
-        Py_XDECREF(bytes);
-        return rc > 0 ? Py_NewRef(Py_None) : NULL;
+#if PY_VERSION_HEX >= 0x030F0000
+    if (rc == 0) {
+        return PyBytesWriter_FinishWithSize(buf.owner, (Py_ssize_t)buf.size);
     }
-    if (_PyBytes_Resize(&bytes, (Py_ssize_t)buf.size) < 0) {
-        return NULL;
+    PyBytesWriter_Discard(buf.owner);
+#else
+    PyObject *bytes = buf.owner;
+    if (rc == 0) {
+        /* Shrunk to what was written; on failure it freed it. */
+        return _PyBytes_Resize(&bytes, (Py_ssize_t)buf.size) < 0 ? NULL
+                                                                 : bytes;
     }
-    return bytes;
+    Py_XDECREF(bytes);
+#endif
+    return rc > 0 ? Py_NewRef(Py_None) : NULL;
 }
 
 /* decode(buffer) -> obj, for a payload made by encode(). */
@@ -218,11 +315,8 @@ module_abandoned_workers(PyObject *Py_UNUSED(module), PyObject *const *args,
                          Py_ssize_t nargs)
 {
     int64_t timeout_ns = 0;
-    if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "abandoned_workers(timeout=0)");
-        return NULL;
-    }
-    if (nargs == 1 && pp__timeout_ns(args[0], &timeout_ns) < 0) {
+    if (pp__timeout_arg(args, nargs, "abandoned_workers(timeout=0)",
+                        &timeout_ns) < 0) {
         return NULL;
     }
     uint32_t left;

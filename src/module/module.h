@@ -16,6 +16,17 @@
 #define PP_LOCK_OBJECT(op) { (void)(op);
 #define PP_UNLOCK_OBJECT() }
 #endif
+/* static TYPE NAME(PyObject *op): FIELD (an expression of op, such as
+ * a state the collector thread changes) read under op's lock. */
+#define PP_LOCKED_READER(TYPE, NAME, FIELD)                                \
+    static TYPE NAME(PyObject *op)                                         \
+    {                                                                      \
+        TYPE value;                                                        \
+        PP_LOCK_OBJECT(op);                                                \
+        value = (FIELD);                                                   \
+        PP_UNLOCK_OBJECT();                                                \
+        return value;                                                      \
+    }
 
 /* Completions Engine.collect() turns into Python objects per call.  Not
  * all that are ready: every tuple it makes counts towards the garbage
@@ -88,9 +99,34 @@ PyObject *pp__raise(pp_module_state *st, int code);
 /* Read a non-negative integer that fits in uint64.  0 or -1 with an
  * exception. */
 int pp__as_u64(PyObject *obj, uint64_t *out);
+/* module_name.attr, the module imported if need be (3.14 made that one
+ * call, PyImport_ImportModuleAttrString).  New reference or NULL with
+ * an exception. */
+PyObject *pp__import_attr(const char *module_name, const char *attr);
+/* The object in op's *field, made by make(op) if there is none yet; all
+ * callers get the same one.  New reference or NULL with an exception.
+ * Needs: op's interpreter's GIL. */
+PyObject *pp__get_or_make(PyObject *op, PyObject **field,
+                          PyObject *(*make)(PyObject *));
+/* Check that a METH_FASTCALL method got `n` arguments, else TypeError
+ * with `usage` (its signature); then read the arguments at the positions
+ * `at` lists ("014": the first, second and fifth) as pp__as_u64 does,
+ * into the uint64_t pointers that follow, in order.  0 or -1 with an
+ * exception. */
+int pp__u64_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t n,
+                 const char *usage, const char *at, ...);
+/* A timeout argument's seconds into *seconds: 1 (*seconds untouched)
+ * when it is missing (NULL) or None, 0, or -1 with an exception. */
+int pp__timeout_seconds(PyObject *obj, double *seconds);
 /* Seconds (float, None or negative = forever) to nanoseconds (-1 =
  * forever).  0 or -1 with an exception. */
 int pp__timeout_ns(PyObject *obj, int64_t *out);
+/* The one optional argument of a METH_FASTCALL method
+ * name(timeout=...), as pp__timeout_ns reads it, into *out (untouched
+ * when not given); TypeError with `usage` for more.  0 or -1 with an
+ * exception. */
+int pp__timeout_arg(PyObject *const *args, Py_ssize_t nargs,
+                    const char *usage, int64_t *out);
 /* A task message from two bytes-like objects (the function's pickle and
  * the arguments'); with header_only, of a by-value function reference
  * only its header (pp__fn_task_part: the task is for an engine, which
@@ -203,6 +239,47 @@ pp__clear_instance_dict(PyObject *op)
     _PyObject_ClearManagedDict(op);
 #endif
 }
+
+/* An object's references listed once, for tp_traverse and tp_clear
+ * alike: REFS(X) expands X(field) for each PyObject * field of `self`. */
+#define PP_VISIT_REF(field) Py_VISIT(self->field);
+#define PP_CLEAR_REF(field) Py_CLEAR(self->field);
+
+/* NAME_traverse, NAME_clear and NAME_dealloc of a GC type whose base is
+ * a Python class (the Future, the pool's results), objects of C type
+ * TYPE: they visit and clear the fields REFS(X) names (see above), the
+ * type and the instance dict; dealloc then calls RELEASE(op) to free
+ * what else the object owns.  PP_GC_SLOTS(NAME) are their slots. */
+#define PP_GC_FUNCTIONS(NAME, TYPE, REFS, RELEASE)                         \
+    static int NAME##_traverse(PyObject *op, visitproc visit, void *arg)  \
+    {                                                                      \
+        TYPE *self = (TYPE *)op;                                           \
+        Py_VISIT(Py_TYPE(op));                                             \
+        REFS(PP_VISIT_REF)                                                 \
+        return pp__visit_instance_dict(op, visit, arg);                    \
+    }                                                                      \
+    static int NAME##_clear(PyObject *op)                                  \
+    {                                                                      \
+        TYPE *self = (TYPE *)op;                                           \
+        REFS(PP_CLEAR_REF)                                                 \
+        pp__clear_instance_dict(op);                                       \
+        return 0;                                                          \
+    }                                                                      \
+    static void NAME##_dealloc(PyObject *op)                               \
+    {                                                                      \
+        PyTypeObject *tp = Py_TYPE(op);                                    \
+        PyObject_GC_UnTrack(op);                                           \
+        PyObject_ClearWeakRefs(op);                                        \
+        (void)NAME##_clear(op);                                            \
+        RELEASE(op);                                                       \
+        tp->tp_free(op);                                                   \
+        Py_DECREF(tp);                                                     \
+    }
+/* A read-only attribute's PyGetSetDef entry. */
+#define PP_READONLY(NAME, GET) {NAME, GET, NULL, NULL, NULL}
+#define PP_GC_SLOTS(NAME)                                                  \
+    {Py_tp_traverse, NAME##_traverse}, {Py_tp_clear, NAME##_clear},        \
+        {Py_tp_dealloc, NAME##_dealloc}
 
 /* Create a heap type from `spec` for `module`, store it in *slot and
  * add it to the module.  0 or -1 with an exception. */

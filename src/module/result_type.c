@@ -96,11 +96,8 @@ typedef struct {
 static pp_result_support *
 support_of(PyObject *op)
 {
-    PyObject *module = PyType_GetModuleByDef(Py_TYPE(op), &pp__module_def);
-    if (module == NULL) {
-        return NULL;
-    }
-    return &((pp_module_state *)PyModule_GetState(module))->result;
+    pp_module_state *st = pp__state_from_type(Py_TYPE(op));
+    return st ? &st->result : NULL;
 }
 
 /* Remove `job` from `*cache` and drop the reference, once: what
@@ -300,16 +297,10 @@ wake_free(wake_t *w)
 static int
 deadline_from(PyObject *timeout, double *deadline)
 {
-    *deadline = -1;
-    if (timeout == NULL || timeout == Py_None) {
-        return 0;
-    }
-    double seconds = PyFloat_AsDouble(timeout);
-    if (seconds == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    *deadline = monotonic_s() + (seconds > 0 ? seconds : 0);
-    return 0;
+    double seconds;
+    int rc = pp__timeout_seconds(timeout, &seconds);
+    *deadline = rc == 0 ? monotonic_s() + (seconds > 0 ? seconds : 0) : -1;
+    return rc < 0 ? -1 : 0;
 }
 
 /* The constructors' work is all in tp_new: this only keeps the base
@@ -437,20 +428,28 @@ map_set(PyObject *op, uint64_t index, int ok, PyObject *value)
     }
 }
 
-/* A pending result of `type` with the fields both kinds have; the
- * caller registers it in the cache.  New reference or NULL. */
+/* A new, zeroed object of `type` for the pool's `cache` (a dict, else
+ * TypeError), made by object.__new__, not tp_alloc: that also sets up
+ * the instance dict the base class's instances have.  New reference or
+ * NULL.  Needs: main GIL. */
 static PyObject *
-result_alloc(PyTypeObject *type, PyObject *cache, uint64_t job,
-             PyObject *callback, PyObject *error_callback)
+new_object(PyTypeObject *type, PyObject *cache)
 {
     if (!PyDict_Check(cache)) {
         PyErr_SetString(PyExc_TypeError, "cache must be a dict");
         return NULL;
     }
     pp_result_support *support = &pp__state_from_type(type)->result;
-    /* object.__new__, not tp_alloc: it also sets up the instance dict
-     * that the base class's instances have. */
-    PyObject *op = PyBaseObject_Type.tp_new(type, support->no_args, NULL);
+    return PyBaseObject_Type.tp_new(type, support->no_args, NULL);
+}
+
+/* A pending result of `type` with the fields both kinds have; the
+ * caller registers it in the cache.  New reference or NULL. */
+static PyObject *
+result_alloc(PyTypeObject *type, PyObject *cache, uint64_t job,
+             PyObject *callback, PyObject *error_callback)
+{
+    PyObject *op = new_object(type, cache);
     if (op == NULL) {
         return NULL;
     }
@@ -553,15 +552,7 @@ map_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return op;
 }
 
-static result_state
-result_state_of(PyObject *op)
-{
-    result_state state;
-    PP_LOCK_OBJECT(op);
-    state = RES(op)->state;
-    PP_UNLOCK_OBJECT();
-    return state;
-}
+PP_LOCKED_READER(result_state, result_state_of, RES(op)->state)
 
 /* ready(): True once the result is in and its callback has run. */
 static PyObject *
@@ -690,30 +681,27 @@ parse_set(PyObject *const *args, Py_ssize_t nargs, uint64_t *index, int *ok,
     return 0;
 }
 
+/* _set(index, (ok, value)) of every result type: what the collector
+ * hands over in C (pp__result_deliver), from the pool's Python loop. */
 static PyObject *
-apply_set_method(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+result_set_method(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     uint64_t index;
     int ok;
     PyObject *value;
-    if (parse_set(args, nargs, &index, &ok, &value) < 0) {
+    pp_result_support *support = support_of(op);
+    if (support == NULL || parse_set(args, nargs, &index, &ok, &value) < 0 ||
+        pp__result_deliver(support, op, index, ok, value) < 0) {
         return NULL;
     }
-    apply_set(op, ok, value);
     Py_RETURN_NONE;
 }
 
 static PyObject *
-map_set_method(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+make_event(PyObject *op)
 {
-    uint64_t index;
-    int ok;
-    PyObject *value;
-    if (parse_set(args, nargs, &index, &ok, &value) < 0) {
-        return NULL;
-    }
-    map_set(op, index, ok, value);
-    Py_RETURN_NONE;
+    pp_result_support *support = support_of(op);
+    return support ? PyObject_CallNoArgs(support->event_class) : NULL;
 }
 
 /* _event: made on first use (the stdlib's wait() reads it), and set at
@@ -721,38 +709,15 @@ map_set_method(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 get_event(PyObject *op, void *Py_UNUSED(closure))
 {
-    ResultObject *self = RES(op);
-    PyObject *event;
-    PP_LOCK_OBJECT(op);
-    event = Py_XNewRef(self->event);
-    PP_UNLOCK_OBJECT();
-    if (event != NULL) {
-        return event;
-    }
-    pp_result_support *support = support_of(op);
-    if (support == NULL) {
-        return NULL;
-    }
-    PyObject *made = PyObject_CallNoArgs(support->event_class);
-    if (made == NULL) {
-        return NULL;
-    }
-    int done;
-    PP_LOCK_OBJECT(op);
-    if (self->event == NULL) {
-        self->event = Py_NewRef(made);
-    }
-    event = Py_NewRef(self->event);
-    done = self->state == RS_DONE;
-    PP_UNLOCK_OBJECT();
-    Py_DECREF(made);
-    if (done) {
+    PyObject *event = pp__get_or_make(op, &RES(op)->event, make_event);
+    /* Stored before the state is read: a finisher that came between saw
+     * it and set it; one that came before left it to us. */
+    if (event != NULL && result_state_of(op) == RS_DONE) {
         PyObject *res = PyObject_CallMethod(event, "set", NULL);
         if (res == NULL) {
-            Py_DECREF(event);
-            return NULL;
+            Py_CLEAR(event);
         }
-        Py_DECREF(res);
+        Py_XDECREF(res);
     }
     return event;
 }
@@ -797,124 +762,56 @@ get_result_cache(PyObject *op, void *Py_UNUSED(closure))
     return cache ? cache : Py_NewRef(Py_None);
 }
 
-static int
-result_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    ResultObject *self = RES(op);
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(self->cache);
-    Py_VISIT(self->value);
-    Py_VISIT(self->error);
-    Py_VISIT(self->callback);
-    Py_VISIT(self->error_callback);
-    Py_VISIT(self->event);
-    return pp__visit_instance_dict(op, visit, arg);
-}
+#define RESULT_REFS(X)                                                     \
+    X(cache) X(value) X(error) X(callback) X(error_callback) X(event)
+/* Nobody sleeps on a freed object. */
+#define RESULT_RELEASE(op) wake_free(&RES(op)->wake)
+PP_GC_FUNCTIONS(result, ResultObject, RESULT_REFS, RESULT_RELEASE)
 
-static int
-result_clear(PyObject *op)
-{
-    ResultObject *self = RES(op);
-    Py_CLEAR(self->cache);
-    Py_CLEAR(self->value);
-    Py_CLEAR(self->error);
-    Py_CLEAR(self->callback);
-    Py_CLEAR(self->error_callback);
-    Py_CLEAR(self->event);
-    pp__clear_instance_dict(op);
-    return 0;
-}
-
-static void
-result_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    PyObject_ClearWeakRefs(op);
-    (void)result_clear(op);
-    wake_free(&RES(op)->wake); /* nobody sleeps on a freed object */
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
-#define RESULT_COMMON_METHODS                                               \
-    {"ready", result_ready, METH_NOARGS,                                    \
-     "ready(): True once the call has completed (and its callback ran)."},  \
-        {"successful", result_successful, METH_NOARGS,                      \
-         "successful(): whether the call completed without raising; "       \
-         "ValueError if it is not ready."},                                 \
-        {"wait", (PyCFunction)(void (*)(void))result_wait,                  \
-         METH_FASTCALL | METH_KEYWORDS,                                     \
-         "wait(timeout=None): until the result is ready, at most timeout "  \
-         "seconds."},                                                       \
-        {"get", (PyCFunction)(void (*)(void))result_get,                    \
-         METH_FASTCALL | METH_KEYWORDS,                                     \
-         "get(timeout=None): the result when it arrives; raises the "      \
-         "call's exception, or multiprocessing.TimeoutError after "        \
-         "timeout seconds."}
-
-static PyMethodDef apply_methods[] = {
-    RESULT_COMMON_METHODS,
-    {"_set", (PyCFunction)(void (*)(void))apply_set_method, METH_FASTCALL,
-     "_set(index, (ok, value)): the outcome (for the pool)."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyMethodDef map_methods[] = {
-    RESULT_COMMON_METHODS,
-    {"_set", (PyCFunction)(void (*)(void))map_set_method, METH_FASTCALL,
-     "_set(index, (ok, chunk)): one chunk's outcome (for the pool)."},
+/* ApplyResult's and MapResult's methods. */
+static PyMethodDef result_methods[] = {
+    {"ready", result_ready, METH_NOARGS,
+     "ready(): True once the call has completed (and its callback ran)."},
+    {"successful", result_successful, METH_NOARGS,
+     "successful(): whether the call completed without raising; "
+     "ValueError if it is not ready."},
+    {"wait", (PyCFunction)(void (*)(void))result_wait,
+     METH_FASTCALL | METH_KEYWORDS,
+     "wait(timeout=None): until the result is ready, at most timeout "
+     "seconds."},
+    {"get", (PyCFunction)(void (*)(void))result_get,
+     METH_FASTCALL | METH_KEYWORDS,
+     "get(timeout=None): the result when it arrives; raises the "
+     "call's exception, or multiprocessing.TimeoutError after "
+     "timeout seconds."},
+    {"_set", (PyCFunction)(void (*)(void))result_set_method, METH_FASTCALL,
+     "_set(index, (ok, value)): chunk index's outcome (for the pool)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef result_getset[] = {
-    {"_event", get_event, NULL, NULL, NULL},
-    {"_success", get_success, NULL, NULL, NULL},
-    {"_value", get_value, NULL, NULL, NULL},
-    {"_job", get_result_job, NULL, NULL, NULL},
-    {"_cache", get_result_cache, NULL, NULL, NULL},
+    PP_READONLY("_event", get_event),
+    PP_READONLY("_success", get_success),
+    PP_READONLY("_value", get_value),
+    PP_READONLY("_job", get_result_job),
+    PP_READONLY("_cache", get_result_cache),
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* The slots of every result type but its doc (and an iterator's). */
+#define RESULT_TYPE_SLOTS(GC, NEW, METHODS, GETSET)                        \
+    {Py_tp_new, NEW}, {Py_tp_init, noop_init}, PP_GC_SLOTS(GC),           \
+        {Py_tp_methods, METHODS}, {Py_tp_getset, GETSET}, {0, NULL}
+
 static PyType_Slot apply_slots[] = {
     {Py_tp_doc, "The AsyncResult of SubinterpreterPool.apply_async()."},
-    {Py_tp_new, apply_new},
-    {Py_tp_init, noop_init},
-    {Py_tp_dealloc, result_dealloc},
-    {Py_tp_traverse, result_traverse},
-    {Py_tp_clear, result_clear},
-    {Py_tp_methods, apply_methods},
-    {Py_tp_getset, result_getset},
-    {0, NULL},
+    RESULT_TYPE_SLOTS(result, apply_new, result_methods, result_getset),
 };
 
 static PyType_Slot map_slots[] = {
     {Py_tp_doc, "The MapResult of SubinterpreterPool.map_async() and "
                 "starmap_async()."},
-    {Py_tp_new, map_new},
-    {Py_tp_init, noop_init},
-    {Py_tp_dealloc, result_dealloc},
-    {Py_tp_traverse, result_traverse},
-    {Py_tp_clear, result_clear},
-    {Py_tp_methods, map_methods},
-    {Py_tp_getset, result_getset},
-    {0, NULL},
-};
-
-/* Not immutable: their bases, Python classes, are not (3.14 refuses that
- * mix). */
-static PyType_Spec apply_spec = {
-    .name = "poolparty.ApplyResult",
-    .basicsize = sizeof(ResultObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .slots = apply_slots,
-};
-
-static PyType_Spec map_spec = {
-    .name = "poolparty.MapResult",
-    .basicsize = sizeof(ResultObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .slots = map_slots,
+    RESULT_TYPE_SLOTS(result, map_new, result_methods, result_getset),
 };
 
 /* ---- imap and imap_unordered ------------------------------------------ */
@@ -1158,25 +1055,6 @@ imap_entry(int ok, PyObject *value)
     return PySequence_List(value);
 }
 
-/* _set(index, (ok, chunk)) */
-static PyObject *
-imap_set_method(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
-{
-    uint64_t index;
-    int ok;
-    PyObject *value;
-    if (parse_set(args, nargs, &index, &ok, &value) < 0) {
-        return NULL;
-    }
-    PyObject *entry = imap_entry(ok, value);
-    if (entry == NULL) {
-        return NULL;
-    }
-    imap_put(op, index, entry);
-    Py_DECREF(entry);
-    Py_RETURN_NONE;
-}
-
 /* _set_length(chunks): how many chunks there are, once the input ended. */
 static PyObject *
 imap_set_length_method(PyObject *op, PyObject *arg)
@@ -1201,21 +1079,16 @@ imap_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &job, &length_obj)) {
         return NULL;
     }
-    if (!PyDict_Check(cache)) {
-        PyErr_SetString(PyExc_TypeError, "cache must be a dict");
-        return NULL;
-    }
     uint64_t length = 0;
     if (length_obj != Py_None && pp__as_u64(length_obj, &length) < 0) {
         return NULL;
     }
-    pp_result_support *support = &pp__state_from_type(type)->result;
-    PyObject *op = PyBaseObject_Type.tp_new(type, support->no_args, NULL);
+    PyObject *op = new_object(type, cache);
     if (op == NULL) {
         return NULL;
     }
     IMapObject *self = IMAP(op);
-    self->unordered = type == support->imap_unordered_type;
+    self->unordered = type == support_of(op)->imap_unordered_type;
     self->job = job;
     self->length = length_obj == Py_None ? -1 : (int64_t)length;
     self->ready = PyList_New(0);
@@ -1240,48 +1113,16 @@ get_imap_job(PyObject *op, void *Py_UNUSED(closure))
     return PyLong_FromUnsignedLongLong((unsigned long long)IMAP(op)->job);
 }
 
-static int
-imap_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    IMapObject *self = IMAP(op);
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(self->cache);
-    Py_VISIT(self->ready);
-    Py_VISIT(self->unsorted);
-    Py_VISIT(self->current);
-    return pp__visit_instance_dict(op, visit, arg);
-}
-
-static int
-imap_clear(PyObject *op)
-{
-    IMapObject *self = IMAP(op);
-    Py_CLEAR(self->cache);
-    Py_CLEAR(self->ready);
-    Py_CLEAR(self->unsorted);
-    Py_CLEAR(self->current);
-    pp__clear_instance_dict(op);
-    return 0;
-}
-
-static void
-imap_dealloc(PyObject *op)
-{
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    PyObject_ClearWeakRefs(op);
-    (void)imap_clear(op);
-    wake_free(&IMAP(op)->wake); /* nobody sleeps on a freed object */
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
+#define IMAP_REFS(X) X(cache) X(ready) X(unsorted) X(current)
+#define IMAP_RELEASE(op) wake_free(&IMAP(op)->wake)
+PP_GC_FUNCTIONS(imap, IMapObject, IMAP_REFS, IMAP_RELEASE)
 
 static PyMethodDef imap_methods[] = {
     {"next", (PyCFunction)(void (*)(void))imap_next_method,
      METH_FASTCALL | METH_KEYWORDS,
      "next(timeout=None): the next result; multiprocessing.TimeoutError "
      "after timeout seconds."},
-    {"_set", (PyCFunction)(void (*)(void))imap_set_method, METH_FASTCALL,
+    {"_set", (PyCFunction)(void (*)(void))result_set_method, METH_FASTCALL,
      "_set(index, (ok, chunk)): chunk `index` arrived (for the pool)."},
     {"_set_length", imap_set_length_method, METH_O,
      "_set_length(chunks): the number of chunks (for the pool)."},
@@ -1289,52 +1130,38 @@ static PyMethodDef imap_methods[] = {
 };
 
 static PyGetSetDef imap_getset[] = {
-    {"_job", get_imap_job, NULL, NULL, NULL},
+    PP_READONLY("_job", get_imap_job),
     {NULL, NULL, NULL, NULL, NULL},
 };
+
+#define IMAP_TYPE_SLOTS                                                    \
+    {Py_tp_iter, PyObject_SelfIter}, {Py_tp_iternext, imap_iternext},      \
+        RESULT_TYPE_SLOTS(imap, imap_new, imap_methods, imap_getset)
 
 static PyType_Slot imap_slots[] = {
     {Py_tp_doc, "The iterator of SubinterpreterPool.imap(): results in "
                 "order."},
-    {Py_tp_new, imap_new},
-    {Py_tp_init, noop_init},
-    {Py_tp_dealloc, imap_dealloc},
-    {Py_tp_traverse, imap_traverse},
-    {Py_tp_clear, imap_clear},
-    {Py_tp_iter, PyObject_SelfIter},
-    {Py_tp_iternext, imap_iternext},
-    {Py_tp_methods, imap_methods},
-    {Py_tp_getset, imap_getset},
-    {0, NULL},
+    IMAP_TYPE_SLOTS,
 };
 
 static PyType_Slot imap_unordered_slots[] = {
     {Py_tp_doc, "The iterator of SubinterpreterPool.imap_unordered(): "
                 "results as they complete."},
-    {Py_tp_new, imap_new},
-    {Py_tp_init, noop_init},
-    {Py_tp_dealloc, imap_dealloc},
-    {Py_tp_traverse, imap_traverse},
-    {Py_tp_clear, imap_clear},
-    {Py_tp_iter, PyObject_SelfIter},
-    {Py_tp_iternext, imap_iternext},
-    {Py_tp_methods, imap_methods},
-    {Py_tp_getset, imap_getset},
-    {0, NULL},
+    IMAP_TYPE_SLOTS,
 };
 
-static PyType_Spec imap_spec = {
-    .name = "poolparty.IMapIterator",
-    .basicsize = sizeof(IMapObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .slots = imap_slots,
-};
-
-static PyType_Spec imap_unordered_spec = {
-    .name = "poolparty.IMapUnorderedIterator",
-    .basicsize = sizeof(IMapObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .slots = imap_unordered_slots,
+/* The four types, in result_types()'s order.  Not immutable: their
+ * bases, Python classes, are not (3.14 refuses that mix). */
+#define RESULT_TYPE_FLAGS (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC)
+static PyType_Spec result_specs[] = {
+    {"poolparty.ApplyResult", sizeof(ResultObject), 0, RESULT_TYPE_FLAGS,
+     apply_slots},
+    {"poolparty.MapResult", sizeof(ResultObject), 0, RESULT_TYPE_FLAGS,
+     map_slots},
+    {"poolparty.IMapIterator", sizeof(IMapObject), 0, RESULT_TYPE_FLAGS,
+     imap_slots},
+    {"poolparty.IMapUnorderedIterator", sizeof(IMapObject), 0,
+     RESULT_TYPE_FLAGS, imap_unordered_slots},
 };
 
 /* ---- delivery from the collector -------------------------------------- */
@@ -1399,28 +1226,20 @@ pp__module_result_types(PyObject *module, PyObject *const *args,
             return NULL;
         }
         pp_result_support made = {0};
-        PyObject *threading = PyImport_ImportModule("threading");
-        if (threading == NULL) {
-            return NULL;
-        }
-        made.event_class = PyObject_GetAttrString(threading, "Event");
-        Py_DECREF(threading);
+        made.event_class = pp__import_attr("threading", "Event");
         made.no_args = PyTuple_New(0);
         made.timeout_error = Py_NewRef(args[4]);
         made.report = Py_NewRef(args[5]);
-        if (made.event_class == NULL ||
-            made.no_args == NULL) {
+        if (made.event_class == NULL || made.no_args == NULL) {
             pp__result_support_clear(&made);
             return NULL;
         }
-        PyType_Spec *specs[] = {&apply_spec, &map_spec, &imap_spec,
-                                &imap_unordered_spec};
         PyTypeObject **slots[] = {&made.apply_type, &made.map_type,
                                   &made.imap_type,
                                   &made.imap_unordered_type};
         for (int i = 0; i < 4; i++) {
             *slots[i] = (PyTypeObject *)PyType_FromModuleAndSpec(
-                module, specs[i], args[i]);
+                module, &result_specs[i], args[i]);
             if (*slots[i] == NULL) {
                 pp__result_support_clear(&made);
                 return NULL;
@@ -1438,30 +1257,20 @@ pp__module_result_types(PyObject *module, PyObject *const *args,
                         support->imap_type, support->imap_unordered_type);
 }
 
+#define SUPPORT_REFS(X)                                                    \
+    X(apply_type) X(map_type) X(imap_type) X(imap_unordered_type)          \
+        X(event_class) X(timeout_error) X(report) X(no_args)
+
 int
-pp__result_support_traverse(pp_result_support *support, visitproc visit,
+pp__result_support_traverse(pp_result_support *self, visitproc visit,
                             void *arg)
 {
-    Py_VISIT(support->apply_type);
-    Py_VISIT(support->map_type);
-    Py_VISIT(support->imap_type);
-    Py_VISIT(support->imap_unordered_type);
-    Py_VISIT(support->event_class);
-    Py_VISIT(support->timeout_error);
-    Py_VISIT(support->report);
-    Py_VISIT(support->no_args);
+    SUPPORT_REFS(PP_VISIT_REF)
     return 0;
 }
 
 void
-pp__result_support_clear(pp_result_support *support)
+pp__result_support_clear(pp_result_support *self)
 {
-    Py_CLEAR(support->apply_type);
-    Py_CLEAR(support->map_type);
-    Py_CLEAR(support->imap_type);
-    Py_CLEAR(support->imap_unordered_type);
-    Py_CLEAR(support->event_class);
-    Py_CLEAR(support->timeout_error);
-    Py_CLEAR(support->report);
-    Py_CLEAR(support->no_args);
+    SUPPORT_REFS(PP_CLEAR_REF)
 }
