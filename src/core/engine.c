@@ -111,7 +111,8 @@ static pthread_mutex_t abandoned_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t abandoned_gone = PTHREAD_COND_INITIALIZER;
 static uint32_t abandoned_alive; /* abandoned_lock */
 
-/* Add `delta` (+n or -1) to the count.  Any thread, any GIL or none. */
+/* Add `delta` (+n or -1) to the count.  Any thread, any GIL or none;
+ * called under e->mutex (abandoned_lock is a leaf). */
 static void
 abandoned_add(int delta)
 {
@@ -179,10 +180,11 @@ worker_exited(pp_engine *e, pp_worker *w)
         w->exited = 1;
     }
     int last = !abandoned && one_fewer_live_locked(e);
-    pthread_mutex_unlock(&e->mutex);
     if (abandoned) {
+        /* Under e->mutex, in the same step as `exited`: see abandon. */
         abandoned_add(-1);
     }
+    pthread_mutex_unlock(&e->mutex);
     if (last) {
         pp_queue_close(e->completions);
     }
@@ -749,10 +751,16 @@ pp__engine_abandon(pp_engine *e, uint64_t *jobs, uint64_t *indexes,
         n++;
         last = one_fewer_live_locked(e) || last;
     }
-    pthread_mutex_unlock(&e->mutex);
+    /* Counted as abandoned in the same e->mutex step that stops counting
+     * them as live: raised after the unlock, the count was low for a
+     * moment, and a thread that saw the pool joined (join(), interpreter
+     * exit) could then read no abandoned worker and let CPython finalize
+     * under one still running; or a worker exiting in that moment took
+     * the count below zero. */
     if (n > 0) {
         abandoned_add((int)n);
     }
+    pthread_mutex_unlock(&e->mutex);
     if (last) {
         pp_queue_close(e->completions);
     }

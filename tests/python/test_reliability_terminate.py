@@ -15,6 +15,7 @@ Waits are bounded (helper threads joined with a timeout), never timed.
 """
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -35,6 +36,8 @@ BOUND = 30  # seconds: "promptly" means well within this on any machine
 
 # Under ASan/TSan (scripts/sanitize.sh) the workers fall behind the
 # submitting thread and the imap race below is (almost) never hit.
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 UNDER_SANITIZER = any(lib in os.environ.get("LD_PRELOAD", "")
                       for lib in ("libasan", "libtsan"))
 
@@ -169,6 +172,73 @@ def test_terminate_abandons_workers_blocked_in_c(make_pool, tmp_path, blocker, h
     finally:
         release()
         _release_abandoned()
+
+
+ABANDON_COUNT_SCRIPT = """\
+import os, sys, threading, time
+sys.path[:0] = [{here!r}]
+import poolparty
+from poolparty import _poolparty as core
+import reliability_tasks as rt
+
+def wait_for(path):
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, "never came: " + path
+        time.sleep(0.005)
+
+if __name__ == "__main__":
+    where = os.environ["PP_PAUSE_DIR"]
+    started, paused, resume = (os.path.join(where, name)
+                               for name in ("started", "paused", "resume"))
+    r, w = os.pipe()
+    pool = poolparty.SubinterpreterPool(1, dispatch="queue")
+    blocked = pool.apply_async(rt.block_in_c, (started, "pipe", r))
+    wait_for(started)
+    stopper = threading.Thread(target=lambda: (pool.terminate(), pool.join()))
+    stopper.start()
+    wait_for(paused)   # abandon() is counting the worker it abandoned
+    os.write(w, b"x")  # ... and the worker's read returns right then
+    seen = set()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:  # it ends its interpreter meanwhile
+        seen.add(core.abandoned_workers(0))
+    open(resume, "w").close()
+    stopper.join(30)
+    print(max(seen), core.abandoned_workers(30), blocked.ready(), flush=True)
+"""
+
+
+@pytest.mark.skipif(UNDER_SANITIZER, reason="the sanitizer's own "
+                    "pthread_mutex_lock comes first in LD_PRELOAD")
+def test_abandoned_count_is_never_read_wrong(tmp_path):
+    """The process-wide count of abandoned workers (what interpreter
+    exit waits on) is raised in the same locked step that stops the pool
+    counting them: raised after it, a worker that ended right then took
+    it below zero (read as 4294967295), and for that moment a joined pool
+    left nothing for exit to wait on.  A preloaded library
+    (tests/python/interpose/pause_abandon.c) holds abandon() at that
+    point while the worker ends."""
+    import sysconfig
+
+    shim = tmp_path / "pause_abandon.so"
+    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    built = subprocess.run(
+        [*compiler, "-shared", "-fPIC", "-O1",
+         os.path.join(HERE, "interpose", "pause_abandon.c"), "-o", str(shim),
+         "-ldl", "-lpthread"], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    script = tmp_path / "abandon_count.py"
+    script.write_text(ABANDON_COUNT_SCRIPT.format(here=HERE))
+    env = dict(os.environ, PP_PAUSE_DIR=str(tmp_path))
+    env["LD_PRELOAD"] = " ".join(filter(None, [env.get("LD_PRELOAD"), str(shim)]))
+    done = subprocess.run([sys.executable, str(script)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "paused").exists(), "the library never held abandon()"
+    most, left, ready = done.stdout.split()
+    assert int(most) <= 1, f"abandoned-worker count read as {most}"
+    assert (left, ready) == ("0", "True")
 
 
 CPYTHON_TEST_TERMINATE = """import sys, time
