@@ -101,6 +101,11 @@ typedef struct pp_msg {
     uint32_t worker;     /* worker that produced a completion */
     size_t size;         /* bytes in data */
     size_t func_size;    /* tasks: the function pickle's share of data */
+    /* Large buffers the data refers to instead of carrying them (the
+     * codec's pinned buffers, see codec.c), or NULL; pp_msg_free hands
+     * them to drop_pins, which needs no GIL. */
+    struct pp_pin *pins;
+    void (*drop_pins)(struct pp_pin *first);
     unsigned char data[];
 } pp_msg;
 

@@ -53,8 +53,14 @@ enum {
     T_REPEAT = 16,   /* inside a tuple/list: varint k, the previous item k
                         more times */
     T_ARRAY = 17,    /* array.array: 1 byte typecode, varint n, n bytes */
-    T_MEMORYVIEW = 18 /* 1 byte readonly, varint f, f bytes of format,
-                         varint n, n bytes (one dimension) */
+    T_MEMORYVIEW = 18, /* 1 byte readonly, varint f, f bytes of format,
+                          varint n, n bytes (one dimension) */
+    T_PINNED = 19,  /* varint k: the next value (bytes, bytearray, array,
+                       memoryview) has its n bytes in the message's k-th
+                       pin instead of inline; only in a message */
+    T_PICKLE5 = 20  /* varint b, b values (bytes or bytearray: the
+                       out-of-band buffers), varint n, n bytes of a
+                       pickle protocol 5 stream; only in a message */
 };
 /* array.array typecodes the codec sends (numbers; 'u'/'w' go to pickle). */
 #define ARRAY_TYPECODES "bBhHiIlLqQfd"
@@ -96,6 +102,157 @@ advise_huge(void *data, size_t size)
     (void)data;
     (void)size;
 #endif
+}
+
+/* ---- pinned buffers (the protocol is in pp_internal.h) --------------- */
+
+/* Process-wide counts, for tests and benchmarks (pp__codec_stats). */
+static atomic_uint_fast64_t pins_made, pins_freed, out_of_band;
+
+struct pp_pin {
+    pthread_mutex_t lock;       /* held while data is read or replaced */
+    const unsigned char *data;  /* the sender's memory, or `copy` */
+    size_t size;
+    unsigned char *copy;        /* malloc'd by pp__pins_fini, else NULL */
+    PyObject *obj;              /* the sender's (its GIL, its owner) */
+    atomic_int holds;           /* the message's and the owner's */
+    pp_pin *next_in_msg;        /* the message's pins, in encoding order */
+    pp_pin *next_in_owner;      /* the owner's list (its lock) */
+};
+
+/* Drop one hold; the last frees the pin.  Any thread, no GIL: the
+ * object was released by then (the owner's hold goes last but for a
+ * message still queued, and then the object went in pp__pins_fini). */
+static void
+pin_unhold(pp_pin *pin)
+{
+    if (atomic_fetch_sub(&pin->holds, 1) == 1) {
+        atomic_fetch_add(&pins_freed, 1);
+        pthread_mutex_destroy(&pin->lock);
+        free(pin->copy);
+        free(pin);
+    }
+}
+
+/* pp_msg.drop_pins: the message is gone.  Any thread, no GIL. */
+static void
+drop_msg_pins(pp_pin *first)
+{
+    while (first != NULL) {
+        pp_pin *next = first->next_in_msg;
+        pin_unhold(first);
+        first = next;
+    }
+}
+
+size_t
+pp__codec_msg_bytes(const pp_msg *msg)
+{
+    size_t size = msg->size;
+    for (const pp_pin *pin = msg->pins; pin != NULL; pin = pin->next_in_msg) {
+        size += pin->size;
+    }
+    return size;
+}
+
+void
+pp__codec_stats(uint64_t *pinned, uint64_t *pins_live, uint64_t *oob)
+{
+    uint64_t freed = atomic_load(&pins_freed);
+    *pinned = atomic_load(&pins_made);
+    *pins_live = *pinned - freed;
+    *oob = atomic_load(&out_of_band);
+}
+
+void
+pp__pins_init(pp_pins *p)
+{
+    pthread_mutex_init(&p->lock, NULL);
+    p->head = NULL;
+    p->ready = 1;
+}
+
+/* Take the pins whose message is gone (or, with `all`, every pin) off
+ * the owner's list, as a chain through next_in_owner.  Needs: nothing
+ * but the owner's lock, taken here. */
+static pp_pin *
+pins_take(pp_pins *p, int all)
+{
+    pp_pin *taken = NULL;
+    pthread_mutex_lock(&p->lock);
+    pp_pin **link = &p->head;
+    while (*link != NULL) {
+        pp_pin *pin = *link;
+        if (all || atomic_load(&pin->holds) == 1) {
+            *link = pin->next_in_owner;
+            pin->next_in_owner = taken;
+            taken = pin;
+        }
+        else {
+            link = &pin->next_in_owner;
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    return taken;
+}
+
+/* Needs: the pins' interpreter's GIL.  The objects are released outside
+ * the owner's lock: a release may run code (a PickleBuffer's exporter)
+ * that encodes, and so takes that lock. */
+void
+pp__pins_sweep(pp_pins *p)
+{
+    if (!p->ready) {
+        return;
+    }
+    pp_pin *pin = pins_take(p, 0);
+    while (pin != NULL) {
+        pp_pin *next = pin->next_in_owner;
+        Py_CLEAR(pin->obj);
+        pin_unhold(pin);
+        pin = next;
+    }
+}
+
+/* Needs: the pins' interpreter's GIL. */
+void
+pp__pins_fini(pp_pins *p)
+{
+    if (!p->ready) {
+        return;
+    }
+    pp_pin *pin = pins_take(p, 1);
+    while (pin != NULL) {
+        pp_pin *next = pin->next_in_owner;
+        int keep = 0;
+        if (atomic_load(&pin->holds) > 1) {
+            /* A message still refers to it (queued, or being decoded:
+             * the lock waits for that reader).  The sender's object is
+             * about to go, so the message gets a copy of its own. */
+            pthread_mutex_lock(&pin->lock);
+            unsigned char *copy = malloc(pin->size ? pin->size : 1);
+            if (copy != NULL) {
+                memcpy(copy, pin->data, pin->size);
+                pin->copy = copy;
+                pin->data = copy;
+            }
+            else {
+                /* Out of memory: the object is leaked so that its memory
+                 * stays valid for the reader (a large buffer's memory
+                 * is the raw allocator's, not the ending interpreter's
+                 * arenas). */
+                keep = 1;
+            }
+            pthread_mutex_unlock(&pin->lock);
+        }
+        if (!keep) {
+            Py_CLEAR(pin->obj);
+        }
+        pin_unhold(pin);
+        pin = next;
+    }
+    pthread_mutex_destroy(&p->lock);
+    p->ready = 0;
 }
 
 /* ---- growable output buffer ---------------------------------------- */
@@ -249,6 +406,16 @@ typedef struct {
     PyObject *copies; /* see copy_to_encode(); NULL until the first */
 #endif
     unsigned depth; /* containers being encoded, see MAX_DEPTH */
+    /* Pinning (encoding into a message for an owner): the pins made so
+     * far, in order, handed to the message at the end. */
+    pp_pins *owner;       /* NULL: every buffer is copied */
+    pp_pin *pins, **pins_tail;
+    uint64_t npins;
+    /* 1 while every object from the top value down to the one being
+     * encoded has a single reference (the task's result itself, made
+     * for it): nobody else can reach a mutable buffer there, so it may
+     * be pinned instead of copied. */
+    int exclusive;
 } encoder;
 
 /* Results of the encoder's functions. */
@@ -332,6 +499,59 @@ encode_blob(pp_buf *out, unsigned char tag, const void *data, size_t size)
     return ENC_OK;
 }
 
+/* Pin `size` bytes at `data`, kept alive by `keep` (a new reference is
+ * taken), as the encoder's next pin, and write its T_PINNED: the value
+ * written next carries no bytes of its own.  0 when it is not worth it
+ * or not possible here (the caller copies), 1 when pinned, ENC_ERROR.
+ * Needs: the GIL of keep's interpreter; SMALL bytes reserved. */
+static int
+try_pin(encoder *e, PyObject *keep, const void *data, size_t size)
+{
+    if (e->owner == NULL || size < PP_PIN_MIN) {
+        return 0;
+    }
+    pp_pin *pin = calloc(1, sizeof(*pin));
+    if (pin == NULL) {
+        return enc_nomem();
+    }
+    pthread_mutex_init(&pin->lock, NULL);
+    pin->data = data;
+    pin->size = size;
+    pin->obj = Py_NewRef(keep);
+    atomic_init(&pin->holds, 2);
+    atomic_fetch_add(&pins_made, 1);
+    *e->pins_tail = pin;
+    e->pins_tail = &pin->next_in_msg;
+    emit_byte(e->out, T_PINNED);
+    emit_varint(e->out, e->npins++);
+    return 1;
+}
+
+/* A buffer's tag and size, then its bytes, or no bytes when pinned
+ * (`pin` says whether it may be: nothing can change it).  Needs: the
+ * GIL of keep's interpreter. */
+static int
+encode_bytes_of(encoder *e, unsigned char tag, PyObject *keep,
+                const void *data, size_t size, int pin)
+{
+    if (reserve(e->out, SMALL) < 0) {
+        return enc_nomem();
+    }
+    int pinned = pin ? try_pin(e, keep, data, size) : 0;
+    if (pinned < 0) {
+        return pinned;
+    }
+    if (pinned) {
+        if (reserve(e->out, SMALL) < 0) {
+            return enc_nomem();
+        }
+        emit_byte(e->out, tag);
+        emit_varint(e->out, (uint64_t)size);
+        return ENC_OK;
+    }
+    return encode_blob(e->out, tag, data, size);
+}
+
 /* An int beyond 64 bits, as hex text (linear in its size, and with no
  * digit limit, unlike decimal). */
 static int
@@ -382,8 +602,10 @@ encode_str(pp_buf *out, unsigned char flag, PyObject *obj)
  * bytearray, later changes are not sent).  Anything else in a buffer is
  * pickle's (which refuses memoryviews). */
 static int
-encode_buffer(pp_buf *out, unsigned char flag, PyObject *obj, int memoryview)
+encode_buffer(encoder *e, unsigned char flag, PyObject *obj, int memoryview,
+              int exclusive)
 {
+    pp_buf *out = e->out;
     Py_buffer view;
     if (PyObject_GetBuffer(obj, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) <
         0) {
@@ -396,8 +618,22 @@ encode_buffer(pp_buf *out, unsigned char flag, PyObject *obj, int memoryview)
     if (memoryview ? view.ndim == 1 && format_size < 64
                    : format_size == 1 && strchr(ARRAY_TYPECODES, *format)) {
         size_t size = (size_t)view.len;
-        rc = reserve(out, 2 * SMALL + format_size + size) < 0 ? enc_nomem()
-                                                              : ENC_OK;
+        /* Pinned when nothing can change it: an array nobody else
+         * holds, a memoryview of a bytes (the bytes is what is kept:
+         * the view may be released meanwhile). */
+        PyObject *base = memoryview ? PyMemoryView_GET_BASE(obj) : obj;
+        int pin = memoryview ? base != NULL && PyBytes_CheckExact(base)
+                             : exclusive;
+        rc = reserve(out, 3 * SMALL + format_size) < 0 ? enc_nomem()
+                                                        : ENC_OK;
+        int pinned = rc == ENC_OK && pin ? try_pin(e, base, view.buf, size)
+                                         : 0;
+        if (pinned < 0) {
+            rc = pinned;
+        }
+        if (rc == ENC_OK && !pinned && reserve(out, SMALL + size) < 0) {
+            rc = enc_nomem();
+        }
         if (rc == ENC_OK && memoryview) {
             emit_byte(out, T_MEMORYVIEW | flag);
             emit_byte(out, view.readonly ? 1 : 0);
@@ -410,7 +646,9 @@ encode_buffer(pp_buf *out, unsigned char flag, PyObject *obj, int memoryview)
         }
         if (rc == ENC_OK) {
             emit_varint(out, (uint64_t)size);
-            emit_raw(out, view.buf, size);
+            if (!pinned) {
+                emit_raw(out, view.buf, size);
+            }
         }
     }
     PyBuffer_Release(&view);
@@ -458,6 +696,8 @@ encode_container(encoder *e, PyObject *obj, unsigned char flag)
         return ENC_UNSUPPORTED;
     }
     e->depth++;
+    int exclusive = e->exclusive;
+    e->exclusive = exclusive && Py_REFCNT(obj) == 1;
     int rc = ENC_OK;
     PyObject *items = obj; /* what is read: obj, or a copy of it */
 #ifdef Py_GIL_DISABLED
@@ -466,6 +706,7 @@ encode_container(encoder *e, PyObject *obj, unsigned char flag)
                                                        : PyDict_Copy(obj));
         if (items == NULL) {
             e->depth--;
+            e->exclusive = exclusive;
             Py_LeaveRecursiveCall();
             return ENC_ERROR;
         }
@@ -498,6 +739,7 @@ encode_container(encoder *e, PyObject *obj, unsigned char flag)
         }
     }
     e->depth--;
+    e->exclusive = exclusive;
     Py_LeaveRecursiveCall();
     return rc;
 }
@@ -533,7 +775,16 @@ encode_value(encoder *e, PyObject *obj)
         return ENC_OK;
     }
     /* One reference -- the container's, or the caller's for the top
-     * value -- and it cannot be met again: no memo. */
+     * value -- and it cannot be met again: no memo.  Nor reached by
+     * anyone else, if its containers cannot be (a mutable buffer can
+     * then be pinned: nothing will write to it).  A free-threaded
+     * build's reference counts are split between threads: never so
+     * there. */
+#ifdef Py_GIL_DISABLED
+    int exclusive = 0;
+#else
+    int exclusive = e->exclusive && Py_REFCNT(obj) == 1;
+#endif
     if (Py_REFCNT(obj) > 1) {
         rc = shared(e, obj, &flag);
         if (rc != ENC_OK) {
@@ -570,18 +821,20 @@ encode_value(encoder *e, PyObject *obj)
         return encode_container(e, obj, flag);
     }
     if (type == &PyBytes_Type) {
-        return encode_blob(out, T_BYTES | flag, PyBytes_AS_STRING(obj),
-                           (size_t)PyBytes_GET_SIZE(obj));
+        /* Immutable: pinned when large, whoever else holds it. */
+        return encode_bytes_of(e, T_BYTES | flag, obj, PyBytes_AS_STRING(obj),
+                               (size_t)PyBytes_GET_SIZE(obj), 1);
     }
     if (type == &PyByteArray_Type) {
-        /* Copied now: what the task does to it later is not sent.  Under
-         * its lock on a free-threaded build: another thread may resize
-         * it meanwhile. */
+        /* Copied now, unless nobody else holds it: what the task does to
+         * it later is not sent.  Under its lock on a free-threaded
+         * build: another thread may resize it meanwhile. */
 #ifdef Py_GIL_DISABLED
         Py_BEGIN_CRITICAL_SECTION(obj);
 #endif
-        rc = encode_blob(out, T_BYTEARRAY | flag, PyByteArray_AS_STRING(obj),
-                         (size_t)PyByteArray_GET_SIZE(obj));
+        rc = encode_bytes_of(e, T_BYTEARRAY | flag, obj,
+                             PyByteArray_AS_STRING(obj),
+                             (size_t)PyByteArray_GET_SIZE(obj), exclusive);
 #ifdef Py_GIL_DISABLED
         Py_END_CRITICAL_SECTION();
 #endif
@@ -589,33 +842,80 @@ encode_value(encoder *e, PyObject *obj)
     }
     if (type == &PyMemoryView_Type ||
         strcmp(type->tp_name, "array.array") == 0) {
-        return encode_buffer(out, flag, obj, type == &PyMemoryView_Type);
+        return encode_buffer(e, flag, obj, type == &PyMemoryView_Type,
+                             exclusive);
     }
     return ENC_UNSUPPORTED;
 }
 
-/* Append obj's encoding to what out holds. */
-static int
-encode_append(PyObject *obj, pp_buf *out)
+/* An encoder writing into out, pinning for owner (or NULL). */
+static void
+encoder_init(encoder *e, pp_buf *out, pp_pins *owner)
 {
-    encoder e = {out, {0}, 0};
-    int rc = reserve(out, sizeof(PP_CODEC_MAGIC) - 1) < 0
-                 ? enc_nomem()
-                 : (emit_raw(out, PP_CODEC_MAGIC, sizeof(PP_CODEC_MAGIC) - 1),
-                    encode_value(&e, obj));
-    memo_fini(&e.seen);
+    memset(e, 0, sizeof(*e));
+    e->out = out;
+    e->owner = owner;
+    e->pins_tail = &e->pins;
+    e->exclusive = 1;
+}
+
+/* Release what the encoder holds; its pins too, unless `pins_to`
+ * (the message the encoding went into) takes them, when they join the
+ * owner's list as well.  Needs: the GIL of the encoded objects. */
+static void
+encoder_fini(encoder *e, pp_msg *pins_to)
+{
+    memo_fini(&e->seen);
 #ifdef Py_GIL_DISABLED
-    Py_XDECREF(e.copies);
+    Py_XDECREF(e->copies);
 #endif
-    return rc;
+    if (e->pins == NULL) {
+        return;
+    }
+    if (pins_to != NULL) {
+        pins_to->pins = e->pins;
+        pins_to->drop_pins = drop_msg_pins;
+        pthread_mutex_lock(&e->owner->lock);
+        for (pp_pin *pin = e->pins; pin != NULL; pin = pin->next_in_msg) {
+            pin->next_in_owner = e->owner->head;
+            e->owner->head = pin;
+        }
+        pthread_mutex_unlock(&e->owner->lock);
+        return;
+    }
+    for (pp_pin *pin = e->pins, *next; pin != NULL; pin = next) {
+        next = pin->next_in_msg;
+        Py_CLEAR(pin->obj);
+        atomic_fetch_add(&pins_freed, 1);
+        pthread_mutex_destroy(&pin->lock);
+        free(pin);
+    }
+}
+
+/* Append the codec's opening bytes; ENC_OK or ENC_ERROR. */
+static int
+encode_magic(pp_buf *out)
+{
+    if (reserve(out, sizeof(PP_CODEC_MAGIC) - 1) < 0) {
+        return enc_nomem();
+    }
+    emit_raw(out, PP_CODEC_MAGIC, sizeof(PP_CODEC_MAGIC) - 1);
+    return ENC_OK;
 }
 
 /* Needs: the GIL of obj's interpreter.  See pp_internal.h. */
 int
 pp__codec_encode(PyObject *obj, pp_buf *out)
 {
+    encoder e;
+    encoder_init(&e, out, NULL);
     out->size = 0;
-    return encode_append(obj, out);
+    int rc = encode_magic(out);
+    if (rc == ENC_OK) {
+        rc = encode_value(&e, obj);
+    }
+    encoder_fini(&e, NULL);
+    return rc;
 }
 
 /* pp_buf.grow for a message being encoded into: owner is the pp_msg
@@ -637,10 +937,75 @@ grow_msg(pp_buf *b, size_t capacity)
     return 0;
 }
 
-/* Needs: the GIL of obj's interpreter.  See pp_internal.h. */
-int
-pp__codec_encode_msg(PyObject *obj, const void *prefix, size_t prefix_size,
-                     pp_msg **out)
+/* A pickle protocol 5 stream and its out-of-band buffers, as
+ * T_PICKLE5: each buffer a bytes (read-only) or bytearray (writable),
+ * as pickle itself would carry it in-band; one held by a bytes is
+ * pinned when large, the rest copied.  Needs: the GIL of their
+ * interpreter. */
+static int
+encode_pickle5(encoder *e, PyObject *stream, PyObject *buffers)
+{
+    if (!PyBytes_CheckExact(stream) || !PyList_CheckExact(buffers)) {
+        return ENC_UNSUPPORTED;
+    }
+    pp_buf *out = e->out;
+    Py_ssize_t n = PyList_GET_SIZE(buffers);
+    if (reserve(out, SMALL) < 0) {
+        return enc_nomem();
+    }
+    emit_byte(out, T_PICKLE5);
+    emit_varint(out, (uint64_t)n);
+    int rc = ENC_OK;
+    for (Py_ssize_t i = 0; rc == ENC_OK && i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(buffers, i);
+        const Py_buffer *raw = PyObject_TypeCheck(item, &PyPickleBuffer_Type)
+                                   ? PyPickleBuffer_GetBuffer(item)
+                                   : NULL;
+        Py_buffer view;
+        if (raw == NULL ||
+            PyObject_GetBuffer(item, &view, PyBUF_FULL_RO) < 0) {
+            PyErr_Clear();
+            return ENC_UNSUPPORTED; /* released, or not a PickleBuffer */
+        }
+        if (!PyBuffer_IsContiguous(&view, 'C')) {
+            rc = ENC_UNSUPPORTED;
+        }
+        else {
+            PyObject *base = raw->obj;
+            if (base != NULL && PyMemoryView_Check(base)) {
+                base = PyMemoryView_GET_BASE(base);
+            }
+            int pin = base != NULL && PyBytes_CheckExact(base);
+            rc = encode_bytes_of(e, view.readonly ? T_BYTES : T_BYTEARRAY,
+                                 base, view.buf, (size_t)view.len, pin);
+        }
+        PyBuffer_Release(&view);
+    }
+    if (rc == ENC_OK) {
+        atomic_fetch_add(&out_of_band, (uint64_t)n);
+        rc = encode_blob(out, T_BYTES, PyBytes_AS_STRING(stream),
+                         (size_t)PyBytes_GET_SIZE(stream));
+    }
+    return rc;
+}
+
+/* What goes into a message after its prefix: one value (b unused), or
+ * a pickle stream a and its buffers b. */
+typedef int (*encode_body)(encoder *e, PyObject *a, PyObject *b);
+
+static int
+encode_one(encoder *e, PyObject *a, PyObject *Py_UNUSED(b))
+{
+    return encode_value(e, a);
+}
+
+/* A new message: prefix, MAGIC, body(a, b); its pins join `pins`.
+ * Returns as pp__codec_encode_msg.  Needs: the GIL of a and b's
+ * interpreter. */
+static int
+encode_into_msg(encode_body body, PyObject *a, PyObject *b,
+                const void *prefix, size_t prefix_size, pp_pins *pins,
+                pp_msg **out)
 {
     pp_buf buf = {.grow = grow_msg};
     *out = NULL;
@@ -650,9 +1015,15 @@ pp__codec_encode_msg(PyObject *obj, const void *prefix, size_t prefix_size,
     if (prefix_size) {
         emit_raw(&buf, prefix, prefix_size);
     }
-    int rc = encode_append(obj, &buf);
+    encoder e;
+    encoder_init(&e, &buf, pins != NULL && pins->ready ? pins : NULL);
+    int rc = encode_magic(&buf);
+    if (rc == ENC_OK) {
+        rc = body(&e, a, b);
+    }
     pp_msg *msg = buf.owner;
     if (rc != ENC_OK) {
+        encoder_fini(&e, NULL);
         free(msg);
         return rc;
     }
@@ -667,8 +1038,30 @@ pp__codec_encode_msg(PyObject *obj, const void *prefix, size_t prefix_size,
     msg->kind = msg->worker = 0;
     msg->size = buf.size;
     msg->func_size = prefix_size;
+    msg->pins = NULL;
+    msg->drop_pins = NULL;
+    encoder_fini(&e, msg);
     *out = msg;
     return ENC_OK;
+}
+
+/* Needs: the GIL of obj's interpreter.  See pp_internal.h. */
+int
+pp__codec_encode_msg(PyObject *obj, const void *prefix, size_t prefix_size,
+                     pp_pins *pins, pp_msg **out)
+{
+    return encode_into_msg(encode_one, obj, NULL, prefix, prefix_size, pins,
+                           out);
+}
+
+/* Needs: the GIL of the stream's interpreter.  See pp_internal.h. */
+int
+pp__codec_encode_pickle5_msg(PyObject *stream, PyObject *buffers,
+                             const void *prefix, size_t prefix_size,
+                             pp_pins *pins, pp_msg **out)
+{
+    return encode_into_msg(encode_pickle5, stream, buffers, prefix,
+                           prefix_size, pins, out);
 }
 
 /* ---- decoder --------------------------------------------------------- */
@@ -678,6 +1071,15 @@ typedef struct {
     PyObject **made; /* strong references to the numbered objects */
     size_t nmade, capacity;
     unsigned depth; /* containers being decoded, see MAX_DEPTH */
+    /* Decoding a message (pp__codec_decode_msg): its pins, read in
+     * order; else in_msg is 0 and T_PINNED and T_PICKLE5 are refused
+     * (a bytes copy of a payload has no pins, and pickle must not run
+     * on data from anywhere but a message). */
+    int in_msg;
+    pp_pin *pin_next;       /* the next pin a T_PINNED may name */
+    uint64_t npins;         /* pins named so far */
+    pp_pin *pinned;         /* named by the T_PINNED just read */
+    pp_pin *locked;         /* the pin being read (its lock held) */
 } decoder;
 
 static PyObject *
@@ -722,6 +1124,45 @@ static int
 get_length(decoder *d, uint64_t *n)
 {
     return get_varint(d, n) < 0 || *n > (uint64_t)(d->end - d->pos) ? -1 : 0;
+}
+
+/* The n bytes of a buffer value: inline, or in the pin that a T_PINNED
+ * just named, whose lock is then held until the value is made (the
+ * sender may be ending and replacing the pin's memory with a copy).
+ * -1 if damaged. */
+static int
+get_blob(decoder *d, const unsigned char **data, uint64_t *n)
+{
+    pp_pin *pin = d->pinned;
+    if (pin == NULL) {
+        if (get_length(d, n) < 0) {
+            return -1;
+        }
+        *data = d->pos;
+        d->pos += *n;
+        return 0;
+    }
+    d->pinned = NULL;
+    if (get_varint(d, n) < 0 || *n != pin->size) {
+        return -1;
+    }
+    pthread_mutex_lock(&pin->lock);
+    d->locked = pin;
+    *data = pin->data;
+    return 0;
+}
+
+/* Release a memoryview over memory that is about to go, keeping any
+ * exception set.  Needs: the GIL. */
+static void
+release_view(PyObject *view)
+{
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *released = PyObject_CallMethod(view, "release", NULL);
+    Py_XDECREF(released);
+    PyErr_Clear();
+    PyErr_SetRaisedException(exc);
+    Py_DECREF(view);
 }
 
 /* Number a created object (a new strong reference is taken). */
@@ -1020,11 +1461,24 @@ decode_buffer(decoder *d, unsigned char tag)
     else if (first == 0 || strchr(ARRAY_TYPECODES, first) == NULL) {
         return corrupt();
     }
-    if (get_length(d, &n) < 0) {
+    /* The array is made before its bytes are read: no Python code (an
+     * import) runs while a pin's lock is held. */
+    PyObject *array = NULL;
+    if (tag == T_ARRAY) {
+        PyObject *module = PyImport_ImportModule("array");
+        array = module ? PyObject_CallMethod(module, "array", "C", (int)first)
+                       : NULL;
+        Py_XDECREF(module);
+        if (array == NULL) {
+            return NULL;
+        }
+    }
+    const unsigned char *bytes;
+    if (get_blob(d, &bytes, &n) < 0) {
+        Py_XDECREF(array);
         return corrupt();
     }
-    const char *data = (const char *)d->pos;
-    d->pos += n;
+    const char *data = (const char *)bytes;
     if (tag == T_MEMORYVIEW) {
         /* Over a bytes when it was read-only, else over a bytearray; cast
          * from bytes to its format (which checks it). */
@@ -1044,30 +1498,102 @@ decode_buffer(decoder *d, unsigned char tag)
         }
         return cast;
     }
-    PyObject *module = PyImport_ImportModule("array");
-    PyObject *array = module ? PyObject_CallMethod(module, "array", "C",
-                                                   (int)first)
-                             : NULL;
-    Py_XDECREF(module);
-    PyObject *view = array ? PyMemoryView_FromMemory((char *)data,
-                                                     (Py_ssize_t)n, PyBUF_READ)
-                           : NULL;
+    PyObject *view = PyMemoryView_FromMemory((char *)data, (Py_ssize_t)n,
+                                             PyBUF_READ);
     PyObject *done = view ? PyObject_CallMethod(array, "frombytes", "O", view)
                           : NULL;
     if (view != NULL) {
         /* Nothing may keep reading the input once this returns. */
-        PyObject *exc = PyErr_GetRaisedException();
-        PyObject *released = PyObject_CallMethod(view, "release", NULL);
-        Py_XDECREF(released);
-        PyErr_Clear();
-        PyErr_SetRaisedException(exc);
-        Py_DECREF(view);
+        release_view(view);
     }
     if (done == NULL) {
         Py_CLEAR(array);
     }
     Py_XDECREF(done);
     return array;
+}
+
+/* The value after a T_PINNED, its bytes read from the pin.  Needs: the
+ * GIL. */
+static PyObject *
+decode_pinned(decoder *d)
+{
+    uint64_t k;
+    if (!d->in_msg || d->pinned != NULL || get_varint(d, &k) < 0 ||
+        k != d->npins || d->pin_next == NULL || d->pos >= d->end) {
+        return corrupt();
+    }
+    unsigned char tag = *d->pos & (unsigned char)~T_NUMBERED;
+    if (tag != T_BYTES && tag != T_BYTEARRAY && tag != T_ARRAY &&
+        tag != T_MEMORYVIEW) {
+        return corrupt();
+    }
+    d->pinned = d->pin_next;
+    d->pin_next = d->pin_next->next_in_msg;
+    d->npins++;
+    PyObject *obj = decode_value(d);
+    d->pinned = NULL; /* unread if the value was damaged */
+    if (d->locked != NULL) {
+        pthread_mutex_unlock(&d->locked->lock);
+        d->locked = NULL;
+    }
+    return obj;
+}
+
+/* A pickle protocol 5 stream unpickled with its out-of-band buffers
+ * (encode_pickle5).  Needs: the GIL. */
+static PyObject *
+decode_pickle5(decoder *d)
+{
+    uint64_t n, size;
+    if (!d->in_msg || get_varint(d, &n) < 0 ||
+        n > (uint64_t)(d->end - d->pos)) {
+        return corrupt();
+    }
+    PyObject *buffers = PyList_New(0), *obj = NULL;
+    for (uint64_t i = 0; buffers != NULL && i < n; i++) {
+        PyObject *item = decode_value(d);
+        if (item != NULL && !PyBytes_CheckExact(item) &&
+            !PyByteArray_CheckExact(item)) {
+            Py_SETREF(item, corrupt());
+        }
+        if (item == NULL || PyList_Append(buffers, item) < 0) {
+            Py_XDECREF(item);
+            Py_CLEAR(buffers);
+            break;
+        }
+        Py_DECREF(item);
+    }
+    if (buffers == NULL) {
+        return NULL;
+    }
+    if (d->pos >= d->end || *d->pos++ != T_BYTES ||
+        get_length(d, &size) < 0) {
+        Py_DECREF(buffers);
+        return corrupt();
+    }
+    const unsigned char *stream = d->pos;
+    d->pos += size;
+    PyObject *module = PyImport_ImportModule("_pickle");
+    PyObject *loads = module ? PyObject_GetAttrString(module, "loads") : NULL;
+    Py_XDECREF(module);
+    PyObject *view = loads ? PyMemoryView_FromMemory((char *)stream,
+                                                     (Py_ssize_t)size,
+                                                     PyBUF_READ)
+                           : NULL;
+    PyObject *args = view ? PyTuple_Pack(1, view) : NULL;
+    PyObject *kwargs = args ? Py_BuildValue("{sO}", "buffers", buffers)
+                            : NULL;
+    obj = kwargs ? PyObject_Call(loads, args, kwargs) : NULL;
+    if (view != NULL) {
+        /* The stream is the message's, which goes once this returns. */
+        release_view(view);
+    }
+    Py_XDECREF(kwargs);
+    Py_XDECREF(args);
+    Py_XDECREF(loads);
+    Py_DECREF(buffers);
+    return obj;
 }
 
 /* An int written as hex text by encode_bigint.  Needs: the GIL. */
@@ -1147,12 +1673,12 @@ decode_value(decoder *d)
     case T_STR8:
     case T_BYTES:
     case T_BYTEARRAY: {
-        if (get_length(d, &n) < 0) {
+        const unsigned char *bytes;
+        if (get_blob(d, &bytes, &n) < 0) {
             return corrupt();
         }
-        const char *data = (const char *)d->pos;
+        const char *data = (const char *)bytes;
         Py_ssize_t size = (Py_ssize_t)n;
-        d->pos += n;
         if (tag == T_STR1 || tag == T_STR8) {
             obj = tag == T_STR1 ? PyUnicode_FromKindAndData(
                                       PyUnicode_1BYTE_KIND, data, size)
@@ -1174,6 +1700,11 @@ decode_value(decoder *d)
     case T_TUPLE:
     case T_DICT:
         return decode_container(d, tag, numbered);
+    case T_PINNED:
+        return decode_pinned(d);
+    case T_PICKLE5:
+        obj = decode_pickle5(d);
+        break;
     case T_NONE:
         return Py_NewRef(Py_None);
     case T_TRUE:
@@ -1194,23 +1725,42 @@ decode_value(decoder *d)
     return obj;
 }
 
-/* Needs: the GIL of the interpreter that will own the result. */
-PyObject *
-pp__codec_decode(const unsigned char *data, size_t size)
+/* Decode what d is set up for.  Needs: the receiving GIL. */
+static PyObject *
+decode_all(decoder *d, const unsigned char *data, size_t size)
 {
     size_t magic = sizeof(PP_CODEC_MAGIC) - 1;
     if (size < magic || memcmp(data, PP_CODEC_MAGIC, magic) != 0) {
         return corrupt();
     }
-    decoder d = {data + magic, data + size, NULL, 0, 0};
-    PyObject *obj = decode_value(&d);
-    if (obj != NULL && d.pos != d.end) {
+    d->pos = data + magic;
+    d->end = data + size;
+    PyObject *obj = decode_value(d);
+    if (obj != NULL && d->pos != d->end) {
         Py_CLEAR(obj);
         corrupt();
     }
-    for (size_t i = 0; i < d.nmade; i++) {
-        Py_DECREF(d.made[i]);
+    for (size_t i = 0; i < d->nmade; i++) {
+        Py_DECREF(d->made[i]);
     }
-    PyMem_Free(d.made);
+    PyMem_Free(d->made);
     return obj;
+}
+
+/* Needs: the GIL of the interpreter that will own the result. */
+PyObject *
+pp__codec_decode(const unsigned char *data, size_t size)
+{
+    decoder d = {0};
+    return decode_all(&d, data, size);
+}
+
+/* Needs: the receiving GIL.  See pp_internal.h. */
+PyObject *
+pp__codec_decode_msg(const pp_msg *msg, size_t offset)
+{
+    decoder d = {0};
+    d.in_msg = 1;
+    d.pin_next = msg->pins;
+    return decode_all(&d, msg->data + offset, msg->size - offset);
 }

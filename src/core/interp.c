@@ -638,6 +638,10 @@ need_pickle(pp_interp *it)
 static void
 release_objects(pp_interp *it)
 {
+    /* First: releasing a pinned result may need nothing below, but a
+     * result still queued gets its own copy before the interpreter
+     * that holds the original ends. */
+    pp__pins_fini(&it->pins);
     Py_CLEAR(it->loads);
     Py_CLEAR(it->dumps);
     Py_CLEAR(it->protocol);
@@ -667,6 +671,7 @@ pp__interp_create(const pp_boot *boot, uint32_t worker, pp_interp **out,
         }
         return PP_EINTERP;
     }
+    pp__pins_init(&it->pins);
     /* Isolated: own GIL and allocator, single-phase-init extensions
      * refused (they would share state with the main interpreter), no
      * fork/exec/daemon threads.  Plain threads stay allowed: tasks may
@@ -931,6 +936,47 @@ dumps_by_value(pp_interp *it, PyObject *result)
     return NULL;
 }
 
+/* A result pickled with its out-of-band buffers (pickle protocol 5's
+ * PickleBuffers) beside the stream, into *done: PP_OK, or PP_EINVAL
+ * when pickle refused the result or a buffer was not contiguous (*done
+ * NULL, pickle's exception set in the first case only; the caller
+ * pickles it in-band).  Needs: sub GIL. */
+static int
+pickle_out_of_band(pp_interp *it, PyObject *result, pp_msg **done)
+{
+    *done = NULL;
+    PyObject *buffers = PyList_New(0);
+    PyObject *append = buffers ? PyObject_GetAttrString(buffers, "append")
+                               : NULL;
+    PyObject *args = append ? PyTuple_Pack(2, result, it->protocol) : NULL;
+    PyObject *kwargs = args ? Py_BuildValue("{sO}", "buffer_callback",
+                                            append)
+                            : NULL;
+    PyObject *stream = kwargs ? PyObject_Call(it->dumps, args, kwargs) : NULL;
+    int rc = PP_EINVAL;
+    if (stream != NULL && PyList_GET_SIZE(buffers) == 0) {
+        /* No buffers: an ordinary pickle, copied into the message. */
+        *done = pp_msg_new(0, 0, PP_DONE_OK, PyBytes_AS_STRING(stream),
+                           (size_t)PyBytes_GET_SIZE(stream));
+        rc = PP_OK;
+        if (*done == NULL) {
+            PyErr_NoMemory();
+            rc = PP_ENOMEM;
+        }
+    }
+    else if (stream != NULL) {
+        int encoded = pp__codec_encode_pickle5_msg(stream, buffers, NULL, 0,
+                                                   &it->pins, done);
+        rc = encoded == 0 ? PP_OK : encoded > 0 ? PP_EINVAL : PP_ENOMEM;
+    }
+    Py_XDECREF(stream);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(args);
+    Py_XDECREF(append);
+    Py_XDECREF(buffers);
+    return rc;
+}
+
 /* Needs: sub GIL.  See pp_internal.h. */
 pp_msg *
 pp__interp_run(pp_interp *it, const pp_msg *task)
@@ -938,12 +984,19 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
     PyObject *func = NULL, *spec = NULL, *result = NULL, *pickled = NULL;
     pp_msg *done = NULL;
 
+    /* The pinned results of earlier tasks that the main interpreter has
+     * read since: their objects go now, under this interpreter's GIL. */
+    pp__pins_sweep(&it->pins);
     func = task_function(it, task);
     if (func == NULL) {
         goto error;
     }
-    spec = unpickle(it, task->data + task->func_size,
-                    task->size - task->func_size);
+    /* The arguments may refer to the caller's pinned buffers. */
+    spec = pp__codec_is(task->data + task->func_size,
+                        task->size - task->func_size)
+               ? pp__codec_decode_msg(task, task->func_size)
+               : unpickle(it, task->data + task->func_size,
+                          task->size - task->func_size);
     if (spec == NULL) {
         goto error;
     }
@@ -966,21 +1019,31 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
     }
     /* Plain data goes through the codec, which keeps shared references
      * shared; anything else through pickle. */
-    int encoded = pp__codec_encode_msg(result, NULL, 0, &done);
+    int encoded = pp__codec_encode_msg(result, NULL, 0, &it->pins, &done);
     if (encoded < 0) {
         goto error;
     }
-    if (encoded == 0) {
+    if (encoded > 0) {
+        if (need_pickle(it) < 0) {
+            goto error;
+        }
+        int rc = pickle_out_of_band(it, result, &done);
+        if (rc == PP_ENOMEM) {
+            goto error;
+        }
+        if (rc != PP_OK && !PyErr_Occurred()) {
+            /* A buffer that is not contiguous: in-band, as pickle does
+             * without a buffer_callback. */
+            pickled = PyObject_CallFunctionObjArgs(it->dumps, result,
+                                                   it->protocol, NULL);
+        }
+    }
+    if (done != NULL) {
         done->job = task->job;
         done->index = task->index;
         done->kind = PP_DONE_OK;
         goto done;
     }
-    if (need_pickle(it) < 0) {
-        goto error;
-    }
-    pickled = PyObject_CallFunctionObjArgs(it->dumps, result, it->protocol,
-                                           NULL);
     if (pickled == NULL) {
         pickled = dumps_by_value(it, result);
     }

@@ -28,6 +28,8 @@ pp_msg_new(uint64_t job, uint64_t index, uint32_t kind, const void *data,
     msg->worker = 0;
     msg->size = size;
     msg->func_size = 0;
+    msg->pins = NULL;
+    msg->drop_pins = NULL;
     if (data != NULL && size > 0) {
         memcpy(msg->data, data, size);
     }
@@ -62,6 +64,9 @@ pp_msg_new_task(uint64_t job, uint64_t index, uint32_t kind,
 void
 pp_msg_free(pp_msg *msg)
 {
+    if (msg != NULL && msg->pins != NULL) {
+        msg->drop_pins(msg->pins);
+    }
     free(msg);
 }
 

@@ -92,6 +92,48 @@ typedef struct pp_buf {
 } pp_buf;
 void pp__buf_fini(pp_buf *b);
 
+/* ---- pinned buffers (codec.c) ----------------------------------------
+ *
+ * A large buffer that cannot change (a bytes, a read-only PickleBuffer
+ * over one, a bytearray or array nobody else can reach) travels by
+ * reference: the encoder keeps the sender's object alive in a pp_pin,
+ * the message refers to its memory, and the receiver copies straight
+ * from it -- one copy in all.  The lifetime protocol (docs/design.md,
+ * "Who owns each buffer"):
+ *   - a pin has two holds: its message's (dropped by pp_msg_free, any
+ *     thread, no GIL) and its owner's list's;
+ *   - the sender's object is released only by the owner, under the
+ *     sender's GIL: pp__pins_sweep releases the pins whose message is
+ *     gone; pp__pins_fini (the sender is ending) copies the data of the
+ *     pins still in a message into raw memory first, under the pin's
+ *     lock, which a reader holds while it copies;
+ *   - a pin is freed with its last hold.
+ * A pin's PyObject is the sender's and is touched only under its GIL
+ * by its owner: the receiver reads only the raw memory. */
+typedef struct pp_pin pp_pin;
+typedef struct pp_pins {
+    pthread_mutex_t lock; /* leaf: guards head */
+    pp_pin *head;         /* every pin this side made that is still held */
+    int ready;            /* pp__pins_init ran */
+} pp_pins;
+/* Buffers of at least this many bytes are pinned rather than copied. */
+#define PP_PIN_MIN ((size_t)64 << 10)
+/* No tstate needed. */
+void pp__pins_init(pp_pins *p);
+/* The bytes msg carries, its pinned buffers' included.  No tstate
+ * needed; the message must be alive. */
+size_t pp__codec_msg_bytes(const pp_msg *msg);
+/* Pins made and still alive, out-of-band buffers sent, since the
+ * process started.  No tstate needed. */
+void pp__codec_stats(uint64_t *pinned, uint64_t *pins_live, uint64_t *oob);
+/* Release the objects of the pins whose messages are gone.  Needs: the
+ * GIL of the interpreter that made the pins; no lock held. */
+void pp__pins_sweep(pp_pins *p);
+/* Let go of every pin: data still in a message is copied out first.
+ * Needs: the GIL of the interpreter that made the pins, which is about
+ * to end or to drop the owner. */
+void pp__pins_fini(pp_pins *p);
+
 /* Encode obj into out (replacing its contents).  0 on success; 1 when
  * obj holds something the codec does not do (the caller uses pickle
  * instead), no exception set; -1 with MemoryError.  Needs: the GIL of
@@ -105,11 +147,23 @@ int pp__codec_encode(PyObject *obj, pp_buf *out);
  * caller sets them and owns it), else NULL.  Needs: the GIL of obj's
  * interpreter. */
 int pp__codec_encode_msg(PyObject *obj, const void *prefix, size_t prefix_size,
-                         pp_msg **out);
+                         pp_pins *pins, pp_msg **out);
+/* The same for a pickle protocol 5 stream and its out-of-band buffers
+ * (the PickleBuffers pickle.dumps gave its buffer_callback, a list):
+ * the buffers beside the stream, pinned into `pins` or copied.  1 when
+ * a buffer is not contiguous (pickle it in-band instead).  `pins` may
+ * be NULL in both: every buffer is then copied into the message. */
+int pp__codec_encode_pickle5_msg(PyObject *stream, PyObject *buffers,
+                                 const void *prefix, size_t prefix_size,
+                                 pp_pins *pins, pp_msg **out);
 
 /* Decode a payload made by pp__codec_encode.  New reference, or NULL
  * with an exception.  Needs: the GIL of the receiving interpreter. */
 PyObject *pp__codec_decode(const unsigned char *data, size_t size);
+/* Decode msg's codec payload from byte `offset` on: its pinned buffers
+ * and out-of-band pickles too, which pp__codec_decode refuses (a bytes
+ * copy of the payload carries neither).  Needs: the receiving GIL. */
+PyObject *pp__codec_decode_msg(const pp_msg *msg, size_t offset);
 
 /* 1 if data starts with PP_CODEC_MAGIC. */
 static inline int
@@ -201,6 +255,7 @@ typedef struct pp_interp {
     PyObject *func;               /* (sub GIL) */
     unsigned char *func_pickle;   /* PyMem_Raw; func_pickle_size bytes */
     size_t func_pickle_size;
+    pp_pins pins;                 /* the results' pinned buffers */
 } pp_interp;
 
 /* Create an isolated subinterpreter with its own GIL, set its sys.path,

@@ -214,7 +214,7 @@ submit_call(PyObject *self, PyObject *fn, PyObject *fargs, PyObject *fkwargs,
     size_t func_size = (size_t)PyBytes_GET_SIZE(func);
     int rc = pp__codec_encode_msg(payload, func_data,
                                   pp__fn_task_part(func_data, func_size),
-                                  &task);
+                                  &((pp_engine_object *)self)->pins, &task);
     if (rc != 0) {
         if (rc > 0) {
             result = Py_NewRef(Py_None); /* needs pickle */
@@ -345,7 +345,7 @@ finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg)
                : !pp__result_is_ours(&st->result, target)) {
         goto out;
     }
-    value = pp__codec_decode(msg->data, msg->size);
+    value = pp__codec_decode_msg(msg, 0);
     if (value == NULL) {
         /* The Python loop decodes it again and fails just this task. */
         PyErr_Clear();
@@ -381,7 +381,7 @@ batch_size(const pp_msg *first, size_t count)
         if (n == PP_COLLECT_BATCH || (n > 0 && bytes >= PP_COLLECT_BYTES)) {
             break;
         }
-        bytes += msg->size;
+        bytes += pp__codec_msg_bytes(msg);
         n++;
     }
     return n;
@@ -458,6 +458,9 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     pp_engine_object *eo = (pp_engine_object *)self;
     pp_msg *first = NULL, *tail = NULL;
     size_t count = 0;
+    /* The caller's buffers that finished tasks referred to go here, under
+     * the main GIL (see codec.c's pins). */
+    pp__pins_sweep(&eo->pins);
     PP_LOCK_OBJECT(self);
     first = eo->held;
     tail = eo->held_tail;

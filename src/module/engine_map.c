@@ -16,39 +16,35 @@
  * main GIL. */
 static int
 chunk_task(uint64_t job, uint64_t index, uint32_t kind, const Py_buffer *func,
-           PyObject *chunk, PyObject *pickle_dumps, pp_msg **task)
+           PyObject *chunk, PyObject *pickle_dumps, pp_pins *pins,
+           pp_msg **task)
 {
     /* Encoded straight into the message, after the function (of a
      * by-value one, its header: the engine keeps its bytes). */
     size_t func_part = pp__fn_task_part(func->buf, (size_t)func->len);
-    int rc = pp__codec_encode_msg(chunk, func->buf, func_part, task);
+    int rc = pp__codec_encode_msg(chunk, func->buf, func_part, pins, task);
     if (rc < 0) {
         return -1;
     }
-    if (rc == 0) {
-        (*task)->job = job;
-        (*task)->index = index;
-        (*task)->kind = kind;
-    }
-    else {
-        PyObject *pickled = PyObject_CallOneArg(pickle_dumps, chunk);
-        if (pickled == NULL) {
+    if (rc > 0) {
+        /* pickle_dumps(chunk, buffers) leaves pickle protocol 5's
+         * out-of-band buffers in the list, to travel beside it. */
+        PyObject *buffers = PyList_New(0);
+        PyObject *pickled = buffers ? PyObject_CallFunctionObjArgs(
+                                          pickle_dumps, chunk, buffers, NULL)
+                                    : NULL;
+        *task = pickled ? pp__task_from_pickle(func->buf, func_part, pickled,
+                                               buffers, pins)
+                        : NULL;
+        Py_XDECREF(pickled);
+        Py_XDECREF(buffers);
+        if (*task == NULL) {
             return -1;
         }
-        Py_buffer view;
-        if (PyObject_GetBuffer(pickled, &view, PyBUF_SIMPLE) < 0) {
-            Py_DECREF(pickled);
-            return -1;
-        }
-        *task = pp_msg_new_task(job, index, kind, func->buf, func_part,
-                                view.buf, (size_t)view.len);
-        PyBuffer_Release(&view);
-        Py_DECREF(pickled);
     }
-    if (*task == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    (*task)->job = job;
+    (*task)->index = index;
+    (*task)->kind = kind;
     return 0;
 }
 
@@ -139,7 +135,8 @@ pp__engine_type_submit_map(PyObject *self, PyObject *const *args,
         start += size;
         pp_msg *task = NULL;
         int rc = chunk_task(job, index, (uint32_t)kind, &func, chunk,
-                            pickle_dumps, &task);
+                            pickle_dumps, &((pp_engine_object *)self)->pins,
+                            &task);
         if (rc < 0) {
             if (!PyErr_ExceptionMatches(PyExc_Exception)) {
                 Py_DECREF(chunk);

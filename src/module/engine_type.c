@@ -48,6 +48,7 @@ engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         goto done;
     }
     atomic_init(&((pp_engine_object *)self)->next_job, 1);
+    pp__pins_init(&((pp_engine_object *)self)->pins);
     pp_engine *engine = NULL;
     int rc;
     /* Queue-design workers start here and create their interpreters in
@@ -90,6 +91,9 @@ engine_dealloc(PyObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     pp__engine_delivery_free(self);
+    /* Tasks still queued get their own copy of the buffers they refer
+     * to: the caller's objects go now. */
+    pp__pins_fini(&((pp_engine_object *)self)->pins);
     pp_engine *engine = ENGINE(self);
     if (engine != NULL) {
         /* Nobody can submit or collect any more: let the workers drain
@@ -117,7 +121,8 @@ engine_submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
      * task carries its header (function_pickle hands out bytes). */
     int stored = PyBytes_Check(args[3]);
     pp_msg *task = pp__task_from_buffers(job, index, kind, args[3], args[4],
-                                         stored);
+                                         stored,
+                                         &((pp_engine_object *)self)->pins);
     if (task == NULL) {
         return NULL;
     }

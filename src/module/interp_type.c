@@ -146,7 +146,8 @@ interpreter_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                      "0", &kind) < 0) {
         return NULL;
     }
-    pp_msg *task = pp__task_from_buffers(0, 0, kind, args[1], args[2], 0);
+    pp_msg *task = pp__task_from_buffers(0, 0, kind, args[1], args[2], 0,
+                                         NULL);
     if (task == NULL) {
         return NULL;
     }
@@ -158,9 +159,13 @@ interpreter_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyErr_NoMemory();
         }
         else {
-            result = Py_BuildValue("(Iy#)", (unsigned)done->kind,
-                                   (const char *)done->data,
-                                   (Py_ssize_t)done->size);
+            /* A codec result may refer to the interpreter's pinned
+             * buffers, which only the message carries: decoded here. */
+            PyObject *item = pp__completion_tuple(done);
+            result = item ? Py_BuildValue("(OO)", PyTuple_GET_ITEM(item, 2),
+                                          PyTuple_GET_ITEM(item, 4))
+                          : NULL;
+            Py_XDECREF(item);
             pp_msg_free(done);
         }
     }

@@ -155,12 +155,68 @@ pp__timeout_arg(PyObject *const *args, Py_ssize_t nargs, const char *usage,
 }
 
 pp_msg *
+pp__task_from_pickle(const void *func, size_t func_size, PyObject *pickled,
+                     PyObject *buffers, pp_pins *pins)
+{
+    pp_msg *task = NULL;
+    if (!PyList_Check(buffers)) {
+        PyErr_SetString(PyExc_TypeError, "poolparty: buffers must be a list");
+        return NULL;
+    }
+    if (PyList_GET_SIZE(buffers) > 0) {
+        int rc = pp__codec_encode_pickle5_msg(pickled, buffers, func,
+                                              func_size, pins, &task);
+        if (rc > 0) {
+            PyErr_SetString(PyExc_TypeError,
+                            "poolparty: out-of-band buffers must be "
+                            "contiguous PickleBuffers beside a bytes pickle");
+        }
+        return task;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(pickled, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    task = pp_msg_new_task(0, 0, 0, func, func_size, view.buf,
+                           (size_t)view.len);
+    PyBuffer_Release(&view);
+    if (task == NULL) {
+        PyErr_NoMemory();
+    }
+    return task;
+}
+
+pp_msg *
 pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
-                      PyObject *func, PyObject *args, int header_only)
+                      PyObject *func, PyObject *args, int header_only,
+                      pp_pins *pins)
 {
     Py_buffer fb, ab;
     if (PyObject_GetBuffer(func, &fb, PyBUF_SIMPLE) < 0) {
         return NULL;
+    }
+    if (PyTuple_Check(args)) {
+        /* (pickle, out-of-band buffers) */
+        size_t func_part = header_only
+                               ? pp__fn_task_part(fb.buf, (size_t)fb.len)
+                               : (size_t)fb.len;
+        pp_msg *task = NULL;
+        if (PyTuple_GET_SIZE(args) == 2) {
+            task = pp__task_from_pickle(fb.buf, func_part,
+                                        PyTuple_GET_ITEM(args, 0),
+                                        PyTuple_GET_ITEM(args, 1), pins);
+        }
+        else {
+            PyErr_SetString(PyExc_TypeError,
+                            "poolparty: expected a (pickle, buffers) pair");
+        }
+        PyBuffer_Release(&fb);
+        if (task != NULL) {
+            task->job = job;
+            task->index = index;
+            task->kind = (uint32_t)kind;
+        }
+        return task;
     }
     if (PyObject_GetBuffer(args, &ab, PyBUF_SIMPLE) < 0) {
         PyBuffer_Release(&fb);
@@ -183,16 +239,18 @@ pp__completion_tuple(const pp_msg *msg)
 {
     if (msg->kind == PP_DONE_OK && pp__codec_is(msg->data, msg->size)) {
         /* Decoded straight from the message: no bytes copy of it, no
-         * Python call.  If it fails, the bytes go to Python, whose
-         * decode() raises the error again for just this task. */
-        PyObject *value = pp__codec_decode(msg->data, msg->size);
-        if (value != NULL) {
-            return Py_BuildValue("(KKIIN)", (unsigned long long)msg->job,
-                                 (unsigned long long)msg->index,
-                                 (unsigned)PP_DONE_DECODED,
-                                 (unsigned)msg->worker, value);
+         * Python call.  If it fails -- whatever it raised, even
+         * SystemExit from an unpickled __reduce__ -- the exception fails
+         * just this task. */
+        PyObject *value = pp__codec_decode_msg(msg, 0);
+        unsigned kind = PP_DONE_DECODED;
+        if (value == NULL) {
+            kind = PP_DONE_UNDECODABLE;
+            value = PyErr_GetRaisedException();
         }
-        PyErr_Clear();
+        return Py_BuildValue("(KKIIN)", (unsigned long long)msg->job,
+                             (unsigned long long)msg->index, kind,
+                             (unsigned)msg->worker, value);
     }
     return Py_BuildValue("(KKIIy#)", (unsigned long long)msg->job,
                          (unsigned long long)msg->index, (unsigned)msg->kind,
@@ -326,7 +384,23 @@ module_abandoned_workers(PyObject *Py_UNUSED(module), PyObject *const *args,
     return PyLong_FromUnsignedLong(left);
 }
 
+/* buffer_stats() -> dict: the codec's large-buffer counts (see
+ * pp__codec_stats), for tests and benchmarks.  Any interpreter. */
+static PyObject *
+module_buffer_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    uint64_t pinned, live, oob;
+    pp__codec_stats(&pinned, &live, &oob);
+    return Py_BuildValue("{sKsKsK}", "pinned", (unsigned long long)pinned,
+                         "pins_live", (unsigned long long)live,
+                         "out_of_band", (unsigned long long)oob);
+}
+
 static PyMethodDef module_methods[] = {
+    {"buffer_stats", module_buffer_stats, METH_NOARGS,
+     "buffer_stats() -> {'pinned', 'pins_live', 'out_of_band'}: large "
+     "buffers that travelled by reference, those still held, and pickle "
+     "protocol 5 buffers sent beside their pickle, in this process."},
     {"abandoned_workers",
      (PyCFunction)(void (*)(void))module_abandoned_workers, METH_FASTCALL,
      "abandoned_workers(timeout=0) -> int: wait up to timeout seconds for "
@@ -406,9 +480,11 @@ module_exec(PyObject *module)
     ADD_INT(PP_TASK_REUSE_FUNC)
     ADD_INT(PP_TASK_FUNC_BY_NAME)
     ADD_INT(PP_SITE_TEMPLATE_MIN_WORKERS)
+    ADD_INT(PP_PIN_MIN)
     ADD_INT(PP_COLLECT_BATCH)
     ADD_INT(PP_DONE_OK)
     ADD_INT(PP_DONE_DECODED)
+    ADD_INT(PP_DONE_UNDECODABLE)
     ADD_INT(PP_DONE_ERROR)
     ADD_INT(PP_DONE_UNPICKLABLE)
     ADD_INT(PP_DONE_INIT_FAILED)

@@ -127,20 +127,33 @@ int pp__timeout_ns(PyObject *obj, int64_t *out);
  * exception. */
 int pp__timeout_arg(PyObject *const *args, Py_ssize_t nargs,
                     const char *usage, int64_t *out);
-/* A task message from two bytes-like objects (the function's pickle and
- * the arguments'); with header_only, of a by-value function reference
- * only its header (pp__fn_task_part: the task is for an engine, which
- * keeps the bytes).  NULL with an exception. */
+/* A task message from the function's pickle (a bytes-like object) and
+ * the arguments': a bytes-like object, or a (pickle, buffers) pair
+ * (pickle protocol 5's out-of-band buffers, see _engine.dumps); with
+ * header_only, of a by-value function reference only its header
+ * (pp__fn_task_part: the task is for an engine, which keeps the bytes).
+ * Large buffers are pinned into `pins` (NULL: copied).  NULL with an
+ * exception. */
 pp_msg *pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
                               PyObject *func, PyObject *args,
-                              int header_only);
+                              int header_only, pp_pins *pins);
+/* A task message (job, index, kind 0) of `func_size` bytes of function
+ * reference and a pickle with its out-of-band buffers (a list, maybe
+ * empty).  NULL with an exception.  Needs: main GIL. */
+pp_msg *pp__task_from_pickle(const void *func, size_t func_size,
+                             PyObject *pickled, PyObject *buffers,
+                             pp_pins *pins);
 
-/* A completion's kind in collect()'s tuples (never in a pp_msg): a
- * successful codec result, already decoded; the payload is the value. */
+/* A completion's kinds in collect()'s tuples (never in a pp_msg): a
+ * successful codec result, already decoded (the payload is the value),
+ * or one that failed to decode (the payload is the exception). */
 #define PP_DONE_DECODED 64
+#define PP_DONE_UNDECODABLE 65
 
 /* A tuple (job, index, kind, worker, payload bytes) for a completion,
- * or (job, index, PP_DONE_DECODED, worker, value) for a codec result.
+ * or (job, index, PP_DONE_DECODED, worker, value) for a codec result
+ * (PP_DONE_UNDECODABLE and the exception when decoding it raised: the
+ * payload may refer to pinned buffers, which only the message carries).
  * New reference or NULL.  Needs: main GIL. */
 PyObject *pp__completion_tuple(const pp_msg *msg);
 
@@ -166,6 +179,10 @@ typedef struct {
      * Future fast path's contract, see "Completion delivery" below. */
     PyObject *future_owner;
     PyObject *futures;
+    /* The arguments' pinned buffers (codec.c): tasks refer to the
+     * caller's large bytes instead of copying them; collect() releases
+     * those whose task is done, dealloc copies out the rest. */
+    pp_pins pins;
 } pp_engine_object;
 
 #define PP_ENGINE(op) (((pp_engine_object *)(op))->engine)

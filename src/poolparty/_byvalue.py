@@ -58,21 +58,34 @@ def needs_value(data):
     return b"__main__" in data and not _main_is_rerunnable()
 
 
-def dumps(obj):
-    """Pickle ``obj`` (protocol 5), by value where pickle cannot send it."""
+def dumps(obj, buffers=None):
+    """Pickle ``obj`` (protocol 5), by value where pickle cannot send it.
+
+    With a list ``buffers``, the out-of-band buffers (protocol 5's
+    PickleBuffers) are left in it instead of copied into the pickle.
+    """
     try:
-        data = pickle.dumps(obj, 5)
+        data = _dumps_with(pickle.dumps, obj, buffers)
     except REFUSED:
-        return cloud_dumps(obj)
-    return cloud_dumps(obj) if needs_value(data) else data
+        return cloud_dumps(obj, buffers)
+    return cloud_dumps(obj, buffers) if needs_value(data) else data
 
 
-def cloud_dumps(obj):
+def _dumps_with(dumps, obj, buffers):
+    """dumps(obj, 5), its PickleBuffers out of band in ``buffers`` when
+    that is a list (pickle refuses non-contiguous ones either way)."""
+    if buffers is None:
+        return dumps(obj, 5)
+    del buffers[:]
+    return dumps(obj, 5, buffer_callback=buffers.append)
+
+
+def cloud_dumps(obj, buffers=None):
     """cloudpickle's bytes for ``obj``; its error, explained, if it cannot."""
     import cloudpickle
 
     try:
-        return cloudpickle.dumps(obj, 5)
+        return _dumps_with(cloudpickle.dumps, obj, buffers)
     except Exception as exc:
         where = _unsendable_part(obj, cloudpickle)
         what = f"{_describe(obj)} cannot be sent to the workers"

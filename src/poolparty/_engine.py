@@ -33,6 +33,7 @@ DESIGNS = {"queue": _core.PP_DESIGN_QUEUE, "call": _core.PP_DESIGN_CALL}
 
 DONE_OK = _core.PP_DONE_OK
 DONE_DECODED = _core.PP_DONE_DECODED  # collect() decoded it: payload is the value
+DONE_UNDECODABLE = _core.PP_DONE_UNDECODABLE  # decoding raised: payload is that
 INIT_FAILED = _core.PP_DONE_INIT_FAILED
 MAIN_IMPORT = _core.PP_DONE_MAIN_IMPORT
 TASK_CALL = _core.PP_TASK_CALL
@@ -324,6 +325,16 @@ def function_pickle(func):
 
 _CODEC_MAGIC = b"\xb5pp2"
 
+if sys.version_info < (3, 13):
+    # CPython 3.12 builds a C function's keyword parser on the function's
+    # first call with keywords, in whichever interpreter makes it, and
+    # frees it with the main interpreter: built in a worker (whose memory
+    # is its own), that aborts the process at exit ("free(): invalid
+    # pointer").  The workers pass pickle's buffer_callback= and buffers=
+    # by keyword (out-of-band buffers): have the main interpreter build
+    # those parsers first.
+    pickle.loads(pickle.dumps(None, 5, buffer_callback=None), buffers=())
+
 
 # The pickle fallback of the codec (the C core calls it for chunks):
 # pickle, or cloudpickle for what pickle cannot send by name.
@@ -331,9 +342,15 @@ pickle_dumps = _byvalue.dumps
 
 
 def dumps(obj):
-    """Bytes for ``obj``: the core's codec for plain data, else pickle."""
+    """Bytes for ``obj``: the core's codec for plain data, else pickle;
+    or, when pickle gave out-of-band buffers (protocol 5's PickleBuffers),
+    a ``(pickle, buffers)`` pair that the core carries side by side."""
     data = _core.encode(obj)
-    return data if data is not None else _byvalue.dumps(obj)
+    if data is not None:
+        return data
+    buffers = []
+    data = _byvalue.dumps(obj, buffers)
+    return (data, buffers) if buffers else data
 
 
 def decode(kind, payload):
@@ -344,6 +361,8 @@ def decode(kind, payload):
     """
     if kind == DONE_DECODED:
         return True, payload
+    if kind == DONE_UNDECODABLE:
+        return False, payload
     if kind == DONE_OK:
         try:
             if payload[:4] == _CODEC_MAGIC:

@@ -92,7 +92,7 @@ def buffers(size_mb=64, repeat=5):
 
     from poolparty import SubinterpreterPool
 
-    from .workloads._realdata import blob, blob_size
+    from .workloads._realdata import Frame, blob, blob_size, frame, frame_size
 
     size = size_mb << 20
     source = bytes(size)
@@ -110,13 +110,20 @@ def buffers(size_mb=64, repeat=5):
     pools = {"poolparty": lambda: SubinterpreterPool(1),
              "ThreadPool": lambda: ThreadPool(1),
              "spawn Pool": lambda: multiprocessing.get_context("spawn").Pool(1)}
+    held = Frame(source)
     for name, make in pools.items():
         with make() as pool:
             pool.apply(blob, (size,))               # warm: made and kept
             assert pool.apply(blob_size, (source,)) == size
+            pool.apply(frame, (size,))
+            assert pool.apply(frame_size, (held,)) == size
             for what, call in (("result", lambda: pool.apply(blob, (size,))),
                                ("argument",
-                                lambda: pool.apply(blob_size, (source,)))):
+                                lambda: pool.apply(blob_size, (source,))),
+                               ("PickleBuffer result",
+                                lambda: pool.apply(frame, (size,))),
+                               ("PickleBuffer argument",
+                                lambda: pool.apply(frame_size, (held,)))):
                 key = f"{name}: {size_mb} MB {what}"
                 times[key] = []
                 for _ in range(repeat):
@@ -235,7 +242,7 @@ def main(argv=None):
         base = found["memcpy (to warm memory)"]
         print(f"Python {sys.version.split()[0]}, best of {min(args.repeat, 5)}")
         for key, seconds in found.items():
-            print(f"{key:34} {seconds * 1e3:8.1f} ms {args.buffers / 1024 / seconds:6.2f} GB/s"
+            print(f"{key:45} {seconds * 1e3:8.1f} ms {args.buffers / 1024 / seconds:6.2f} GB/s"
                   f"  {seconds / base:5.1f}x memcpy")
         return 0
     rows = measure(args.repeat, args.n)

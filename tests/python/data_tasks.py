@@ -1,5 +1,7 @@
 """Task functions for test_pool_data.py (importable in every worker)."""
 
+import array
+import pickle
 import threading
 import time
 
@@ -35,3 +37,71 @@ def nested(depth):
     for _ in range(depth):
         value = [value]
     return value
+
+
+# -- large buffers and pickle protocol 5's out-of-band buffers
+# (test_pool_buffers.py)
+
+POISON = 0xEE   # a Blob whose data starts with it fails to unpickle
+KEPT = []       # buffers a task keeps a reference to after returning them
+
+
+class Blob:
+    """A buffer holder that pickles its data out of band with protocol 5,
+    as the libraries that support pickle.PickleBuffer do."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        if protocol >= 5:
+            return rebuild_blob, (pickle.PickleBuffer(self.data),)
+        return rebuild_blob, (bytes(self.data),)
+
+    def __eq__(self, other):
+        return (type(other) is Blob and type(other.data) is type(self.data)
+                and other.data == self.data)
+
+
+def rebuild_blob(data):
+    if len(data) and data[0] == POISON:
+        raise ValueError("poisoned blob")
+    return Blob(data)
+
+
+def make_blob(size, writable=False, fill=0):
+    data = bytes([fill]) * size
+    return Blob(bytearray(data) if writable else data)
+
+
+def blob_info(blob):
+    return type(blob.data).__name__, len(blob.data), bytes(blob.data[:1])
+
+
+def make_buffer(kind, size, fill=1):
+    """A fresh buffer of `size` bytes of `fill`, nobody else holding it."""
+    data = bytes([fill]) * size
+    if kind == "bytes":
+        return data
+    if kind == "bytearray":
+        return bytearray(data)
+    if kind == "array":
+        return array.array("B", data)
+    if kind == "memoryview":
+        return memoryview(data)
+    if kind == "kept bytearray":
+        KEPT[:] = [bytearray(data)]
+        return KEPT[0]
+    raise ValueError(kind)
+
+
+def picklebuffers(size):
+    """PickleBuffers themselves, in a container."""
+    return [pickle.PickleBuffer(bytes([2]) * size),
+            pickle.PickleBuffer(bytearray([3]) * size)]
+
+
+def blob_still_written(size, seconds):
+    """A Blob over a bytearray of zeros that a thread keeps overwriting
+    with 0xff for `seconds` after the task returned it."""
+    return Blob(bytearray_still_written(size, seconds))

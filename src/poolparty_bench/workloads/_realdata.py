@@ -7,6 +7,8 @@ values: each data_* workload's task builds its value from its argument
 rebuilds the expected value in the main interpreter.
 """
 
+import pickle
+
 BASE_TASKS = 128
 MIN_TASKS = 4
 # The cell maps two tasks per worker first and times the map after them
@@ -46,3 +48,26 @@ def blob(size):
 def blob_size(data):
     """len(data): a task whose argument is the large part."""
     return len(data)
+
+
+class Frame:
+    """A buffer holder that pickles its data out of band (pickle protocol
+    5's PickleBuffer), as the libraries that support it do."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        if protocol >= 5:
+            return Frame, (pickle.PickleBuffer(self.data),)
+        return Frame, (bytes(self.data),)
+
+
+def frame(size):
+    """A Frame over blob(size)."""
+    return Frame(blob(size))
+
+
+def frame_size(value):
+    """len(value.data): a task whose argument is a Frame."""
+    return len(value.data)
