@@ -62,6 +62,9 @@ def test_large_completions_come_a_few_at_a_time():
     while (batch := engine.collect(5)) is not None:
         sizes.append(len(batch))
         results += [payload for *_, payload in batch]
-    # At least seven wait; 1.2 MB >= 1 MB: each call stops at three.
-    assert sizes[:2] == [3, 3] and max(sizes) == 3
+    # 1.2 MB >= 1 MB: each call stops at three (at fewer when what one
+    # call took from the queue runs out; how many came ready before the
+    # first call is the workers' timing: results are pinned, not copied,
+    # which made it differ from run to run).  The pinned bytes count.
+    assert max(sizes) == 3
     assert results == [bytes(size)] * 10
