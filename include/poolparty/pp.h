@@ -155,6 +155,20 @@ int pp_queue_pop(pp_queue *q, int64_t timeout_ns, pp_msg **out);
  * its length. */
 int pp_queue_pop_all(pp_queue *q, int64_t timeout_ns, pp_msg **out,
                      size_t *count);
+/* Lingering, for a pop_all consumer that prefers fewer wake-ups to
+ * prompter ones: once a pop_all took several messages (a backlog),
+ * its next wait lasts at
+ * most `linger_ns` before it looks again, and pp_queue_push_lazy does
+ * not wake it sooner unless `batch` messages are then queued.
+ * Ordinary pushes always wake it; a wait that ends with nothing queued
+ * makes the next one wake for any push.  linger_ns 0 (the default):
+ * every push wakes. */
+void pp_queue_set_linger(pp_queue *q, int64_t linger_ns, size_t batch);
+/* As pp_queue_push, but it leaves a lingering pop_all asleep (see
+ * pp_queue_set_linger): the message waits for its deadline or batch. */
+int pp_queue_push_lazy(pp_queue *q, pp_msg *msg);
+/* 1 while a pop_all lingers (a snapshot, for tests). */
+int pp_queue_lingering(pp_queue *q);
 /* Refuse further pushes and wake every waiter.  Messages already
  * queued can still be popped.  Idempotent. */
 void pp_queue_close(pp_queue *q);

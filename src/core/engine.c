@@ -216,16 +216,59 @@ end_task(pp_worker *w)
     return wanted;
 }
 
+/* Completions wake the collector in batches while workers have more
+ * tasks queued: its completion queue lingers (queue.c) for at most
+ * LINGER_NS after a take, and a worker's lazy push does not wake it
+ * sooner unless LINGER_BATCH completions wait (what Engine.collect hands
+ * out per call, PP_COLLECT_BATCH).  Each wake-up of the collector costs
+ * it a main-GIL round and, downstream, a wake-up of the caller waiting
+ * for those results; with one per completion, they were most of a tiny
+ * task's cost (docs/design.md, "Completions in batches").  A result
+ * never waits behind a task: the deadline holds whatever the workers
+ * run meanwhile. */
+#define LINGER_NS (200 * 1000)
+#define LINGER_BATCH 64
+
 /* Push a completion; if the collector is gone (queue closed, which only
- * happens after every worker exited) the message is dropped. */
+ * happens after every worker exited) the message is dropped.  `lazy`:
+ * the worker has other tasks to run, so a lingering collector may take
+ * this one with the next batch.  Any GIL or none. */
 static void
-complete(pp_engine *e, pp_worker *w, pp_msg *done)
+complete(pp_engine *e, pp_worker *w, pp_msg *done, int lazy)
 {
     if (done == NULL) {
         return;
     }
     done->worker = w->id;
-    if (pp_queue_push(e->completions, done) != PP_OK) {
+    int rc = lazy ? pp_queue_push_lazy(e->completions, done)
+                  : pp_queue_push(e->completions, done);
+    if (rc != PP_OK) {
+        pp_msg_free(done);
+    }
+}
+
+/* Whether a worker that just finished a task has more to do than the
+ * pool can start at once: at least one queued task per worker.  Fewer,
+ * and the pool is about to run dry, so its results should go now (a
+ * caller may be waiting for them to submit more).  Any GIL or none. */
+static int
+more_queued(pp_engine *e)
+{
+    return pp_queue_length(e->tasks) >= e->nworkers;
+}
+
+/* The worker is done with `task`, whose result is `done`: release it and
+ * push `done` unless abandoning the worker already failed that task.
+ * Any GIL or none. */
+static void
+finish_task(pp_engine *e, pp_worker *w, pp_msg *task, pp_msg *done)
+{
+    pp__fn_store_release(&e->fns, task);
+    pp_msg_free(task);
+    if (end_task(w)) {
+        complete(e, w, done, more_queued(e));
+    }
+    else {
         pp_msg_free(done);
     }
 }
@@ -284,12 +327,17 @@ first_task(pp_engine *e, int made, pp_msg **task)
  * it creates one.  Per interpreter lifetime (one, or one per
  * `maxtasks` tasks):
  *   1. create the interpreter (no tstate -> sub GIL held);
- *   2. per task: release the sub GIL, block on the task queue, take the
- *      sub GIL back, run the task, push its completion;
+ *   2. per task: take the next queued one, keeping the sub GIL (the
+ *      queue mutex is a leaf); only when none is queued release the sub
+ *      GIL and block on the task queue, taking the sub GIL back after;
+ *      run the task, push its completion;
  *   3. release the GIL, retire the interpreter (w->life), end it.
  * The main interpreter's GIL is never taken here, which is the point:
  * workers never contend with the main interpreter or with each other,
- * only on the queue mutexes for a few instructions per task. */
+ * only on the queue mutexes for a few instructions per task.  Keeping
+ * the sub GIL between queued tasks saves a release and a take of it
+ * per task; terminate() still gets it (to raise SystemExit) at the next
+ * task's first bytecode, or when the queue it closed is found empty. */
 static void *
 queue_worker_main(void *arg)
 {
@@ -304,7 +352,7 @@ queue_worker_main(void *arg)
         pp_interp *it = NULL;
         pp_msg *failure = NULL;
         if (pp__interp_create(&e->boot, w->id, &it, &failure) != PP_OK) {
-            complete(e, w, failure);
+            complete(e, w, failure, 0);
             if (booting) {
                 first_task(e, 0, NULL);
             }
@@ -313,28 +361,36 @@ queue_worker_main(void *arg)
         PyThreadState *ts = pp__ts_detach();
         publish_interp(w, it);
         uint64_t served = 0;
+        int attached = 0;
         while (e->maxtasks == 0 || served < e->maxtasks) {
-            pp_msg *task;
-            int popped = booting ? first_task(e, 1, &task)
+            pp_msg *task = NULL;
+            int popped = PP_ETIMEDOUT;
+            if (attached) {
+                popped = pp_queue_pop(e->tasks, 0, &task);
+                if (popped != PP_OK) {
+                    ts = pp__ts_detach();
+                    attached = 0;
+                }
+            }
+            if (!attached) {
+                popped = booting ? first_task(e, 1, &task)
                                  : next_task(e, &task);
-            booting = 0;
+                booting = 0;
+            }
             if (popped != PP_OK) {
                 stopping = 1;
                 break;
             }
             begin_task(w, task);
-            pp__ts_attach(ts);
-            pp_msg *done = pp__interp_run(it, task);
-            ts = pp__ts_detach();
-            pp__fn_store_release(&e->fns, task);
-            pp_msg_free(task);
-            if (end_task(w)) {
-                complete(e, w, done);
+            if (!attached) {
+                pp__ts_attach(ts);
+                attached = 1;
             }
-            else {
-                pp_msg_free(done);
-            }
+            finish_task(e, w, task, pp__interp_run(it, task));
             served++;
+        }
+        if (attached) {
+            ts = pp__ts_detach();
         }
         retire_interp(w);
         pp__ts_attach(ts);
@@ -371,7 +427,7 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
         }
         pp__ts_attach(caller);
         if (rc != PP_OK) {
-            complete(e, w, failure);
+            complete(e, w, failure, 0);
             if (booting) {
                 Py_BEGIN_ALLOW_THREADS
                 first_task(e, 0, NULL);
@@ -381,14 +437,23 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
         }
         uint64_t served = 0;
         while (e->maxtasks == 0 || served < e->maxtasks) {
-            pp_msg *task;
-            int popped;
-            Py_BEGIN_ALLOW_THREADS
-            popped = booting ? first_task(e, 1, &task) : next_task(e, &task);
+            pp_msg *task = NULL;
+            /* A queued task is taken without releasing the main GIL (the
+             * queue mutex is a leaf): one GIL round less per task. */
+            int popped = booting ? PP_ETIMEDOUT
+                                 : pp_queue_pop(e->tasks, 0, &task);
             if (popped == PP_OK) {
                 begin_task(w, task);
             }
-            Py_END_ALLOW_THREADS
+            else if (popped == PP_ETIMEDOUT) {
+                Py_BEGIN_ALLOW_THREADS
+                popped = booting ? first_task(e, 1, &task)
+                                 : next_task(e, &task);
+                if (popped == PP_OK) {
+                    begin_task(w, task);
+                }
+                Py_END_ALLOW_THREADS
+            }
             booting = 0;
             if (popped != PP_OK) {
                 stopping = 1;
@@ -396,15 +461,7 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
             }
             /* Here this thread holds the main GIL: the design's cost is
              * this hop through the main interpreter for every task. */
-            pp_msg *done = pp__interp_call(it, task);
-            pp__fn_store_release(&e->fns, task);
-            pp_msg_free(task);
-            if (end_task(w)) {
-                complete(e, w, done);
-            }
-            else {
-                pp_msg_free(done);
-            }
+            finish_task(e, w, task, pp__interp_call(it, task));
             served++;
         }
         caller = pp__ts_detach();
@@ -445,7 +502,7 @@ pp__engine_request_main_import(const char *name, size_t size)
     w->import_answered = 0;
     pthread_mutex_unlock(&w->life);
     if (!cut) {
-        complete(w->engine, w, request);
+        complete(w->engine, w, request, 0);
         request = NULL;
         /* terminate() cuts the wait short: the collector may be blocked
          * (in a callback) or gone, and the worker must get back to its
@@ -552,6 +609,7 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
         pp__engine_decref(e);
         return PP_ENOMEM;
     }
+    pp_queue_set_linger(e->completions, LINGER_NS, LINGER_BATCH);
     if (design == PP_DESIGN_QUEUE) {
         int rc = start_queue_workers(e);
         if (rc != PP_OK) {

@@ -17,6 +17,18 @@
  * busy machine, during which every task stayed cancellable.  (3.13's
  * queue.SimpleQueue hands off the same way.)
  *
+ * Lingering (pp_queue_set_linger): a pop_all consumer that has just
+ * taken several messages waits at most `linger_ns` for the next ones
+ * (one message taken: they trickle in, and lingering would only add a
+ * wake-up at its deadline), and a lazy
+ * push (pp_queue_push_lazy) does not wake it before then unless
+ * `linger_batch` messages are queued.  So producers of many small
+ * messages wake it once per batch instead of once per message, and no
+ * message waits longer than linger_ns for a consumer that is asleep:
+ * its wait ends on its own (the deadline is not pushed back by later
+ * pushes).  A wait that ends with nothing queued goes back to being
+ * woken by every push.  An ordinary push always wakes.
+ *
  * Waits use CLOCK_MONOTONIC so that a wall-clock jump neither cuts a
  * timeout short nor stretches it. */
 #include "poolparty/pp.h"
@@ -46,6 +58,12 @@ struct pp_queue {
     pp_waiter *waiters;
     pp_waiter *waiters_tail;
     size_t nwaiters;
+    /* Lingering, see the top of this file.  linger_ns 0: off. */
+    int64_t linger_ns;
+    size_t linger_batch;
+    int warm;      /* pop_all's last call took several messages: its next
+                      wait lingers */
+    int lingering; /* pop_all waits now, lazy pushes leave it asleep */
 };
 
 /* PP_OK or PP_ENOMEM.  No lock (the queue is not shared yet). */
@@ -91,6 +109,8 @@ pp_queue_free(pp_queue *q)
     free(q);
 }
 
+static int push_chain(pp_queue *q, pp_msg *first, size_t count, int lazy);
+
 /* Takes q->mutex. */
 int
 pp_queue_push(pp_queue *q, pp_msg *msg)
@@ -101,10 +121,37 @@ pp_queue_push(pp_queue *q, pp_msg *msg)
 
 static void unlink_waiter_locked(pp_queue *q, pp_waiter *w);
 
+/* Takes q->mutex. */
+void
+pp_queue_set_linger(pp_queue *q, int64_t linger_ns, size_t batch)
+{
+    pthread_mutex_lock(&q->mutex);
+    q->linger_ns = linger_ns > 0 ? linger_ns : 0;
+    q->linger_batch = batch > 0 ? batch : 1;
+    pthread_mutex_unlock(&q->mutex);
+}
+
+/* Takes q->mutex. */
+int
+pp_queue_push_lazy(pp_queue *q, pp_msg *msg)
+{
+    msg->next = NULL;
+    return push_chain(q, msg, 1, 1);
+}
+
 /* Takes q->mutex.  One lock round and one wake-up for a whole batch:
  * a map's chunks are queued together instead of paying both per chunk. */
 int
 pp_queue_push_chain(pp_queue *q, pp_msg *first, size_t count)
+{
+    return push_chain(q, first, count, 0);
+}
+
+/* pp_queue_push_chain, or with `lazy` pp_queue_push_lazy's: a consumer
+ * lingering in pop_all is left asleep (see the top of this file).  Takes
+ * q->mutex. */
+static int
+push_chain(pp_queue *q, pp_msg *first, size_t count, int lazy)
 {
     if (first == NULL || count == 0) {
         return PP_OK;
@@ -144,8 +191,11 @@ pp_queue_push_chain(pp_queue *q, pp_msg *first, size_t count)
     q->tail = last;
     q->length += count;
     /* Only pop_all waits on `nonempty`, and each takes everything:
-     * waking one is enough. */
-    pthread_cond_signal(&q->nonempty);
+     * waking one is enough.  A lingering one wakes on its own by its
+     * deadline, or now for a full batch. */
+    if (!lazy || !q->lingering || q->length >= q->linger_batch) {
+        pthread_cond_signal(&q->nonempty);
+    }
 done:
     pthread_mutex_unlock(&q->mutex);
     return rc;
@@ -312,11 +362,36 @@ pp_queue_pop_all(pp_queue *q, int64_t timeout_ns, pp_msg **out,
                  size_t *count)
 {
     pthread_mutex_lock(&q->mutex);
-    int rc = wait_nonempty_locked(q, timeout_ns);
+    int rc = PP_ETIMEDOUT;
+    if (q->head == NULL && !q->closed && timeout_ns != 0 && q->warm &&
+        q->linger_ns > 0) {
+        /* Linger: lazy pushes leave this wait alone until its deadline
+         * (or a full batch, or an ordinary push). */
+        int64_t linger = timeout_ns > 0 && timeout_ns < q->linger_ns
+                             ? timeout_ns
+                             : q->linger_ns;
+        q->lingering = 1;
+        rc = wait_nonempty_locked(q, linger);
+        q->lingering = 0;
+        if (rc == PP_ETIMEDOUT) {
+            /* Nothing came: every push wakes the next wait. */
+            q->warm = 0;
+            if (timeout_ns > 0) {
+                timeout_ns = timeout_ns > linger ? timeout_ns - linger : 0;
+            }
+        }
+    }
+    if (rc == PP_ETIMEDOUT) {
+        rc = wait_nonempty_locked(q, timeout_ns);
+    }
     if (rc == PP_OK) {
         *out = q->head;
         *count = q->length;
         q->head = q->tail = NULL;
+        /* One message at a time: completions trickle in, and a wait that
+         * lingered would only time out.  More: a backlog, worth
+         * batching. */
+        q->warm = q->length > 1;
         q->length = 0;
     }
     pthread_mutex_unlock(&q->mutex);
@@ -411,6 +486,16 @@ count_now(pp_queue *q, const size_t *count)
     size_t n = *count;
     pthread_mutex_unlock(&q->mutex);
     return n;
+}
+
+/* Takes q->mutex. */
+int
+pp_queue_lingering(pp_queue *q)
+{
+    pthread_mutex_lock(&q->mutex);
+    int lingering = q->lingering;
+    pthread_mutex_unlock(&q->mutex);
+    return lingering;
 }
 
 /* Takes q->mutex. */

@@ -335,6 +335,125 @@ test_queue_remove(void)
     pp_queue_free(q);
 }
 
+struct collector {
+    pp_queue *q;
+    int rc;
+    size_t count;
+};
+
+static void *
+collect_all(void *arg)
+{
+    struct collector *c = arg;
+    pp_msg *chain = NULL;
+    c->rc = pp_queue_pop_all(c->q, -1, &chain, &c->count);
+    pp_msg_free_chain(chain);
+    return NULL;
+}
+
+/* Start a pop_all(forever) in a thread and wait until it lingers. */
+static void
+start_lingering(struct collector *c, pthread_t *th, pp_queue *q)
+{
+    *c = (struct collector){q, 1, 0};
+    ASSERT_EQ(pthread_create(th, NULL, collect_all, c), 0);
+    struct timespec pause = {0, 1000 * 1000};
+    while (!pp_queue_lingering(q)) {
+        nanosleep(&pause, NULL);
+    }
+}
+
+/* Make the queue's consumer warm: it took a backlog last. */
+static void
+warm(pp_queue *q)
+{
+    pp_msg *chain = NULL;
+    size_t count = 0;
+    ASSERT_EQ(pp_queue_push(q, msg(0, 0)), PP_OK);
+    ASSERT_EQ(pp_queue_push(q, msg(0, 1)), PP_OK);
+    ASSERT_EQ(pp_queue_pop_all(q, 0, &chain, &count), PP_OK);
+    ASSERT_EQ(count, 2);
+    pp_msg_free_chain(chain);
+}
+
+/* Lingering: after a take, pop_all's next wait is left asleep by lazy
+ * pushes until a full batch or its deadline; an ordinary push and close
+ * wake it at once; a wait that found nothing makes the next one wake
+ * for any push.  A wake-up that never comes hangs the test (no upper
+ * bounds on time: they would be noise). */
+static void
+test_queue_linger(void)
+{
+    pp_queue *q;
+    ASSERT_EQ(pp_queue_new(&q), PP_OK);
+    struct collector c;
+    pthread_t th;
+    /* A batch wakes it: two lazy pushes leave it asleep (its deadline
+     * is 60 s away), the third wakes it and it takes all three. */
+    pp_queue_set_linger(q, 60LL * 1000 * 1000 * 1000, 3);
+    warm(q);
+    start_lingering(&c, &th, q);
+    ASSERT_EQ(pp_queue_push_lazy(q, msg(1, 0)), PP_OK);
+    ASSERT_EQ(pp_queue_push_lazy(q, msg(1, 1)), PP_OK);
+    ASSERT(pp_queue_lingering(q));
+    ASSERT_EQ(pp_queue_push_lazy(q, msg(1, 2)), PP_OK);
+    pthread_join(th, NULL);
+    ASSERT_EQ(c.rc, PP_OK);
+    ASSERT_EQ(c.count, 3);
+    /* An ordinary push wakes it. */
+    start_lingering(&c, &th, q);
+    ASSERT_EQ(pp_queue_push(q, msg(2, 0)), PP_OK);
+    pthread_join(th, NULL);
+    ASSERT_EQ(c.rc, PP_OK);
+    ASSERT_EQ(c.count, 1);
+    /* So does close. */
+    warm(q);
+    start_lingering(&c, &th, q);
+    pp_queue_close(q);
+    pthread_join(th, NULL);
+    ASSERT_EQ(c.rc, PP_ECLOSED);
+    pp_queue_free(q);
+
+    /* The deadline: a lazy message is taken when it passes. */
+    ASSERT_EQ(pp_queue_new(&q), PP_OK);
+    pp_queue_set_linger(q, 20 * 1000 * 1000, 64);
+    warm(q);
+    start_lingering(&c, &th, q);
+    ASSERT_EQ(pp_queue_push_lazy(q, msg(3, 0)), PP_OK);
+    pthread_join(th, NULL);
+    ASSERT_EQ(c.rc, PP_OK);
+    ASSERT_EQ(c.count, 1);
+    /* One message taken: no backlog, so the next wait does not linger
+     * (a push wakes it)... */
+    c = (struct collector){q, 1, 0};
+    ASSERT_EQ(pthread_create(&th, NULL, collect_all, &c), 0);
+    struct timespec pause = {0, 20 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    ASSERT(!pp_queue_lingering(q));
+    ASSERT_EQ(pp_queue_push_lazy(q, msg(4, 0)), PP_OK);
+    pthread_join(th, NULL);
+    ASSERT_EQ(c.rc, PP_OK);
+    ASSERT_EQ(c.count, 1);
+    /* ...and neither does one after a lingering wait that found nothing
+     * by its deadline, here within a timeout. */
+    warm(q);
+    pp_msg *chain = NULL;
+    size_t count = 0;
+    double t0 = now_s();
+    ASSERT_EQ(pp_queue_pop_all(q, 50 * 1000 * 1000, &chain, &count),
+              PP_ETIMEDOUT);
+    ASSERT(now_s() - t0 >= 0.045); /* the whole timeout, not the linger */
+    c = (struct collector){q, 1, 0};
+    ASSERT_EQ(pthread_create(&th, NULL, collect_all, &c), 0);
+    nanosleep(&pause, NULL);
+    ASSERT(!pp_queue_lingering(q));
+    ASSERT_EQ(pp_queue_push_lazy(q, msg(5, 0)), PP_OK);
+    pthread_join(th, NULL);
+    ASSERT_EQ(c.rc, PP_OK);
+    ASSERT_EQ(c.count, 1);
+    pp_queue_free(q);
+}
+
 /* Many producers and consumers: every message arrives exactly once. */
 enum { PRODUCERS = 4, CONSUMERS = 4, PER_PRODUCER = 20000 };
 
@@ -459,6 +578,7 @@ static const struct {
     {"queue_close", test_queue_close},
     {"queue_handoff", test_queue_handoff},
     {"queue_remove", test_queue_remove},
+    {"queue_linger", test_queue_linger},
     {"queue_threads", test_queue_threads},
     {"lifecycle", test_lifecycle},
 };
