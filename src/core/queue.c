@@ -63,7 +63,8 @@ struct pp_queue {
     size_t linger_batch;
     int warm;      /* pop_all's last call took several messages: its next
                       wait lingers */
-    int lingering; /* pop_all waits now, lazy pushes leave it asleep */
+    size_t lingering; /* 1 while pop_all waits with lazy pushes leaving
+                         it asleep (a size_t for count_now) */
 };
 
 /* PP_OK or PP_ENOMEM.  No lock (the queue is not shared yet). */
@@ -492,10 +493,7 @@ count_now(pp_queue *q, const size_t *count)
 int
 pp_queue_lingering(pp_queue *q)
 {
-    pthread_mutex_lock(&q->mutex);
-    int lingering = q->lingering;
-    pthread_mutex_unlock(&q->mutex);
-    return lingering;
+    return count_now(q, &q->lingering) != 0;
 }
 
 /* Takes q->mutex. */

@@ -376,6 +376,23 @@ warm(pp_queue *q)
     pp_msg_free_chain(chain);
 }
 
+/* A pop_all(forever) that does not linger: a lazy push of job `job`
+ * wakes it. */
+static void
+expect_plain_wait(pp_queue *q, uint64_t job)
+{
+    struct collector c = {q, 1, 0};
+    pthread_t th;
+    ASSERT_EQ(pthread_create(&th, NULL, collect_all, &c), 0);
+    struct timespec pause = {0, 20 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    ASSERT(!pp_queue_lingering(q));
+    ASSERT_EQ(pp_queue_push_lazy(q, msg(job, 0)), PP_OK);
+    pthread_join(th, NULL);
+    ASSERT_EQ(c.rc, PP_OK);
+    ASSERT_EQ(c.count, 1);
+}
+
 /* Lingering: after a take, pop_all's next wait is left asleep by lazy
  * pushes until a full batch or its deadline; an ordinary push and close
  * wake it at once; a wait that found nothing makes the next one wake
@@ -425,15 +442,7 @@ test_queue_linger(void)
     ASSERT_EQ(c.count, 1);
     /* One message taken: no backlog, so the next wait does not linger
      * (a push wakes it)... */
-    c = (struct collector){q, 1, 0};
-    ASSERT_EQ(pthread_create(&th, NULL, collect_all, &c), 0);
-    struct timespec pause = {0, 20 * 1000 * 1000};
-    nanosleep(&pause, NULL);
-    ASSERT(!pp_queue_lingering(q));
-    ASSERT_EQ(pp_queue_push_lazy(q, msg(4, 0)), PP_OK);
-    pthread_join(th, NULL);
-    ASSERT_EQ(c.rc, PP_OK);
-    ASSERT_EQ(c.count, 1);
+    expect_plain_wait(q, 4);
     /* ...and neither does one after a lingering wait that found nothing
      * by its deadline, here within a timeout. */
     warm(q);
@@ -443,14 +452,7 @@ test_queue_linger(void)
     ASSERT_EQ(pp_queue_pop_all(q, 50 * 1000 * 1000, &chain, &count),
               PP_ETIMEDOUT);
     ASSERT(now_s() - t0 >= 0.045); /* the whole timeout, not the linger */
-    c = (struct collector){q, 1, 0};
-    ASSERT_EQ(pthread_create(&th, NULL, collect_all, &c), 0);
-    nanosleep(&pause, NULL);
-    ASSERT(!pp_queue_lingering(q));
-    ASSERT_EQ(pp_queue_push_lazy(q, msg(5, 0)), PP_OK);
-    pthread_join(th, NULL);
-    ASSERT_EQ(c.rc, PP_OK);
-    ASSERT_EQ(c.count, 1);
+    expect_plain_wait(q, 5);
     pp_queue_free(q);
 }
 
