@@ -13,7 +13,9 @@
  * No PyObject ever travels between interpreters: tasks and results
  * are bytes (the core's codec for plain data, else a pickle) inside
  * pp_msg, in memory the core owns (malloc: msg.c needs no Python and
- * no GIL).
+ * no GIL).  Large buffers that cannot change are not copied in: the
+ * message refers to the sender's memory (pp_msg.pins) and the receiver
+ * copies from it, raw; the sender's object stays with the sender.
  *
  * Error codes: functions return PP_OK (0) or a negative PP_E* code and
  * never set a Python exception, except where a contract says
