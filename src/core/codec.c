@@ -196,21 +196,51 @@ pins_take(pp_pins *p, int all)
     return taken;
 }
 
-/* Needs: the pins' interpreter's GIL.  The objects are released outside
- * the owner's lock: a release may run code (a PickleBuffer's exporter)
- * that encodes, and so takes that lock. */
+/* The sender's object of a pin that a message still refers to (queued,
+ * or being decoded: the pin's lock waits for that reader) is about to
+ * go: give the message a copy of its own.  0, or -1 out of memory (the
+ * object must then be leaked, so that its memory stays valid for the
+ * reader: a large buffer's memory is the raw allocator's, not the
+ * ending interpreter's arenas).  Needs: nothing but the pin's lock,
+ * taken here. */
+static int
+pin_copy_out(pp_pin *pin)
+{
+    pthread_mutex_lock(&pin->lock);
+    unsigned char *copy = malloc(pin->size ? pin->size : 1);
+    if (copy != NULL) {
+        memcpy(copy, pin->data, pin->size);
+        pin->copy = copy;
+        pin->data = copy;
+    }
+    pthread_mutex_unlock(&pin->lock);
+    return copy != NULL ? 0 : -1;
+}
+
+/* Release the objects of the pins pins_take(p, all) takes, and their
+ * owner's holds.  Needs: the pins' interpreter's GIL.  The objects are
+ * released outside the owner's lock: a release may run code (a
+ * PickleBuffer's exporter) that encodes, and so takes that lock. */
+static void
+release_pins(pp_pins *p, int all)
+{
+    pp_pin *pin = pins_take(p, all);
+    while (pin != NULL) {
+        pp_pin *next = pin->next_in_owner;
+        if (atomic_load(&pin->holds) == 1 || pin_copy_out(pin) == 0) {
+            Py_CLEAR(pin->obj);
+        }
+        pin_unhold(pin);
+        pin = next;
+    }
+}
+
+/* Needs: the pins' interpreter's GIL. */
 void
 pp__pins_sweep(pp_pins *p)
 {
-    if (!p->ready) {
-        return;
-    }
-    pp_pin *pin = pins_take(p, 0);
-    while (pin != NULL) {
-        pp_pin *next = pin->next_in_owner;
-        Py_CLEAR(pin->obj);
-        pin_unhold(pin);
-        pin = next;
+    if (p->ready) {
+        release_pins(p, 0);
     }
 }
 
@@ -221,36 +251,7 @@ pp__pins_fini(pp_pins *p)
     if (!p->ready) {
         return;
     }
-    pp_pin *pin = pins_take(p, 1);
-    while (pin != NULL) {
-        pp_pin *next = pin->next_in_owner;
-        int keep = 0;
-        if (atomic_load(&pin->holds) > 1) {
-            /* A message still refers to it (queued, or being decoded:
-             * the lock waits for that reader).  The sender's object is
-             * about to go, so the message gets a copy of its own. */
-            pthread_mutex_lock(&pin->lock);
-            unsigned char *copy = malloc(pin->size ? pin->size : 1);
-            if (copy != NULL) {
-                memcpy(copy, pin->data, pin->size);
-                pin->copy = copy;
-                pin->data = copy;
-            }
-            else {
-                /* Out of memory: the object is leaked so that its memory
-                 * stays valid for the reader (a large buffer's memory
-                 * is the raw allocator's, not the ending interpreter's
-                 * arenas). */
-                keep = 1;
-            }
-            pthread_mutex_unlock(&pin->lock);
-        }
-        if (!keep) {
-            Py_CLEAR(pin->obj);
-        }
-        pin_unhold(pin);
-        pin = next;
-    }
+    release_pins(p, 1);
     pthread_mutex_destroy(&p->lock);
     p->ready = 0;
 }

@@ -32,6 +32,11 @@ DEFAULT_TEST_TIMEOUT = 90
 SUBPROCESS_TIMEOUT = 60
 
 
+def skip_on_312(reason):
+    """Skip a test on CPython 3.12, for one of 3.12.1's hazards: `reason`."""
+    return pytest.mark.skipif(sys.version_info[:2] == (3, 12), reason=reason)
+
+
 def usable_cpus():
     try:
         return len(os.sched_getaffinity(0))

@@ -5,6 +5,8 @@ import pickle
 import threading
 import time
 
+from poolparty_bench.workloads._realdata import Frame
+
 
 def echo(value):
     return value
@@ -46,27 +48,21 @@ POISON = 0xEE   # a Blob whose data starts with it fails to unpickle
 KEPT = []       # buffers a task keeps a reference to after returning them
 
 
-class Blob:
-    """A buffer holder that pickles its data out of band with protocol 5,
-    as the libraries that support pickle.PickleBuffer do."""
-
-    def __init__(self, data):
-        self.data = data
-
-    def __reduce_ex__(self, protocol):
-        if protocol >= 5:
-            return rebuild_blob, (pickle.PickleBuffer(self.data),)
-        return rebuild_blob, (bytes(self.data),)
-
-    def __eq__(self, other):
-        return (type(other) is Blob and type(other.data) is type(self.data)
-                and other.data == self.data)
-
-
 def rebuild_blob(data):
     if len(data) and data[0] == POISON:
         raise ValueError("poisoned blob")
     return Blob(data)
+
+
+class Blob(Frame):
+    """The suite's Frame (data pickled out of band with protocol 5), which
+    a test can poison: rebuilt by rebuild_blob."""
+
+    rebuild = staticmethod(rebuild_blob)
+
+    def __eq__(self, other):
+        return (type(other) is Blob and type(other.data) is type(self.data)
+                and other.data == self.data)
 
 
 def make_blob(size, writable=False, fill=0):

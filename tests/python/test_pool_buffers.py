@@ -6,12 +6,11 @@ through the Pool and the Executor; what a task does to a buffer after
 returning it, and errors in the middle of a message."""
 
 import pickle
-import sys
 import time
 
 import pytest
 
-from conftest import FREE_THREADED, REFERENCE
+from conftest import FREE_THREADED, REFERENCE, skip_on_312
 import data_tasks
 
 pytestmark = pytest.mark.skipif(REFERENCE, reason="poolparty's codec")
@@ -207,11 +206,9 @@ def test_a_buffer_failing_to_unpickle_fails_its_task_only(make_pool):
         assert pins_released(pool, before)
 
 
-@pytest.mark.skipif(
-    sys.version_info[:2] == (3, 12),
-    reason="3.12.1 segfaults in a later garbage collection after a pool's "
-           "argument failed to pickle this way (before the out-of-band "
-           "buffers too: seen at 1958b79)")
+@skip_on_312("3.12.1 segfaults in a later garbage collection after a "
+             "pool's argument failed to pickle this way (before the "
+             "out-of-band buffers too: seen at 1958b79)")
 def test_a_non_contiguous_picklebuffer_is_pickles_error(make_pool):
     strided = pickle.PickleBuffer(memoryview(b"abcdefgh")[::2])
     with pytest.raises(pickle.PicklingError):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import FREE_THREADED, REFERENCE
+from conftest import FREE_THREADED, REFERENCE, skip_on_312
 import data_tasks
 from poolparty_bench import workloads
 
@@ -78,11 +78,10 @@ def test_a_returned_bytearray_is_what_it_was_when_returned(make_pool):
 
 
 @pytest.mark.reference_hangs  # a spawn Pool waits for that result forever
-@pytest.mark.skipif(
-    sys.version_info[:2] == (3, 12),
-    reason="3.12.1 aborts at exit after it: pickle's RecursionError makes the "
-           "worker retry with cloudpickle (interp.c dumps_by_value), whose "
-           "import in a subinterpreter is one of 3.12.1's exit hazards")
+@skip_on_312("3.12.1 aborts at exit after it: pickle's RecursionError makes "
+             "the worker retry with cloudpickle (interp.c dumps_by_value), "
+             "whose import in a subinterpreter is one of 3.12.1's exit "
+             "hazards")
 def test_deep_results_are_an_error_not_a_crash(make_pool):
     with make_pool(1) as pool:
         assert pool.apply(data_tasks.nested, (50,)) == data_tasks.nested(50)

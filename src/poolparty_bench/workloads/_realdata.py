@@ -52,15 +52,19 @@ def blob_size(data):
 
 class Frame:
     """A buffer holder that pickles its data out of band (pickle protocol
-    5's PickleBuffer), as the libraries that support it do."""
+    5's PickleBuffer), as the libraries that support it do.  Unpickled by
+    `rebuild` (a module-level function or class) called with the data."""
 
     def __init__(self, data):
         self.data = data
 
     def __reduce_ex__(self, protocol):
         if protocol >= 5:
-            return Frame, (pickle.PickleBuffer(self.data),)
-        return Frame, (bytes(self.data),)
+            return self.rebuild, (pickle.PickleBuffer(self.data),)
+        return self.rebuild, (bytes(self.data),)
+
+
+Frame.rebuild = Frame
 
 
 def frame(size):
