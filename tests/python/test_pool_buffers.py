@@ -206,9 +206,11 @@ def test_a_buffer_failing_to_unpickle_fails_its_task_only(make_pool):
         assert pins_released(pool, before)
 
 
-@skip_on_312("3.12.1 segfaults in a later garbage collection after a "
-             "pool's argument failed to pickle this way (before the "
-             "out-of-band buffers too: seen at 1958b79)")
+@skip_on_312("CPython 3.12.1's gc segfaults freeing a cycle that holds a "
+             "PickleBuffer and the memoryview it exports "
+             "(python/cpython#77894, fixed in 3.12.7 and 3.13.0): the "
+             "failed argument's traceback is such a cycle; see "
+             "docs/reliability.md")
 def test_a_non_contiguous_picklebuffer_is_pickles_error(make_pool):
     strided = pickle.PickleBuffer(memoryview(b"abcdefgh")[::2])
     with pytest.raises(pickle.PicklingError):
