@@ -122,6 +122,7 @@ run_tsan() {
     tool_venv=$(ls -d .venv/3.* 2>/dev/null | head -1)
     [ -n "$tool_venv" ] && export PATH="$root/$tool_venv/bin:$PATH"  # cmake, ninja
     log "C unit tests with ThreadSanitizer (${build#$root/})"
+    mkdir -p "$root/build"  # a fresh clone has none: the log goes beside it
     cmake -S . -B "$build" -G Ninja -DPOOLPARTY_C_TESTS=ON \
         -DPOOLPARTY_SANITIZE=thread -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DPOOLPARTY_WERROR="${POOLPARTY_WERROR:-OFF}" >"$build.log" 2>&1 \
