@@ -360,8 +360,14 @@ finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg)
      * future's condition meanwhile: finish it only if that is still not
      * so, in one step.  Else the Python loop does it the stdlib's way. */
     else if (pp__future_try_finish_fast(target, value)) {
-        /* Finished: nothing else touches its entry any more. */
-        done = PyDict_DelItem(futures, key) < 0 ? -1 : 1;
+        /* Finished: nothing else touches its entry any more.  It counts
+         * as handed out even if its removal fails (held again, it would
+         * be finished twice: InvalidStateError); the entry then only
+         * lingers. */
+        if (PyDict_DelItem(futures, key) < 0) {
+            PyErr_WriteUnraisable(key);
+        }
+        done = 1;
     }
 out:
     Py_XDECREF(value);

@@ -314,7 +314,6 @@ class SubinterpreterPoolExecutor(PoolBase, Executor):
                 chunk.reverse()
                 while chunk:
                     yield chunk.pop()
-                del chunk
         finally:
             self._engine.cancel_job(job)
             self._sink.maps.pop(job, None)

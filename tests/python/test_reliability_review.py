@@ -4,12 +4,11 @@ Each test failed (or crashed, hence the subprocesses) before its fix.
 """
 
 import os
-import sysconfig
 import textwrap
 
 import pytest
 
-from conftest import run_script
+from conftest import FREE_THREADED, run_script
 
 pytestmark = pytest.mark.poolparty_only
 
@@ -127,7 +126,7 @@ def test_a_failing_collect_breaks_the_pool_instead_of_hanging(
 # --- free-threaded builds: the codec against other threads ---------------------
 
 
-@pytest.mark.skipif(not sysconfig.get_config_var("Py_GIL_DISABLED"),
+@pytest.mark.skipif(not FREE_THREADED,
                     reason="a free-threaded build's race (the GIL rules it out)")
 def test_encoding_lists_and_dicts_that_other_threads_change(tmp_path):
     # Without a GIL, the encoder read a list's item array while another

@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import threading
 import time
@@ -20,6 +19,7 @@ import pytest
 
 import reliability_tasks as rt
 from conftest import (
+    FREE_THREADED,
     REFERENCE,
     SUBPROCESS_TIMEOUT,
     recording_warnings,
@@ -460,7 +460,7 @@ if __name__ == "__main__":
 # Measured to crash on these (3.13.5: 5 of 5 runs); the free-threaded
 # 3.13.5t may not.
 CURRENT_FRAMES_CRASHES = (sys.version_info[:3] in {(3, 12, 1), (3, 13, 0), (3, 13, 5)}
-                          and not sysconfig.get_config_var("Py_GIL_DISABLED"))
+                          and not FREE_THREADED)
 
 
 @pytest.mark.xfail(strict=CURRENT_FRAMES_CRASHES and not UNDER_SANITIZER, reason=(
