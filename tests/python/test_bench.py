@@ -712,3 +712,30 @@ def test_the_codec_bench_runs_and_checks_what_it_times(capsys):
     assert codec.main(["-n", "256", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert all(kind in out for kind in codec.kinds(256))
+
+
+def test_the_shapes_bench_compares_builds_pass_by_pass(capsys):
+    from poolparty_bench import shapes
+
+    assert shapes.main(["--repeat", "1", "--only", "1 MB",
+                        "--python", sys.executable,
+                        "--python", sys.executable]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("map, 1 MB")]
+    assert len(rows) == 1
+    cells = rows[0].split("|")[1:]
+    assert len(cells) == 2  # one per interpreter given
+    ours, threads, ratio, versus_last = map(float, cells[0].split())
+    assert ours > 0 and threads > 0
+    assert abs(ratio - ours / threads) < 0.01 + 0.01 * ratio
+    assert float(cells[1].split()[3]) == 1.0  # the last build against itself
+
+
+def test_the_shapes_bench_checks_every_result_arrived(monkeypatch):
+    from poolparty_bench import shapes
+
+    monkeypatch.setitem(shapes.SHAPES, "short", (shapes.noop, range(10), 2,
+                                                 "map", 1, "queue"))
+    monkeypatch.setattr(shapes, "_run", lambda *a: [1])
+    with pytest.raises(AssertionError, match="1 results for 10 tasks"):
+        shapes.measure_once(["short"])
