@@ -108,6 +108,11 @@ typedef struct pp_msg {
      * them to drop_pins, which needs no GIL. */
     struct pp_pin *pins;
     void (*drop_pins)(struct pp_pin *first);
+    /* Tasks: the entry of an engine's store of by-value functions that
+     * this task holds (fnstore.c), or NULL.  Set when the hold is taken,
+     * cleared when it is dropped, so that only a task that took a hold
+     * can drop one. */
+    struct pp_fn_entry *fn_held;
     unsigned char data[];
 } pp_msg;
 

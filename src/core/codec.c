@@ -1041,6 +1041,7 @@ encode_into_msg(encode_body body, PyObject *a, PyObject *b,
     msg->func_size = prefix_size;
     msg->pins = NULL;
     msg->drop_pins = NULL;
+    msg->fn_held = NULL;
     encoder_fini(&e, msg);
     *out = msg;
     return ENC_OK;

@@ -5,15 +5,17 @@
  * that token yet reads the bytes from here (pp__engine_function_bytes).
  *
  * Lifetime: an entry is held by every task queued or running that
- * names it (hold at submit, release when the task is dropped or its
- * worker is done with it).  When the last hold goes the entry stays,
+ * was submitted with it, each task recording its hold (pp_msg.fn_held:
+ * hold at submit, release when the task is dropped or its worker is
+ * done with it).  When the last hold goes the entry stays,
  * idle, so that submitting the same function again (submit() then
  * result(), in a loop) does not copy it again; idle entries are freed
  * oldest first once they add up to more than PP_FN_IDLE_BYTES.  So the
  * store holds what in-flight tasks need plus at most that much, however
  * many distinct closures a program submits.  A worker reads an entry
- * only while running a task that holds it, so the bytes cannot go away
- * under it.
+ * only through the task it runs, which holds it, so the bytes cannot go
+ * away under it; a task that holds none (its header sent by another
+ * path) reads nothing.
  *
  * Raw memory, no PyObject; store->lock is a leaf (no GIL is waited for
  * and no other lock is taken under it), so any thread may call these
@@ -21,9 +23,12 @@
 #include "pp_internal.h"
 
 struct pp_fn_entry {
-    struct pp_fn_entry *next; /* most recently released first */
+    /* Its list, held or idle (s->lock): an idle entry is freed with
+     * no search (trim_locked takes the idle list's last), and a task's
+     * release finds its entry through the task (pp_msg.fn_held). */
+    struct pp_fn_entry *prev, *next;
     uint64_t token;
-    size_t holds; /* tasks queued or running that name it; 0: idle */
+    size_t holds; /* tasks queued or running that hold it; 0: idle */
     size_t size;
     unsigned char data[];
 };
@@ -61,16 +66,6 @@ pp__fn_task_part(const void *func, size_t size)
     return header != 0 ? header : size;
 }
 
-/* The token of a task whose function part is a by-value header alone
- * (its bytes in the store), in *token: 1, else 0. */
-static int
-stored_token(const pp_msg *task, uint64_t *token)
-{
-    return (task->kind & PP_TASK_FUNC_BY_NAME) && task->func_size > 0 &&
-           pp__fn_header(task->data, task->func_size, token) ==
-               task->func_size;
-}
-
 void
 pp__fn_store_init(pp_fn_store *s)
 {
@@ -78,48 +73,97 @@ pp__fn_store_init(pp_fn_store *s)
     pthread_mutex_init(&s->lock, NULL);
 }
 
-void
-pp__fn_store_fini(pp_fn_store *s)
+/* Free a list of entries.  Needs: nothing (nobody else sees them). */
+static void
+free_entries(pp_fn_entry *entry)
 {
-    pp_fn_entry *entry = s->entries;
     while (entry != NULL) {
         pp_fn_entry *next = entry->next;
         PyMem_RawFree(entry);
         entry = next;
     }
-    s->entries = NULL;
+}
+
+void
+pp__fn_store_fini(pp_fn_store *s)
+{
+    free_entries(s->held);
+    free_entries(s->idle);
+    s->held = s->idle = s->idle_last = NULL;
     pthread_mutex_destroy(&s->lock);
 }
 
-/* The entry for token, or NULL.  Needs: s->lock. */
-static pp_fn_entry *
-find_locked(pp_fn_store *s, uint64_t token, pp_fn_entry ***link)
+/* Take entry off its list (the held one unless idle).  Needs: s->lock. */
+static void
+unlink_locked(pp_fn_store *s, pp_fn_entry *entry, int idle)
 {
-    pp_fn_entry **at = &s->entries;
-    for (; *at != NULL; at = &(*at)->next) {
-        if ((*at)->token == token) {
-            break;
+    if (entry->prev != NULL) {
+        entry->prev->next = entry->next;
+    }
+    else if (idle) {
+        s->idle = entry->next;
+    }
+    else {
+        s->held = entry->next;
+    }
+    if (entry->next != NULL) {
+        entry->next->prev = entry->prev;
+    }
+    else if (idle) {
+        s->idle_last = entry->prev;
+    }
+    if (idle) {
+        s->idle_bytes -= entry->size;
+    }
+    entry->prev = entry->next = NULL;
+}
+
+/* Put entry at the front of a list: the idle one (the most recently
+ * released first) or the held one.  Needs: s->lock. */
+static void
+push_locked(pp_fn_store *s, pp_fn_entry *entry, int idle)
+{
+    pp_fn_entry **head = idle ? &s->idle : &s->held;
+    entry->prev = NULL;
+    entry->next = *head;
+    if (*head != NULL) {
+        (*head)->prev = entry;
+    }
+    else if (idle) {
+        s->idle_last = entry;
+    }
+    *head = entry;
+    if (idle) {
+        s->idle_bytes += entry->size;
+    }
+}
+
+/* The entry for token, held or idle, or NULL.  Needs: s->lock. */
+static pp_fn_entry *
+find_locked(pp_fn_store *s, uint64_t token)
+{
+    for (int idle = 0; idle < 2; idle++) {
+        for (pp_fn_entry *e = idle ? s->idle : s->held; e; e = e->next) {
+            if (e->token == token) {
+                return e;
+            }
         }
     }
-    if (link != NULL) {
-        *link = at;
-    }
-    return *at;
+    return NULL;
 }
 
 /* Any GIL or none.  See pp_internal.h. */
 int
-pp__fn_store_hold(pp_fn_store *s, const pp_msg *first, size_t count,
+pp__fn_store_hold(pp_fn_store *s, pp_msg *first, size_t count,
                   const unsigned char *func, size_t size)
 {
-    uint64_t token, task_token;
+    uint64_t token;
     size_t header = pp__fn_header(func, size, &token);
-    if (header == 0 || header == size || !stored_token(first, &task_token) ||
-        task_token != token) {
-        return PP_OK; /* no by-value bytes, or tasks that carry them */
+    if (header == 0 || header == size) {
+        return PP_OK; /* no by-value bytes: nothing to keep for them */
     }
     pthread_mutex_lock(&s->lock);
-    pp_fn_entry *entry = find_locked(s, token, NULL);
+    pp_fn_entry *entry = find_locked(s, token);
     if (entry == NULL) {
         /* The copy is made under the lock so that two submitters of a
          * new function do not both store it; it happens once per
@@ -132,91 +176,79 @@ pp__fn_store_hold(pp_fn_store *s, const pp_msg *first, size_t count,
         entry->token = token;
         entry->holds = 0;
         entry->size = size - header;
-        s->idle_bytes += entry->size; /* held just below */
         memcpy(entry->data, func + header, entry->size);
-        entry->next = s->entries;
-        s->entries = entry;
+        push_locked(s, entry, 0);
         s->count++;
         s->bytes += entry->size;
         s->copies++;
         s->copied_bytes += entry->size;
     }
-    if (entry->holds == 0) {
-        s->idle_bytes -= entry->size;
+    else if (entry->holds == 0) {
+        unlink_locked(s, entry, 1);
+        push_locked(s, entry, 0);
     }
     entry->holds += count;
     pthread_mutex_unlock(&s->lock);
+    /* One hold per task, each recorded in its task: a release drops
+     * exactly the holds that were taken, whatever a task's header
+     * says (a task sent by another path names an entry but holds
+     * none).  Set before the tasks are queued: no other thread sees
+     * them yet. */
+    for (pp_msg *task = first; count > 0; task = task->next, count--) {
+        task->fn_held = entry;
+    }
     return PP_OK;
 }
 
-/* Unlink *link's entry and put it on the chain *gone to be freed
- * outside the lock.  Needs: s->lock. */
-static void
-unlink_locked(pp_fn_store *s, pp_fn_entry **link, pp_fn_entry **gone)
-{
-    pp_fn_entry *entry = *link;
-    *link = entry->next;
-    s->count--;
-    s->bytes -= entry->size;
-    if (entry->holds == 0) {
-        s->idle_bytes -= entry->size;
-    }
-    entry->next = *gone;
-    *gone = entry;
-}
-
 /* Free idle entries, least recently released first, until they add up
- * to PP_FN_IDLE_BYTES at most.  Needs: s->lock. */
+ * to PP_FN_IDLE_BYTES at most; onto *gone, to be freed outside the
+ * lock.  Needs: s->lock. */
 static void
 trim_locked(pp_fn_store *s, pp_fn_entry **gone)
 {
-    while (s->idle_bytes > PP_FN_IDLE_BYTES) {
-        pp_fn_entry **oldest = NULL;
-        for (pp_fn_entry **at = &s->entries; *at != NULL; at = &(*at)->next) {
-            if ((*at)->holds == 0) {
-                oldest = at;
-            }
-        }
-        if (oldest == NULL) {
-            break; /* cannot happen: idle_bytes counts idle entries */
-        }
-        unlink_locked(s, oldest, gone);
+    while (s->idle_bytes > PP_FN_IDLE_BYTES && s->idle_last != NULL) {
+        pp_fn_entry *oldest = s->idle_last;
+        unlink_locked(s, oldest, 1);
+        s->count--;
+        s->bytes -= oldest->size;
+        oldest->next = *gone;
+        *gone = oldest;
     }
 }
 
 /* Any GIL or none.  See pp_internal.h. */
 void
-pp__fn_store_release_chain(pp_fn_store *s, const pp_msg *first)
+pp__fn_store_release_chain(pp_fn_store *s, pp_msg *first)
 {
-    for (const pp_msg *task = first; task != NULL; task = task->next) {
-        uint64_t token;
-        if (!stored_token(task, &token)) {
-            continue;
-        }
-        pp_fn_entry **link, *gone = NULL;
-        pthread_mutex_lock(&s->lock);
-        pp_fn_entry *entry = find_locked(s, token, &link);
+    pp_msg *task = first;
+    while (task != NULL && task->fn_held == NULL) {
+        task = task->next; /* most tasks hold nothing: no lock for them */
+    }
+    if (task == NULL) {
+        return;
+    }
+    pp_fn_entry *gone = NULL;
+    pthread_mutex_lock(&s->lock);
+    for (; task != NULL; task = task->next) {
+        pp_fn_entry *entry = task->fn_held;
+        task->fn_held = NULL;
         if (entry != NULL && --entry->holds == 0) {
-            /* Idle now: to the front, the most recently released. */
-            *link = entry->next;
-            entry->next = s->entries;
-            s->entries = entry;
-            s->idle_bytes += entry->size;
-            trim_locked(s, &gone);
-        }
-        pthread_mutex_unlock(&s->lock);
-        while (gone != NULL) {
-            pp_fn_entry *next = gone->next;
-            PyMem_RawFree(gone);
-            gone = next;
+            unlink_locked(s, entry, 0);
+            push_locked(s, entry, 1);
         }
     }
+    trim_locked(s, &gone);
+    pthread_mutex_unlock(&s->lock);
+    free_entries(gone);
 }
 
 /* Any GIL or none.  See pp_internal.h. */
 void
 pp__fn_store_release(pp_fn_store *s, pp_msg *task)
 {
+    if (task->fn_held == NULL) {
+        return;
+    }
     pp_msg *next = task->next;
     task->next = NULL;
     pp__fn_store_release_chain(s, task);
@@ -228,19 +260,17 @@ int
 pp__fn_store_find(pp_fn_store *s, const pp_msg *task,
                   const unsigned char **data, size_t *size)
 {
-    uint64_t token;
-    if (!stored_token(task, &token)) {
+    const pp_fn_entry *entry = task->fn_held;
+    if (entry == NULL) {
         return PP_ENOTFOUND;
     }
+    /* Held by the task: neither freed nor changed meanwhile. */
+    *data = entry->data;
+    *size = entry->size;
     pthread_mutex_lock(&s->lock);
-    pp_fn_entry *entry = find_locked(s, token, NULL);
-    if (entry != NULL) {
-        *data = entry->data;
-        *size = entry->size;
-        s->fetches++;
-    }
+    s->fetches++;
     pthread_mutex_unlock(&s->lock);
-    return entry != NULL ? PP_OK : PP_ENOTFOUND;
+    return PP_OK;
 }
 
 /* Any GIL or none.  See pp_internal.h. */

@@ -194,7 +194,10 @@ size_t pp__fn_task_part(const void *func, size_t size);
 typedef struct pp_fn_entry pp_fn_entry;
 typedef struct pp_fn_store {
     pthread_mutex_t lock;
-    pp_fn_entry *entries;  /* lock */
+    pp_fn_entry *held;     /* lock: entries some task holds */
+    pp_fn_entry *idle;     /* lock: the rest, most recently released
+                              first, to idle_last */
+    pp_fn_entry *idle_last; /* lock */
     size_t count;          /* lock: entries now */
     size_t bytes;          /* lock: their bytes now */
     size_t idle_bytes;     /* lock: bytes of entries with no holds */
@@ -212,18 +215,20 @@ void pp__fn_store_fini(pp_fn_store *s);
 /* Hold the function of the chain of `count` tasks starting at `first`,
  * whose function part is the header of `func` (a whole by-value
  * reference, header and bytes), copying the bytes in if they are not
- * stored yet.  Does nothing unless func is such a reference and the
- * tasks carry its header alone, with PP_TASK_FUNC_BY_NAME.  PP_OK or
- * PP_ENOMEM. */
-int pp__fn_store_hold(pp_fn_store *s, const pp_msg *first, size_t count,
+ * stored yet: one hold per task, recorded in its fn_held.  Does nothing
+ * unless func is such a reference.  PP_OK or PP_ENOMEM (no hold taken). */
+int pp__fn_store_hold(pp_fn_store *s, pp_msg *first, size_t count,
                       const unsigned char *func, size_t size);
 /* Drop the hold of each task of the chain that has one (the task is
- * done or dropped); an entry is freed with its last hold. */
-void pp__fn_store_release_chain(pp_fn_store *s, const pp_msg *first);
+ * done or dropped); an entry goes idle with its last hold, and idle
+ * ones past PP_FN_IDLE_BYTES are freed.  No lock taken when no task of
+ * the chain holds one. */
+void pp__fn_store_release_chain(pp_fn_store *s, pp_msg *first);
 /* The same for one task (its ->next is ignored). */
 void pp__fn_store_release(pp_fn_store *s, pp_msg *task);
-/* The stored bytes of task's function in *data and *size, valid while
- * the task holds its entry.  PP_OK or PP_ENOTFOUND. */
+/* The stored bytes of the function whose entry task holds, in *data and
+ * *size, valid while it holds it.  PP_OK, or PP_ENOTFOUND when the task
+ * holds none. */
 int pp__fn_store_find(pp_fn_store *s, const pp_msg *task,
                       const unsigned char **data, size_t *size);
 void pp__fn_store_stats(pp_fn_store *s, pp_fn_stats *out);

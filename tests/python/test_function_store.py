@@ -6,11 +6,16 @@ name them are queued or running, plus idle ones up to a byte limit, and a
 worker that has not unpickled the function yet reads them from there.
 """
 
+import os
 import time
 
 import pytest
 
 from conftest import REFERENCE
+from poolparty import _engine
+
+if not REFERENCE:
+    from poolparty import _poolparty as core
 
 pytestmark = pytest.mark.skipif(REFERENCE, reason="poolparty-specific")
 
@@ -130,3 +135,74 @@ def test_module_level_functions_and_interpreter_calls_use_no_store(make_pool):
     # Interpreter has no engine: each call carries the bytes itself.
     with Interpreter() as interp:
         assert interp.call(closure_over(BIG, salt=1), 1) == 1 + BIG + 1
+
+
+def closure_waiting(size):
+    """A by-value function that returns once the file `path` exists."""
+    data = b"w" * size
+
+    def task(path):
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return len(data)
+
+    return task
+
+
+def by_value_header(func_data):
+    """The "\\0v<token>\\0module\\0qualname\\0" header of a by-value
+    function's data (what its tasks carry; the engine keeps the rest)."""
+    _empty, token, module, qualname, _bytes = func_data.split(b"\0", 4)
+    return b"\0".join([b"", token, module, qualname, b""])
+
+
+def collect_one(engine):
+    """The next completion's (index, ok, value), answering 3.12's import
+    requests meanwhile."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for _job, index, kind, worker, payload in engine.collect(0.1) or ():
+            if kind == core.PP_DONE_MAIN_IMPORT:
+                engine.answer_import(worker)
+            else:
+                return (index, *_engine.decode(kind, payload))
+    raise AssertionError("no completion within 60 s")
+
+
+@pytest.mark.parametrize("carrier", [bytes, bytearray])
+def test_a_header_only_task_never_drops_another_tasks_hold(tmp_path, carrier):
+    # Task 0 sends a by-value function the usual way and holds its entry
+    # while it runs.  Task 1 names the same function by its header alone
+    # (bytes: nothing after the header to store; bytearray: not stored at
+    # all), so it held nothing: finishing it must not let go of task 0's
+    # hold, which left the entry idle under a running task, to be freed
+    # by the next trim while a worker could still read it.
+    engine = core.Engine(core.PP_DESIGN_QUEUE, 2, 0, _engine.sys_path_blob(),
+                         _engine.boot_payload(None, ()))
+    func, flags = _engine.function_pickle(closure_waiting(BIG))
+    header = by_value_header(func)
+    gate = tmp_path / "gate"
+    try:
+        engine.submit(1, 0, core.PP_TASK_CALL | flags, func,
+                      _engine.dumps(((str(gate),), None)))
+        deadline = time.monotonic() + 60
+        while engine.function_store["fetches"] == 0:
+            assert time.monotonic() < deadline, "task 0 never started"
+            time.sleep(0.01)
+        engine.submit(1, 1, core.PP_TASK_CALL | flags, carrier(header),
+                      _engine.dumps(((str(tmp_path),), None)))
+        index, ok, value = collect_one(engine)
+        assert index == 1
+        store = engine.function_store
+        assert store["entries"] == 1 and store["idle_bytes"] == 0
+        # It held nothing, so it may not read the store either: a clear
+        # error for this task alone.
+        assert not ok and "function store" in str(value)
+        gate.touch()
+        assert collect_one(engine) == (0, True, BIG)
+        store = engine.function_store
+        assert store["bytes"] == store["idle_bytes"] > 0
+    finally:
+        gate.touch()
+        engine.close()
+        engine.join(60)
