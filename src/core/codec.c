@@ -58,9 +58,14 @@ enum {
     T_PINNED = 19,  /* varint k: the next value (bytes, bytearray, array,
                        memoryview) has its n bytes in the message's k-th
                        pin instead of inline; only in a message */
-    T_PICKLE5 = 20  /* varint b, b values (bytes or bytearray: the
+    T_PICKLE5 = 20, /* varint b, b values (bytes or bytearray: the
                        out-of-band buffers), varint n, n bytes of a
                        pickle protocol 5 stream; only in a message */
+    /* Runs: inside a tuple/list, varint k (1 or more), then k unnumbered
+     * items of one kind, back to back: */
+    T_FLOATS = 21,  /* k C doubles */
+    T_INTS32 = 22,  /* k int32s */
+    T_INTS64 = 23   /* k int64s */
 };
 /* array.array typecodes the codec sends (numbers; 'u'/'w' go to pickle). */
 #define ARRAY_TYPECODES "bBhHiIlLqQfd"
@@ -458,16 +463,128 @@ shared(encoder *e, PyObject *obj, unsigned char *flag)
     return ENC_OK;
 }
 
-/* Items of a tuple or list, with runs of one object as REPEAT.  No
- * Python code runs while the encoder holds the GIL (it makes no object
- * the garbage collector tracks), so the items cannot change under it. */
+/* Runs of fewer items go one by one: the header costs what a few
+ * items' tags save.  Runs of more are cut at RUN_MAX items, so that a
+ * run's count takes two varint bytes, written once the run ends. */
+#define RUN_MIN 4
+#define RUN_MAX 16383
+/* Items a run reserves room for at a time: a run that stops early has
+ * not grown the output for the whole list. */
+#define RUN_STEP 256
+
+/* The value of an int that a run may carry: an exact int of 64 bits or
+ * less that is not shared (one reference, or -128..127, which
+ * encode_value never numbers either).  1 with *value set, else 0. */
+static inline int
+run_int(PyObject *item, int64_t *value)
+{
+    if (!PyLong_CheckExact(item)) {
+        return 0;
+    }
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(item, &overflow);
+    if (overflow || (v == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (Py_REFCNT(item) > 1 && (v < -128 || v > 127)) {
+        return 0;
+    }
+    *value = v;
+    return 1;
+}
+
+/* The unshared floats, or ints, at the start of items[0..n) as one
+ * T_FLOATS, T_INTS32 or T_INTS64 run: their numbers back to back, no tag
+ * each (the decoder then makes them in one tight loop, as
+ * array.tolist() does).  *taken: how many items it wrote, 0 when they
+ * make no run (nothing written).  ENC_OK or ENC_ERROR.  Needs: the GIL
+ * of the items' interpreter. */
+static int
+encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
+           Py_ssize_t *taken)
+{
+    pp_buf *out = e->out;
+    int floats = PyFloat_CheckExact(items[0]);
+    *taken = 0;
+    if (n < RUN_MIN || (!floats && !PyLong_CheckExact(items[0]))) {
+        return ENC_OK;
+    }
+    Py_ssize_t most = n < RUN_MAX ? n : RUN_MAX, k = 0;
+    int wide = 0; /* an int beyond 32 bits */
+    /* The numbers go 3 bytes in, after the tag and count to come. */
+    while (k < most) {
+        if (k % RUN_STEP == 0 &&
+            reserve(out, 3 + (size_t)(k + RUN_STEP) * 8) < 0) {
+            return enc_nomem();
+        }
+        unsigned char *at = out->data + out->size + 3 + (size_t)k * 8;
+        PyObject *item = items[k];
+        if (floats) {
+            if (!PyFloat_CheckExact(item) || Py_REFCNT(item) != 1) {
+                break;
+            }
+            double value = PyFloat_AS_DOUBLE(item);
+            memcpy(at, &value, sizeof(value));
+        }
+        else {
+            int64_t value;
+            if (!run_int(item, &value)) {
+                break;
+            }
+            memcpy(at, &value, sizeof(value));
+            wide |= value < INT32_MIN || value > INT32_MAX;
+        }
+        k++;
+    }
+    if (k < RUN_MIN) {
+        return ENC_OK;
+    }
+    unsigned char *values = out->data + out->size + 3;
+    size_t width = 8;
+    unsigned char tag = floats ? T_FLOATS : T_INTS64;
+    if (!floats && !wide) {
+        /* All fit in 32 bits: halve them in place, front to back (each
+         * is written below where it is read). */
+        for (Py_ssize_t j = 0; j < k; j++) {
+            int64_t value;
+            memcpy(&value, values + (size_t)j * 8, sizeof(value));
+            int32_t small = (int32_t)value;
+            memcpy(values + (size_t)j * 4, &small, sizeof(small));
+        }
+        width = 4;
+        tag = T_INTS32;
+    }
+    /* k < 2**14: two varint bytes (a longer form than needed for
+     * k < 128, which the decoder reads the same). */
+    out->data[out->size] = tag;
+    out->data[out->size + 1] = (unsigned char)(0x80 | (k & 0x7f));
+    out->data[out->size + 2] = (unsigned char)(k >> 7);
+    out->size += 3 + (size_t)k * width;
+    *taken = k;
+    return ENC_OK;
+}
+
+/* Items of a tuple or list: runs of unshared numbers as one run each
+ * (encode_run), runs of one object as REPEAT.  No Python code runs
+ * while the encoder holds the GIL (it makes no object the garbage
+ * collector tracks), so the items cannot change under it. */
 static int
 encode_items(encoder *e, PyObject *const *items, Py_ssize_t n)
 {
     Py_ssize_t i = 0;
     while (i < n) {
         PyObject *item = items[i];
-        int rc = encode_value(e, item);
+        Py_ssize_t taken;
+        int rc = encode_run(e, items + i, n - i, &taken);
+        if (rc != ENC_OK) {
+            return rc;
+        }
+        if (taken > 0) {
+            i += taken;
+            continue;
+        }
+        rc = encode_value(e, item);
         if (rc != ENC_OK) {
             return rc;
         }
@@ -1204,18 +1321,104 @@ add_references(PyObject *obj, Py_ssize_t count)
 #endif
 }
 
-/* Fill (*items)[0..n) with new references, expanding REPEATs.  The
- * array holds *capacity slots and is grown with PyMem_Realloc only when an
- * item would not fit, never past n: a caller that passes capacity n (a
- * list's own storage) never sees it moved.  On failure every slot filled
- * is cleared back to NULL.  Needs: the GIL. */
+/* Room in the array *items of *capacity slots for `want` of them: grown
+ * with PyMem_Realloc, never past n.  0, or -1 with an exception. */
+static int
+grow_items(PyObject ***items, size_t *capacity, size_t want, size_t n)
+{
+    if (want <= *capacity) {
+        return 0;
+    }
+    if (*capacity * 2 > want) {
+        want = *capacity * 2;
+    }
+    if (want > n) {
+        want = n;
+    }
+    PyObject **bigger = PyMem_Realloc(*items, want * sizeof(**items));
+    if (bigger == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *items = bigger;
+    *capacity = want;
+    return 0;
+}
+
+/* The k numbers of a run (encode_run) of `tag` from d, as new objects in
+ * slots[0..k); the input holds them (checked by the caller).  0, or -1
+ * with an exception and no slot set.  Needs: the GIL. */
+static int
+decode_run(decoder *d, unsigned char tag, PyObject **slots, size_t k)
+{
+    const unsigned char *at = d->pos;
+    size_t j = 0;
+    /* One loop per kind, with nothing in it but making the object. */
+    if (tag == T_FLOATS) {
+        for (; j < k; j++, at += 8) {
+            double value;
+            memcpy(&value, at, sizeof(value));
+            if ((slots[j] = PyFloat_FromDouble(value)) == NULL) {
+                goto fail;
+            }
+        }
+    }
+    else if (tag == T_INTS32) {
+        for (; j < k; j++, at += 4) {
+            int32_t value;
+            memcpy(&value, at, sizeof(value));
+            if ((slots[j] = PyLong_FromLong(value)) == NULL) {
+                goto fail;
+            }
+        }
+    }
+    else {
+        for (; j < k; j++, at += 8) {
+            int64_t value;
+            memcpy(&value, at, sizeof(value));
+            if ((slots[j] = PyLong_FromLongLong(value)) == NULL) {
+                goto fail;
+            }
+        }
+    }
+    d->pos = at;
+    return 0;
+
+fail:
+    while (j > 0) {
+        Py_CLEAR(slots[--j]);
+    }
+    return -1;
+}
+
+/* Fill (*items)[0..n) with new references, expanding runs and REPEATs.
+ * The array holds *capacity slots and is grown (grow_items) only when
+ * an item would not fit: a caller that passes capacity n (a list's own
+ * storage) never sees it moved.  On failure every slot filled is
+ * cleared back to NULL.  Needs: the GIL. */
 static int
 decode_items(decoder *d, PyObject ***items, size_t *capacity, Py_ssize_t n)
 {
     Py_ssize_t i = 0;
     while (i < n) {
         uint64_t k = 1;
-        int repeat = d->pos < d->end && *d->pos == T_REPEAT && i > 0;
+        unsigned char next = d->pos < d->end ? *d->pos : T_NONE;
+        if (next == T_FLOATS || next == T_INTS32 || next == T_INTS64) {
+            size_t width = next == T_INTS32 ? 4 : 8;
+            d->pos++;
+            if (get_varint(d, &k) < 0 || k == 0 || k > (uint64_t)(n - i) ||
+                k > (uint64_t)(d->end - d->pos) / width) {
+                corrupt();
+                goto fail;
+            }
+            if (grow_items(items, capacity, (size_t)i + k, (size_t)n) < 0 ||
+                decode_run(d, next, *items + i, (size_t)k) < 0) {
+                goto fail;
+            }
+            i += (Py_ssize_t)k;
+            continue;
+        }
+        int repeat = next == T_REPEAT && i > 0;
         if (repeat) {
             d->pos++;
             if (get_varint(d, &k) < 0 || k > (uint64_t)(n - i)) {
@@ -1223,19 +1426,8 @@ decode_items(decoder *d, PyObject ***items, size_t *capacity, Py_ssize_t n)
                 goto fail;
             }
         }
-        if ((size_t)i + k > *capacity) {
-            size_t want = *capacity * 2 > (size_t)i + k ? *capacity * 2
-                                                        : (size_t)i + k;
-            if (want > (size_t)n) {
-                want = (size_t)n;
-            }
-            PyObject **bigger = PyMem_Realloc(*items, want * sizeof(**items));
-            if (bigger == NULL) {
-                PyErr_NoMemory();
-                goto fail;
-            }
-            *items = bigger;
-            *capacity = want;
+        if (grow_items(items, capacity, (size_t)i + k, (size_t)n) < 0) {
+            goto fail;
         }
         PyObject **slots = *items;
         if (repeat) {

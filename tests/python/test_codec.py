@@ -246,3 +246,98 @@ def test_repeated_item_holds_one_reference_per_slot():
     assert decoded[-1] is decoded[-3]
     del decoded
     assert sys.getrefcount(item) == base
+
+
+# ---- runs of unshared numbers (T_FLOATS 0x15, T_INTS32 0x16, T_INTS64 0x17)
+
+def _distinct_floats(n, start=0.5):
+    return [start + i for i in range(n)]
+
+
+def test_distinct_floats_travel_as_one_run_of_doubles():
+    # Tag, a two-byte count, then 8 bytes a float: no tag per float.
+    values = _distinct_floats(1000)
+    data = core.encode(values)
+    assert len(data) == 4 + 2 + 1 + 3 + 8 * 1000       # magic, list, run
+    assert data[7] == 0x15
+    assert core.decode(data) == values
+
+
+def test_ints_travel_in_runs_of_32_or_64_bits():
+    narrow = list(range(1 << 20, (1 << 20) + 1000))
+    data = core.encode(narrow)
+    assert data[7] == 0x16 and len(data) == 4 + 3 + 3 + 4 * 1000
+    assert core.decode(data) == narrow
+    wide = [2**40 + i for i in range(1000)]
+    data = core.encode(wide)
+    assert data[7] == 0x17 and len(data) == 4 + 3 + 3 + 8 * 1000
+    assert core.decode(data) == wide
+    # One int past 32 bits widens its whole run; small ints ride along
+    # (-5..256 decode as CPython's own cached objects).
+    mixed = [1, -2, 2**31, 7, 100, -128, 127, -2**63, 2**63 - 1]
+    back = core.decode(core.encode(mixed))
+    assert back == mixed and all(type(x) is int for x in back)
+    assert back[0] is 1 and back[3] is 7
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 255, 256, 257, 16_383, 16_384,
+                               2 * 16_383 + 3, 65_536])
+def test_runs_of_every_length_round_trip(n):
+    # Shorter than 4: one by one; longer than 16,383: cut into runs.
+    for values in (_distinct_floats(n), list(range(1 << 20, (1 << 20) + n)),
+                   [2**40 + i for i in range(n)]):
+        for container in (list, tuple):
+            value = container(values)
+            back = core.decode(core.encode(value))
+            assert type(back) is container and back == value
+
+
+def test_runs_stop_at_what_they_cannot_carry():
+    # Shared objects keep their identity; bools, subclasses, big ints
+    # and other types end a run and travel as before.
+    shared, big = 2.5, 3**50
+    huge = 10**12 + 1                       # shared, past the small ints
+    value = [0.5, 1.5, 2.5 + 1, 3.5, shared, 4.5, 5.5, 6.5, 7.5, shared,
+             1, 2, 3, True, 4, 5, 6, 7, big, 8, 9, 10, 11, huge, 12, 13,
+             14, 15, huge, "x", 2**64, -(2**63) - 1, 16.5, 17.5, 18.5, 19.5]
+    back = core.decode(core.encode(value))
+    assert same(back, value)
+    assert back[4] is back[9] and back[23] is back[28]
+    assert back[13] is True
+    floats = [1.0, 2.0, 3.0, 4.0]
+    repeated = floats + [floats[0]] * 3 + _distinct_floats(5)
+    back = core.decode(core.encode(repeated))
+    assert back == repeated and back[4] is back[0] is back[6]
+
+
+def test_floats_in_runs_keep_their_bits():
+    values = [math.nan, -0.0, math.inf, -math.inf, 5e-324, 1.7976931348623157e308]
+    back = core.decode(core.encode(values + [0.25]))
+    assert math.isnan(back[0]) and math.copysign(1.0, back[1]) == -1.0
+    assert back[2:] == values[2:] + [0.25]
+
+
+@pytest.mark.parametrize("data", [
+    b"\xb5pp2\x0d\x04\x15\x00",                       # a run of no items
+    b"\xb5pp2\x0d\x04\x15\x05" + b"\x00" * 40,        # more items than the list
+    b"\xb5pp2\x0d\x04\x15\x04" + b"\x00" * 31,        # cut short
+    b"\xb5pp2\x0d\x04\x16\x04" + b"\x00" * 15,
+    b"\xb5pp2\x0d\x04\x17\x84\x00" + b"\x00" * 31,
+    b"\xb5pp2\x0d\x04\x16",                           # no count
+    b"\xb5pp2\x15\x01" + b"\x00" * 8,                 # a run as a value
+    b"\xb5pp2\x0d\x01\x95\x01" + b"\x00" * 8,         # a numbered run
+    b"\xb5pp2\x0e\x01\x16\x01\x00\x00\x00\x00\x00",   # a run as a dict key
+    b"\xb5pp2\x0d\x02\x16\x01\x00\x00\x00\x00\x03\x01\x00",  # trailing bytes
+])
+def test_damaged_runs_raise_value_error(data):
+    with pytest.raises(ValueError):
+        core.decode(data)
+
+
+def test_a_run_then_repeat_of_its_last_item():
+    # REPEAT after a run repeats the run's last object.
+    data = b"\xb5pp2\x0d\x06\x16\x04" + b"\x01\x00\x00\x00" * 3 + \
+        b"\x00\x00\x01\x00" + b"\x10\x02"
+    back = core.decode(data)
+    assert back == [1, 1, 1, 65536, 65536, 65536]
+    assert back[3] is back[4] is back[5]

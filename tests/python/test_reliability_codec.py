@@ -41,6 +41,9 @@ scalars = (st.none() | st.booleans() | st.integers()
 plain = st.recursive(
     scalars,
     lambda inner: (st.lists(inner, max_size=6)
+                   # runs of numbers (T_FLOATS, T_INTS32, T_INTS64)
+                   | st.lists(st.floats(allow_nan=True) | st.integers(),
+                              min_size=4, max_size=12)
                    | st.tuples(inner, inner)
                    | st.dictionaries(st.text(max_size=5) | st.integers(), inner,
                                      max_size=4)),
