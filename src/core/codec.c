@@ -121,6 +121,7 @@ struct pp_pin {
     unsigned char *copy;        /* malloc'd by pp__pins_fini, else NULL */
     PyObject *obj;              /* the sender's (its GIL, its owner) */
     atomic_int holds;           /* the message's and the owner's */
+    int exclusive;              /* obj: a mutable one nobody else holds */
     pp_pin *next_in_msg;        /* the message's pins, in encoding order */
     pp_pin *next_in_owner;      /* the owner's list (its lock) */
 };
@@ -617,15 +618,42 @@ encode_blob(pp_buf *out, unsigned char tag, const void *data, size_t size)
     return ENC_OK;
 }
 
+/* How a buffer may be pinned: not at all, or its bytes are immutable
+ * (a bytes: whoever else holds it), or it is mutable and only its
+ * container holds it (or the caller, for the top value; see `exclusive`
+ * in encode_value), which out_of_reach must confirm. */
+enum { PIN_NO, PIN_IMMUTABLE, PIN_EXCLUSIVE };
+
+/* Whether nobody can reach obj again, which one reference holds (its
+ * container's, under exclusive containers): no weak reference to it may
+ * hand it out; nor may the collector, which encoder_fini sees to.  Its
+ * buffer exports (a memoryview, a PickleBuffer, a C Py_buffer) would
+ * each hold a reference.  Needs: obj's GIL. */
+static int
+out_of_reach(PyObject *obj)
+{
+    PyTypeObject *type = Py_TYPE(obj);
+    Py_ssize_t offset = type->tp_weaklistoffset;
+    if (offset == 0) {
+        return 1; /* not weakly referenceable (a bytearray) */
+    }
+    if (offset < 0 || PyType_HasFeature(type, Py_TPFLAGS_MANAGED_WEAKREF)) {
+        return 0; /* its list is elsewhere: suppose it has some */
+    }
+    return *(PyObject **)((char *)obj + offset) == NULL;
+}
+
 /* Pin `size` bytes at `data`, kept alive by `keep` (a new reference is
  * taken), as the encoder's next pin, and write its T_PINNED: the value
- * written next carries no bytes of its own.  0 when it is not worth it
- * or not possible here (the caller copies), 1 when pinned, ENC_ERROR.
- * Needs: the GIL of keep's interpreter; SMALL bytes reserved. */
+ * written next carries no bytes of its own.  `how` is a PIN_*.  0 when
+ * it is not worth it or not possible here (the caller copies), 1 when
+ * pinned, ENC_ERROR.  Needs: the GIL of keep's interpreter; SMALL bytes
+ * reserved. */
 static int
-try_pin(encoder *e, PyObject *keep, const void *data, size_t size)
+try_pin(encoder *e, PyObject *keep, const void *data, size_t size, int how)
 {
-    if (e->owner == NULL || size < PP_PIN_MIN) {
+    if (e->owner == NULL || size < PP_PIN_MIN || how == PIN_NO ||
+        (how == PIN_EXCLUSIVE && !out_of_reach(keep))) {
         return 0;
     }
     pp_pin *pin = calloc(1, sizeof(*pin));
@@ -636,6 +664,7 @@ try_pin(encoder *e, PyObject *keep, const void *data, size_t size)
     pin->data = data;
     pin->size = size;
     pin->obj = Py_NewRef(keep);
+    pin->exclusive = how == PIN_EXCLUSIVE;
     atomic_init(&pin->holds, 2);
     atomic_fetch_add(&pins_made, 1);
     *e->pins_tail = pin;
@@ -646,8 +675,8 @@ try_pin(encoder *e, PyObject *keep, const void *data, size_t size)
 }
 
 /* A buffer's tag and size, then its bytes, or no bytes when pinned
- * (`pin` says whether it may be: nothing can change it).  Needs: the
- * GIL of keep's interpreter. */
+ * (`pin`, a PIN_*, says whether it may be: nothing can change it).
+ * Needs: the GIL of keep's interpreter. */
 static int
 encode_bytes_of(encoder *e, unsigned char tag, PyObject *keep,
                 const void *data, size_t size, int pin)
@@ -655,7 +684,7 @@ encode_bytes_of(encoder *e, unsigned char tag, PyObject *keep,
     if (reserve(e->out, SMALL) < 0) {
         return enc_nomem();
     }
-    int pinned = pin ? try_pin(e, keep, data, size) : 0;
+    int pinned = try_pin(e, keep, data, size, pin);
     if (pinned < 0) {
         return pinned;
     }
@@ -740,12 +769,14 @@ encode_buffer(encoder *e, unsigned char flag, PyObject *obj, int memoryview,
          * holds, a memoryview of a bytes (the bytes is what is kept:
          * the view may be released meanwhile). */
         PyObject *base = memoryview ? PyMemoryView_GET_BASE(obj) : obj;
-        int pin = memoryview ? base != NULL && PyBytes_CheckExact(base)
-                             : exclusive;
+        int pin = memoryview ? (base != NULL && PyBytes_CheckExact(base)
+                                    ? PIN_IMMUTABLE
+                                    : PIN_NO)
+                             : (exclusive ? PIN_EXCLUSIVE : PIN_NO);
         rc = reserve(out, 3 * SMALL + format_size) < 0 ? enc_nomem()
                                                         : ENC_OK;
-        int pinned = rc == ENC_OK && pin ? try_pin(e, base, view.buf, size)
-                                         : 0;
+        int pinned = rc == ENC_OK ? try_pin(e, base, view.buf, size, pin)
+                                  : 0;
         if (pinned < 0) {
             rc = pinned;
         }
@@ -941,7 +972,7 @@ encode_value(encoder *e, PyObject *obj)
     if (type == &PyBytes_Type) {
         /* Immutable: pinned when large, whoever else holds it. */
         return encode_bytes_of(e, T_BYTES | flag, obj, PyBytes_AS_STRING(obj),
-                               (size_t)PyBytes_GET_SIZE(obj), 1);
+                               (size_t)PyBytes_GET_SIZE(obj), PIN_IMMUTABLE);
     }
     if (type == &PyByteArray_Type) {
         /* Copied now, unless nobody else holds it: what the task does to
@@ -952,7 +983,8 @@ encode_value(encoder *e, PyObject *obj)
 #endif
         rc = encode_bytes_of(e, T_BYTEARRAY | flag, obj,
                              PyByteArray_AS_STRING(obj),
-                             (size_t)PyByteArray_GET_SIZE(obj), exclusive);
+                             (size_t)PyByteArray_GET_SIZE(obj),
+                             exclusive ? PIN_EXCLUSIVE : PIN_NO);
 #ifdef Py_GIL_DISABLED
         Py_END_CRITICAL_SECTION();
 #endif
@@ -997,16 +1029,24 @@ encoder_fini(encoder *e, pp_msg *pins_to)
         for (pp_pin *pin = e->pins; pin != NULL; pin = pin->next_in_msg) {
             pin->next_in_owner = e->owner->head;
             e->owner->head = pin;
+            if (pin->exclusive && PyObject_GC_IsTracked(pin->obj)) {
+                /* Out of the collector's sight while pinned, or
+                 * gc.get_objects() would hand it to anyone.  Here, after
+                 * the encoding: had it failed, the object would have
+                 * stayed its container's, tracked. */
+                PyObject_GC_UnTrack(pin->obj);
+            }
         }
         pthread_mutex_unlock(&e->owner->lock);
         return;
     }
+    /* No message took them: both holds, the owner's and the message's,
+     * go here. */
     for (pp_pin *pin = e->pins, *next; pin != NULL; pin = next) {
         next = pin->next_in_msg;
         Py_CLEAR(pin->obj);
-        atomic_fetch_add(&pins_freed, 1);
-        pthread_mutex_destroy(&pin->lock);
-        free(pin);
+        pin_unhold(pin);
+        pin_unhold(pin);
     }
 }
 
@@ -1093,7 +1133,9 @@ encode_pickle5(encoder *e, PyObject *stream, PyObject *buffers)
             if (base != NULL && PyMemoryView_Check(base)) {
                 base = PyMemoryView_GET_BASE(base);
             }
-            int pin = base != NULL && PyBytes_CheckExact(base);
+            int pin = base != NULL && PyBytes_CheckExact(base)
+                          ? PIN_IMMUTABLE
+                          : PIN_NO;
             rc = encode_bytes_of(e, view.readonly ? T_BYTES : T_BYTEARRAY,
                                  base, view.buf, (size_t)view.len, pin);
         }

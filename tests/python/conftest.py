@@ -224,6 +224,24 @@ def wait_until_exists(path, timeout=30.0):
         time.sleep(0.005)
 
 
+def engine_completion(engine, timeout=60.0):
+    """A raw Engine's next completion as (index, ok, value), answering
+    CPython 3.12's main-first import requests meanwhile."""
+    import time
+
+    from poolparty import _engine
+    from poolparty import _poolparty as core
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _job, index, kind, worker, payload in engine.collect(0.1) or ():
+            if kind == core.PP_DONE_MAIN_IMPORT:
+                engine.answer_import(worker)
+            else:
+                return (index, *_engine.decode(kind, payload))
+    pytest.fail("no completion within %s s" % timeout)
+
+
 def submit_blocked(executor, gate, tmp_path, value):
     """Submit a task that blocks on GATE and return its future once it runs.
 

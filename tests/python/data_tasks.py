@@ -1,9 +1,13 @@
 """Task functions for test_pool_data.py (importable in every worker)."""
 
 import array
+import gc
+import os
 import pickle
+import sys
 import threading
 import time
+import weakref
 
 from poolparty_bench.workloads._realdata import Frame
 
@@ -31,6 +35,38 @@ def bytearray_still_written(size, seconds):
     threading.Thread(target=scribble).start()
     started.wait()
     buffer[:] = bytes(size)
+    return buffer
+
+
+def array_reached_later(how, size, fd):
+    """Return an array.array of `size` zeros that the task keeps no
+    reference to, but that a thread of the task reaches again once the
+    task has returned it -- by a weak reference (how="weakref") or by
+    searching gc.get_objects() (how="gc") -- and fills with 0xff if it is
+    still alive; the thread then writes a byte to `fd`."""
+    buffer = array.array("B", bytes(size))
+    alias = buffer  # so that the thread can tell the task still runs
+    ref = weakref.ref(buffer) if how == "weakref" else None
+
+    def reach():
+        if ref is not None:
+            return ref()
+        return next((o for o in gc.get_objects()
+                     if type(o) is array.array and len(o) == size), None)
+
+    def scribble():
+        while (held := reach()) is not None:
+            # The task's two references, `held` and getrefcount's
+            # argument while it runs; one (what pins it) after.
+            if sys.getrefcount(held) <= 3:
+                held[:] = array.array("B", b"\xff" * size)
+                break
+            del held
+            time.sleep(0.005)
+        held = None
+        os.write(fd, b"x")
+
+    threading.Thread(target=scribble).start()
     return buffer
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REFERENCE
+from conftest import REFERENCE, engine_completion
 from poolparty import _engine
 
 if not REFERENCE:
@@ -156,19 +156,6 @@ def by_value_header(func_data):
     return b"\0".join([b"", token, module, qualname, b""])
 
 
-def collect_one(engine):
-    """The next completion's (index, ok, value), answering 3.12's import
-    requests meanwhile."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for _job, index, kind, worker, payload in engine.collect(0.1) or ():
-            if kind == core.PP_DONE_MAIN_IMPORT:
-                engine.answer_import(worker)
-            else:
-                return (index, *_engine.decode(kind, payload))
-    raise AssertionError("no completion within 60 s")
-
-
 @pytest.mark.parametrize("carrier", [bytes, bytearray])
 def test_a_header_only_task_never_drops_another_tasks_hold(tmp_path, carrier):
     # Task 0 sends a by-value function the usual way and holds its entry
@@ -191,7 +178,7 @@ def test_a_header_only_task_never_drops_another_tasks_hold(tmp_path, carrier):
             time.sleep(0.01)
         engine.submit(1, 1, core.PP_TASK_CALL | flags, carrier(header),
                       _engine.dumps(((str(tmp_path),), None)))
-        index, ok, value = collect_one(engine)
+        index, ok, value = engine_completion(engine)
         assert index == 1
         store = engine.function_store
         assert store["entries"] == 1 and store["idle_bytes"] == 0
@@ -199,7 +186,7 @@ def test_a_header_only_task_never_drops_another_tasks_hold(tmp_path, carrier):
         # error for this task alone.
         assert not ok and "function store" in str(value)
         gate.touch()
-        assert collect_one(engine) == (0, True, BIG)
+        assert engine_completion(engine) == (0, True, BIG)
         store = engine.function_store
         assert store["bytes"] == store["idle_bytes"] > 0
     finally:

@@ -5,12 +5,15 @@ buffers carried beside their pickle, both ways, in both dispatch designs,
 through the Pool and the Executor; what a task does to a buffer after
 returning it, and errors in the middle of a message."""
 
+import array
+import os
 import pickle
+import select
 import time
 
 import pytest
 
-from conftest import FREE_THREADED, REFERENCE, skip_on_312
+from conftest import FREE_THREADED, REFERENCE, engine_completion, skip_on_312
 import data_tasks
 
 pytestmark = pytest.mark.skipif(REFERENCE, reason="poolparty's codec")
@@ -87,6 +90,42 @@ def test_large_arguments_are_pinned_and_released(make_pool, size):
         # The argument 4 times; echo's result once more.
         assert made == (5 if size >= PIN_MIN else 0)
         assert pins_released(pool, before)
+
+
+@pytest.mark.parametrize("how", ["weakref", "gc"])
+def test_an_array_the_task_reaches_again_is_not_changed_under_the_caller(how):
+    # The task keeps no reference to the array it returns, yet a thread of
+    # its own reaches it again -- by a weak reference, or through
+    # gc.get_objects() -- after it returned, and overwrites it; only then
+    # does the caller read the result.  A pin left the array reachable and
+    # the caller copied the 0xff; what it gets must be the zeros returned.
+    from poolparty import _engine
+
+    size = 4 * PIN_MIN
+    engine = core.Engine(core.PP_DESIGN_QUEUE, 1, 0, _engine.sys_path_blob(),
+                         _engine.boot_payload(None, ()))
+    read, write = os.pipe()
+    try:
+        echo, flags = _engine.function_pickle(data_tasks.echo)
+        engine.submit(1, 0, core.PP_TASK_CALL | flags, echo,
+                      _engine.dumps(((0,), None)))
+        assert engine_completion(engine) == (0, True, 0)  # imports done
+        before = stats()
+        func, flags = _engine.function_pickle(data_tasks.array_reached_later)
+        engine.submit(1, 1, core.PP_TASK_CALL | flags, func,
+                      _engine.dumps(((how, size, write), None)))
+        assert select.select([read], [], [], 60)[0], "the thread never ended"
+        index, ok, got = engine_completion(engine)
+        assert (index, ok, type(got), len(got)) == (1, True, array.array, size)
+        assert got.tobytes() == bytes(size)
+        # Out of everyone's reach, an array is still pinned.
+        pinned = stats()["pinned"] - before["pinned"]
+        assert pinned == (1 if how == "gc" and not FREE_THREADED else 0)
+    finally:
+        engine.close()
+        engine.join(60)
+        os.close(read)
+        os.close(write)
 
 
 def test_a_bytearray_argument_the_caller_changes_later_is_copied(make_pool):
