@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 enum {
     T_NONE = 0,
@@ -101,6 +102,35 @@ advise_huge(void *data, size_t size)
         uintptr_t end = ((uintptr_t)data + size) & ~(HUGE_PAGE - 1);
         if (end > start) {
             (void)madvise((void *)start, end - start, MADV_HUGEPAGE);
+        }
+    }
+#else
+    (void)data;
+    (void)size;
+#endif
+}
+
+/* A buffer this large that is written in full at once (a decoded bytes
+ * or bytearray) has its pages faulted in by one system call first: fresh
+ * memory otherwise takes a page fault -- a trap into the kernel -- per
+ * 4 KB page as the copy reaches it, which cost a third more
+ * (docs/design.md, "Measured costs"). */
+#define POPULATE_MIN ((size_t)64 << 10)
+
+/* Fault in the whole pages of [data, data + size), writable, before the
+ * caller writes them all; pages already there cost a look-up each.
+ * Advice only: a kernel without MADV_POPULATE_WRITE (before Linux 5.14)
+ * refuses it, and the copy faults them in as before. */
+static void
+populate(void *data, size_t size)
+{
+#ifdef MADV_POPULATE_WRITE
+    if (size >= POPULATE_MIN) {
+        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t start = ((uintptr_t)data + page - 1) & ~(page - 1);
+        uintptr_t end = ((uintptr_t)data + size) & ~(page - 1);
+        if (end > start) {
+            (void)madvise((void *)start, end - start, MADV_POPULATE_WRITE);
         }
     }
 #else
@@ -1928,6 +1958,7 @@ decode_value(decoder *d)
             char *into = tag == T_BYTES ? PyBytes_AS_STRING(obj)
                                         : PyByteArray_AS_STRING(obj);
             advise_huge(into, (size_t)size);
+            populate(into, (size_t)size);
             memcpy(into, data, (size_t)size);
         }
         break;

@@ -143,11 +143,36 @@ def _main_interpreter_cpu():
                for t in threading.enumerate() if t.ident)
 
 
+def _floor(results):
+    """(build, parts): the cheapest way this interpreter has to build
+    objects equal to `results` (one task's each) from flat parts, in C --
+    build(part) for each part makes one result: the floor of what
+    rebuilding them costs here, whoever sends them."""
+    import array
+    import marshal
+
+    first = results[0]
+    if isinstance(first, bytes):                    # one copy
+        return bytes, [memoryview(r) for r in results]
+    if all(item is first[0] for item in first):     # [x] * n
+        return (lambda part: [part[0]] * part[1],
+                [(r[0], len(r)) for r in results])
+    if isinstance(first[0], float):
+        return (lambda part: array.array("d", part).tolist(),
+                [array.array("d", r).tobytes() for r in results])
+    if isinstance(first[0], int):
+        return (lambda part: array.array("q", part).tolist(),
+                [array.array("q", r).tobytes() for r in results])
+    # Records, text: marshal, C's own loop over the same types.
+    return marshal.loads, [marshal.dumps(r) for r in results]
+
+
 def main_share(tasks=32, repeat=5):
     """The main interpreter's CPU per task of a warm 2-worker pool's map
-    over each data_* workload, and the CPU per task of running the tasks
-    sequentially here (what building the same objects costs, and more):
-    [(name, pool_s, sequential_s)]."""
+    over each data_* workload, the CPU per task of running the tasks
+    sequentially here, and the floor: building objects equal to the
+    results here from flat parts (_floor), as many kept alive at once as
+    the map keeps: [(name, pool_s, sequential_s, floor_s)]."""
     from poolparty import SubinterpreterPool
 
     from .workloads import REAL_DATA, data_pass
@@ -157,18 +182,23 @@ def main_share(tasks=32, repeat=5):
         for workload in (data_pass, *REAL_DATA):
             inputs = workload.inputs(1.0)[:tasks]
             pool.map(workload.task, inputs[:4], chunksize=1)
-            pooled, alone = [], []
+            build, parts = _floor(list(map(workload.task, inputs)))
+            pooled, alone, floor = [], [], []
             for _ in range(repeat):
                 start = time.thread_time()
                 results = list(map(workload.task, inputs))
                 alone.append(time.thread_time() - start)
+                del results
+                start = time.thread_time()
+                results = [build(part) for part in parts]
+                floor.append(time.thread_time() - start)
                 del results
                 start = _main_interpreter_cpu()
                 results = pool.map(workload.task, inputs, chunksize=1)
                 pooled.append(_main_interpreter_cpu() - start)
                 del results
             rows.append((workload.NAME, min(pooled) / len(inputs),
-                         min(alone) / len(inputs)))
+                         min(alone) / len(inputs), min(floor) / len(inputs)))
     return rows
 
 
@@ -226,10 +256,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.share:
         print("main interpreter's CPU per task, warm 2-worker pool, against "
-              "running the task here")
-        for name, pooled, alone in main_share():
+              "running the task here and the floor (building equal objects "
+              "here from flat parts)")
+        for name, pooled, alone, floor in main_share():
             print(f"{name:13} {pooled * 1e3:6.2f} ms  sequential "
-                  f"{alone * 1e3:6.2f} ms  ({pooled / alone:.2f})")
+                  f"{alone * 1e3:6.2f} ms  ({pooled / alone:.2f})  floor "
+                  f"{floor * 1e3:6.2f} ms  ({pooled / floor:.2f})")
         return 0
     if args.arguments:
         print("main interpreter's CPU for map(len-like task, items), 2 workers")

@@ -714,6 +714,23 @@ def test_the_codec_bench_runs_and_checks_what_it_times(capsys):
     assert all(kind in out for kind in codec.kinds(256))
 
 
+def test_the_share_floor_builds_what_each_data_workload_returns():
+    # --share's floor column times _floor's build: it must make objects
+    # equal to the task's results, of the same types, from its parts.
+    from poolparty_bench import codec
+    from poolparty_bench.workloads import REAL_DATA, data_pass
+
+    for workload in (data_pass, *REAL_DATA):
+        results = [workload.task(arg) for arg in workload.inputs(1.0)[:2]]
+        build, parts = codec._floor(results)
+        built = [build(part) for part in parts]
+        assert built == results, workload.NAME
+        for one, other in zip(built, results):
+            assert type(one) is type(other)
+            if isinstance(one, list):
+                assert {type(x) for x in one} == {type(x) for x in other}
+
+
 def test_the_shapes_bench_compares_builds_pass_by_pass(capsys):
     from poolparty_bench import shapes
 

@@ -341,3 +341,16 @@ def test_a_run_then_repeat_of_its_last_item():
     back = core.decode(data)
     assert back == [1, 1, 1, 65536, 65536, 65536]
     assert back[3] is back[4] is back[5]
+
+
+@pytest.mark.parametrize("size", [(64 << 10) - 1, 64 << 10, (64 << 10) + 1,
+                                  (1 << 20) + 123, (5 << 20) + 7])
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_large_buffers_decode_whole_into_fresh_memory(size, kind):
+    # From 64 KB a decoded buffer's pages are faulted in by one madvise
+    # before the copy (whole pages only: the edges are the copy's).
+    import random
+
+    value = kind(random.Random(size).randbytes(size))
+    back = core.decode(core.encode([value, b"end"]))
+    assert type(back[0]) is kind and back[0] == value and back[1] == b"end"
