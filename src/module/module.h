@@ -69,6 +69,7 @@ typedef struct {
     PyObject *timeout_error;           /* multiprocessing.TimeoutError */
     PyObject *report;                  /* report(what, exc) */
     PyObject *no_args;                 /* () */
+    PyObject *failure_mark; /* an object() of ours: see result_type.c */
 } pp_result_support;
 
 typedef struct {
@@ -173,7 +174,8 @@ typedef struct {
      * handed out (collect() hands out at most PP_COLLECT_BATCH per call,
      * fewer when they are large) */
     pp_msg *held;
-    pp_msg *held_tail; /* the last of them, NULL when none */
+    pp_msg *held_tail; /* the last of them when known: NULL when none,
+                        * or not looked for (see hold_front) */
     size_t held_count;
     /* engine_delivery.c: set once by bind_futures(), NULL before.  The
      * Future fast path's contract, see "Completion delivery" below. */
@@ -331,6 +333,9 @@ int pp__fork_guard_add(PyObject *module);
 int pp__result_deliver(pp_result_support *support, PyObject *result,
                        uint64_t index, int ok, PyObject *value);
 int pp__result_is_ours(pp_result_support *support, PyObject *obj);
+/* 1 while `result`, one of these types, is still in its cache (not yet
+ * complete), else 0.  Main GIL. */
+int pp__result_registered(pp_result_support *support, PyObject *result);
 /* A pending ApplyResult for job `job` that leaves `cache` (a dict) when
  * complete; the caller registers it there.  New reference or NULL. */
 PyObject *pp__apply_result_new(pp_result_support *support, PyObject *cache,

@@ -71,22 +71,32 @@ typedef struct {
     Py_ssize_t number_left;   /* chunks still to come */
 } ResultObject;
 
-/* imap() and imap_unordered(): chunks (lists) of results, yielded item
- * by item, in order of index or of arrival. */
+/* imap() and imap_unordered(): chunks of results, yielded item by item,
+ * in order of index or of arrival.  A chunk's items go into the ready
+ * list one by one as it arrives, and its list is dropped there: kept
+ * whole until read, every chunk was a container for the garbage
+ * collector to go over (an imap of 20,000 no-op tasks at chunksize=1
+ * spent a tenth of the collector thread's time in young collections).
+ * A failed chunk is one entry, (failure_mark, exception): the mark is a
+ * private object() that no task can return. */
 typedef struct {
     PyObject_HEAD
     int unordered;
     uint64_t job;
     PyObject *cache;     /* as above */
-    /* Chunks (lists) and failures (exception instances) in yield order,
-     * from ready_head on; the slots before it hold None. */
+    /* Results and failures in yield order, from ready_head on; the slots
+     * before it hold None. */
     PyObject *ready;
     Py_ssize_t ready_head;
-    PyObject *unsorted;  /* ordered: {index: entry} come early; lazy */
+    /* Ordered: the chunks that came early, a ring made on need (a list
+     * whose size is a power of two): chunk i in slot i % size, None
+     * where there is none.  It was a dict {index: entry}: half of an
+     * imap's chunks come early from two workers, and each cost a key
+     * object, an insertion and a deletion. */
+    PyObject *early;
+    Py_ssize_t early_count;
     uint64_t received;   /* ordered: next index due; unordered: count */
     int64_t length;      /* chunks in all; -1 until known */
-    PyObject *current;   /* the chunk being read, from pos on */
-    Py_ssize_t pos;
     wake_t wake;
 } IMapObject;
 
@@ -816,15 +826,77 @@ static PyType_Slot map_slots[] = {
 
 /* ---- imap and imap_unordered ------------------------------------------ */
 
-/* Append an entry to the ready list.  0, or -1 with an exception.
- * Needs: the object lock. */
+/* Append an entry (see imap_entry) to the ready list: a chunk's items,
+ * or a failure.  0, or -1 with an exception.  Needs: the object lock. */
 static int
 imap_ready_append(IMapObject *self, PyObject *entry)
 {
-    return PyList_Append(self->ready, entry);
+    if (!PyList_CheckExact(entry)) {
+        return PyList_Append(self->ready, entry);
+    }
+    if (PyList_GET_SIZE(entry) == 1) {
+        return PyList_Append(self->ready, PyList_GET_ITEM(entry, 0));
+    }
+    Py_ssize_t n = PyList_GET_SIZE(self->ready);
+    return PyList_SetSlice(self->ready, n, n, entry);
 }
 
-/* Chunk `index` (a list of results, or an exception) has arrived.
+/* The slot of chunk `index` in the early ring.  Needs: the object lock,
+ * an early ring. */
+static Py_ssize_t
+early_slot(IMapObject *self, uint64_t index)
+{
+    return (Py_ssize_t)(index & (uint64_t)(PyList_GET_SIZE(self->early) - 1));
+}
+
+/* Keep chunk `index`, due after `received`, in the early ring, grown
+ * (to twice its size, 64 at first) until it spans `index`.  0, or -1
+ * with an exception.  Needs: the object lock. */
+static int
+imap_keep_early(IMapObject *self, uint64_t index, PyObject *entry)
+{
+    uint64_t ahead = index - self->received;
+    Py_ssize_t size = self->early ? PyList_GET_SIZE(self->early) : 0;
+    if (ahead >= (uint64_t)size) {
+        Py_ssize_t grown_size = size ? size : 64;
+        while ((uint64_t)grown_size <= ahead) {
+            if (grown_size > PY_SSIZE_T_MAX / 2) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            grown_size *= 2;
+        }
+        PyObject *grown = PyList_New(grown_size);
+        if (grown == NULL) {
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < grown_size; i++) {
+            PyList_SET_ITEM(grown, i, Py_None); /* immortal */
+        }
+        /* Every entry moves to its chunk's slot in the grown ring: the
+         * chunk in old slot p is the one after `received` that p holds. */
+        for (Py_ssize_t p = 0; p < size; p++) {
+            PyObject *kept = PyList_GET_ITEM(self->early, p);
+            if (kept != Py_None) {
+                uint64_t at = self->received +
+                              (((uint64_t)p - self->received) &
+                               (uint64_t)(size - 1));
+                PyList_SET_ITEM(grown, (Py_ssize_t)(at & (uint64_t)(
+                                           grown_size - 1)), kept);
+                PyList_SET_ITEM(self->early, p, Py_None);
+            }
+        }
+        Py_XSETREF(self->early, grown);
+    }
+    Py_ssize_t slot = early_slot(self, index);
+    PyObject *old = PyList_GET_ITEM(self->early, slot);
+    self->early_count += old == Py_None;
+    PyList_SET_ITEM(self->early, slot, Py_NewRef(entry));
+    Py_DECREF(old);
+    return 0;
+}
+
+/* Chunk `index` (an entry: see imap_entry) has arrived.
  * Needs: main GIL, no object lock. */
 static void
 imap_put(PyObject *op, uint64_t index, PyObject *entry)
@@ -840,37 +912,23 @@ imap_put(PyObject *op, uint64_t index, PyObject *entry)
         failed = imap_ready_append(self, entry) < 0;
         self->received += !failed;
         /* Chunks that came early and are now due. */
-        while (!failed && self->unsorted != NULL &&
-               PyDict_GET_SIZE(self->unsorted) > 0) {
-            PyObject *key =
-                PyLong_FromUnsignedLongLong((unsigned long long)self->received);
-            if (key == NULL) {
-                failed = 1;
+        while (!failed && self->early_count > 0) {
+            Py_ssize_t slot = early_slot(self, self->received);
+            PyObject *due = PyList_GET_ITEM(self->early, slot);
+            if (due == Py_None) {
                 break;
             }
-            PyObject *early =
-                Py_XNewRef(PyDict_GetItemWithError(self->unsorted, key));
-            if (early == NULL || PyDict_DelItem(self->unsorted, key) < 0) {
-                failed = PyErr_Occurred() != NULL;
-                Py_XDECREF(early);
-                Py_DECREF(key);
-                break;
-            }
-            Py_DECREF(key);
-            failed = imap_ready_append(self, early) < 0;
-            Py_DECREF(early);
+            PyList_SET_ITEM(self->early, slot, Py_None);
+            self->early_count--;
+            failed = imap_ready_append(self, due) < 0;
+            Py_DECREF(due);
             self->received += !failed;
         }
     }
-    else {
-        if (self->unsorted == NULL) {
-            self->unsorted = PyDict_New();
-        }
-        PyObject *key = PyLong_FromUnsignedLongLong((unsigned long long)index);
-        failed = self->unsorted == NULL || key == NULL ||
-                 PyDict_SetItem(self->unsorted, key, entry) < 0;
-        Py_XDECREF(key);
+    else if (index > self->received) {
+        failed = imap_keep_early(self, index, entry) < 0;
     }
+    /* (An index already received cannot come again: dropped.) */
     complete = self->length >= 0 && self->received == (uint64_t)self->length;
     wake_post(&self->wake);
     PP_UNLOCK_OBJECT();
@@ -903,6 +961,19 @@ imap_set_length(PyObject *op, int64_t length)
 
 typedef enum { TAKE_NONE, TAKE_ITEM, TAKE_ERROR, TAKE_END } take_outcome;
 
+/* The exception of a failure entry, borrowed, or NULL if `entry` is a
+ * result. */
+static PyObject *
+imap_failure(pp_result_support *support, PyObject *entry)
+{
+    if (PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2 &&
+        support != NULL &&
+        PyTuple_GET_ITEM(entry, 0) == support->failure_mark) {
+        return PyTuple_GET_ITEM(entry, 1);
+    }
+    return NULL;
+}
+
 /* The next item, if one is there: TAKE_ITEM with *out the item,
  * TAKE_ERROR with *out a chunk's exception, TAKE_END when every chunk
  * was read, TAKE_NONE when the next one has not arrived.  *out is a new
@@ -912,28 +983,12 @@ imap_take(PyObject *op, PyObject **out)
 {
     IMapObject *self = IMAP(op);
     take_outcome outcome = TAKE_NONE;
-    PyObject *drop = NULL; /* released after the lock: may run code */
-    *out = NULL;
+    PyObject *entry = NULL;
     PP_LOCK_OBJECT(op);
-    while (outcome == TAKE_NONE) {
-        if (self->current != NULL) {
-            *out = Py_NewRef(PyList_GET_ITEM(self->current, self->pos));
-            self->pos++;
-            if (self->pos == PyList_GET_SIZE(self->current)) {
-                drop = self->current;
-                self->current = NULL;
-            }
-            outcome = TAKE_ITEM;
-            break;
-        }
-        Py_ssize_t n = PyList_GET_SIZE(self->ready);
-        if (self->ready_head == n) {
-            if (self->length >= 0 && self->received == (uint64_t)self->length) {
-                outcome = TAKE_END;
-            }
-            break;
-        }
-        PyObject *entry = PyList_GET_ITEM(self->ready, self->ready_head);
+    Py_ssize_t n = PyList_GET_SIZE(self->ready);
+    if (self->ready_head < n) {
+        entry = PyList_GET_ITEM(self->ready, self->ready_head);
+        /* None is immortal: no reference to take. */
         PyList_SET_ITEM(self->ready, self->ready_head, Py_None);
         self->ready_head++;
         if (self->ready_head == n) {
@@ -943,22 +998,25 @@ imap_take(PyObject *op, PyObject **out)
                 PyErr_Clear(); /* shrinking cannot fail in practice */
             }
         }
-        if (PyList_CheckExact(entry)) {
-            if (PyList_GET_SIZE(entry) > 0) {
-                self->current = entry;
-                self->pos = 0;
-            }
-            else {
-                Py_DECREF(entry);
-            }
+        outcome = TAKE_ITEM;
+    }
+    else if (self->length >= 0 && self->received == (uint64_t)self->length) {
+        outcome = TAKE_END;
+    }
+    PP_UNLOCK_OBJECT();
+    if (entry != NULL) {
+        PyObject *exc = imap_failure(support_of(op), entry);
+        if (exc != NULL) {
+            /* The entry is released here, out of the lock: that may run
+             * code (the exception's last reference is ours now). */
+            *out = Py_NewRef(exc);
+            Py_DECREF(entry);
+            outcome = TAKE_ERROR;
         }
         else {
             *out = entry;
-            outcome = TAKE_ERROR;
         }
     }
-    PP_UNLOCK_OBJECT();
-    Py_XDECREF(drop);
     return outcome;
 }
 
@@ -968,8 +1026,7 @@ static int
 imap_available(PyObject *op)
 {
     IMapObject *self = IMAP(op);
-    return self->current != NULL ||
-           self->ready_head < PyList_GET_SIZE(self->ready) ||
+    return self->ready_head < PyList_GET_SIZE(self->ready) ||
            (self->length >= 0 && self->received == (uint64_t)self->length);
 }
 
@@ -1044,12 +1101,15 @@ imap_next_method(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     return item;
 }
 
-/* An entry for the ready list from an outcome: the chunk as a list, or
- * the exception.  New reference or NULL. */
+/* An entry from an outcome: the chunk as a list, or the failure as
+ * (failure_mark, exception).  New reference or NULL. */
 static PyObject *
-imap_entry(int ok, PyObject *value)
+imap_entry(pp_result_support *support, int ok, PyObject *value)
 {
-    if (!ok || PyList_CheckExact(value)) {
+    if (!ok) {
+        return PyTuple_Pack(2, support->failure_mark, value);
+    }
+    if (PyList_CheckExact(value)) {
         return Py_NewRef(value);
     }
     return PySequence_List(value);
@@ -1113,7 +1173,7 @@ get_imap_job(PyObject *op, void *Py_UNUSED(closure))
     return PyLong_FromUnsignedLongLong((unsigned long long)IMAP(op)->job);
 }
 
-#define IMAP_REFS(X) X(cache) X(ready) X(unsorted) X(current)
+#define IMAP_REFS(X) X(cache) X(ready) X(early)
 #define IMAP_RELEASE(op) wake_free(&IMAP(op)->wake)
 PP_GC_FUNCTIONS(imap, IMapObject, IMAP_REFS, IMAP_RELEASE)
 
@@ -1181,7 +1241,7 @@ pp__result_deliver(pp_result_support *support, PyObject *result,
         return 1;
     }
     if (type == support->imap_type || type == support->imap_unordered_type) {
-        PyObject *entry = imap_entry(ok, value);
+        PyObject *entry = imap_entry(support, ok, value);
         if (entry == NULL) {
             return -1;
         }
@@ -1201,6 +1261,20 @@ pp__result_is_ours(pp_result_support *support, PyObject *obj)
            (type == support->apply_type || type == support->map_type ||
             type == support->imap_type ||
             type == support->imap_unordered_type);
+}
+
+/* See module.h. */
+int
+pp__result_registered(pp_result_support *support, PyObject *result)
+{
+    PyTypeObject *type = Py_TYPE(result);
+    int registered;
+    PP_LOCK_OBJECT(result);
+    registered = (type == support->apply_type || type == support->map_type
+                      ? RES(result)->cache
+                      : IMAP(result)->cache) != NULL;
+    PP_UNLOCK_OBJECT();
+    return registered;
 }
 
 /* ---- the types, made once per module ---------------------------------- */
@@ -1228,9 +1302,11 @@ pp__module_result_types(PyObject *module, PyObject *const *args,
         pp_result_support made = {0};
         made.event_class = pp__import_attr("threading", "Event");
         made.no_args = PyTuple_New(0);
+        made.failure_mark = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
         made.timeout_error = Py_NewRef(args[4]);
         made.report = Py_NewRef(args[5]);
-        if (made.event_class == NULL || made.no_args == NULL) {
+        if (made.event_class == NULL || made.no_args == NULL ||
+            made.failure_mark == NULL) {
             pp__result_support_clear(&made);
             return NULL;
         }
@@ -1259,7 +1335,8 @@ pp__module_result_types(PyObject *module, PyObject *const *args,
 
 #define SUPPORT_REFS(X)                                                    \
     X(apply_type) X(map_type) X(imap_type) X(imap_unordered_type)          \
-        X(event_class) X(timeout_error) X(report) X(no_args)
+        X(event_class) X(timeout_error) X(report) X(no_args)             \
+            X(failure_mark)
 
 int
 pp__result_support_traverse(pp_result_support *self, visitproc visit,

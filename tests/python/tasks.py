@@ -195,10 +195,13 @@ def signal_and_wait(started, release, value, timeout=DEFAULT_WAIT):
 
 
 def step(spec):
-    """One of three steps, for ordering tests: ``("wait", path)`` blocks
+    """One of four steps, for ordering tests: ``("wait", path)`` blocks
     until path exists and returns "waited", ``("touch", path)`` creates it
-    and returns "touched", ``("value", v)`` returns v."""
+    and returns "touched", ``("raise", message)`` raises ValueError,
+    ``("value", v)`` returns v."""
     what, arg = spec
+    if what == "raise":
+        raise ValueError(arg)
     if what == "wait":
         if not wait_for_file(arg):
             raise TimeoutError("file never appeared: %s" % arg)

@@ -68,3 +68,33 @@ def test_large_completions_come_a_few_at_a_time():
     # which made it differ from run to run).  The pinned bytes count.
     assert max(sizes) == 3
     assert results == [bytes(size)] * 10
+
+
+def test_a_result_that_completed_takes_no_more_completions_of_its_job():
+    # collect() looks a pool result up once for a run of its job's
+    # completions; one that completed within the run has left the dict,
+    # and a later completion of its job comes back as a tuple, as when
+    # every completion was looked up.
+    from poolparty.pool import _ApplyResult
+
+    engine = core.Engine(core.PP_DESIGN_QUEUE, 1, 0, _engine.sys_path_blob(),
+                         _engine.boot_payload(None, ()))
+    try:
+        results = engine.bind_futures(owner=object())
+        job = engine.new_job()
+        result = _ApplyResult(results, job, None, None)
+        func, flags = _engine.function_pickle(abs)
+        for value in (-1, -2):
+            engine.submit(job, 0, core.PP_TASK_CALL | flags, func,
+                          _engine.dumps(((value,), None)))
+        engine.close()
+        assert engine.join(60)
+        batch = engine.collect(5)
+        assert result.get(0) == 1
+        assert results == {}
+        assert [(j, i, _engine.decode(kind, payload)[1])
+                for j, i, kind, _worker, payload in batch] == [(job, 0, 2)]
+        assert engine.collect(5) is None
+    finally:
+        engine.terminate()
+        engine.join(60)

@@ -161,6 +161,37 @@ def test_imap_keeps_order_when_later_items_finish_first(pool, tmp_path):
             assert sorted(map(str, got)) == ["1", "2", "touched", "waited"]
 
 
+def test_imap_keeps_order_when_hundreds_of_items_come_early(pool, tmp_path):
+    # Item 0 waits for the last item's file, so the other worker runs
+    # every item in between first: far more early chunks than imap's
+    # first ring of early chunks holds (64), one of them a failure.
+    # They still come out in input order, the failure at its place.
+    marker = str(tmp_path / "last")
+    count = 300
+    steps = ([("wait", marker)] + [("value", i) for i in range(1, 150)]
+             + [("raise", "item 150")]
+             + [("value", i) for i in range(151, count - 1)]
+             + [("touch", marker)])
+    it = pool.imap(tasks.step, steps)
+    got = [next(it) for _ in range(150)]
+    assert got == ["waited", *range(1, 150)]
+    with pytest.raises(ValueError, match="item 150"):
+        next(it)
+    assert list(it) == [*range(151, count - 1), "touched"]
+
+
+def test_imap_yields_exceptions_and_pairs_a_task_returns(pool):
+    # A task's exception and a returned exception instance (or a pair
+    # holding one) are told apart: only the first one raises.
+    values = [ValueError("returned"), ("pair", KeyError("k")), (1, 2)]
+    expected = list(map(repr, values))
+    for chunksize in (1, 2):
+        got = list(pool.imap(tasks.identity, values, chunksize))
+        assert list(map(repr, got)) == expected
+        got = pool.imap_unordered(tasks.identity, values, chunksize)
+        assert sorted(map(repr, got)) == sorted(expected)
+
+
 @pytest.mark.parametrize("chunksize", [1, 3])
 def test_imap_of_a_list_flattens_chunks_in_order(pool, chunksize):
     items = list(range(20))
