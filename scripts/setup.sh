@@ -33,14 +33,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+. scripts/pyenv-python.sh
+
 # name<TAB>path of each CPython to set up
 candidates() {
-    if command -v pyenv >/dev/null; then
-        for minor in 3.12 3.13 3.14; do
-            v=$(pyenv versions --bare 2>/dev/null | grep -E "^${minor//./\\.}\.[0-9]+$" | sort -V | tail -1 || true)
-            [ -n "$v" ] && printf '%s\t%s\n' "$minor" "$(pyenv prefix "$v")/bin/python$minor"
-        done
-    fi
+    local minor python
+    for minor in 3.12 3.13 3.14; do
+        python=$(pyenv_python "$minor") && printf '%s\t%s\n' "$minor" "$python"
+    done
     for sys_py in /usr/bin/python3.1[2-9]; do
         [ -x "$sys_py" ] || continue
         printf '%s\t%s\n' "$("$sys_py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-system" "$sys_py"

@@ -22,11 +22,8 @@ command -v valgrind >/dev/null || {
     log "installing valgrind"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
 }
-python=${POOLPARTY_VALGRIND_PYTHON:-}
-if [ -z "$python" ]; then
-    v=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.13\.[0-9]+$' | sort -V | tail -1 || true)
-    [ -n "$v" ] && python="$(pyenv prefix "$v")/bin/python3.13"
-fi
+. scripts/pyenv-python.sh
+python=${POOLPARTY_VALGRIND_PYTHON:-$(pyenv_python 3.13)}
 [ -x "${python:-}" ] || { log "no CPython 3.13 found (set POOLPARTY_VALGRIND_PYTHON)"; exit 1; }
 minor=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 venv=".venv-valgrind/$minor"

@@ -105,9 +105,8 @@ typedef struct pp_msg {
     size_t func_size;    /* tasks: the function pickle's share of data */
     /* Large buffers the data refers to instead of carrying them (the
      * codec's pinned buffers, see codec.c), or NULL; pp_msg_free hands
-     * them to drop_pins, which needs no GIL. */
+     * them to the pin dropper (pp_msg_set_pin_dropper). */
     struct pp_pin *pins;
-    void (*drop_pins)(struct pp_pin *first);
     /* Tasks: the entry of an engine's store of by-value functions that
      * this task holds (fnstore.c), or NULL.  Set when the hold is taken,
      * cleared when it is dropped, so that only a task that took a hold
@@ -126,6 +125,10 @@ pp_msg *pp_msg_new(uint64_t job, uint64_t index, uint32_t kind,
 pp_msg *pp_msg_new_task(uint64_t job, uint64_t index, uint32_t kind,
                         const void *func, size_t func_size, const void *args,
                         size_t args_size);
+/* What pp_msg_free hands a message's pins to: the codec's (codec.c),
+ * which needs no GIL, set before it makes the first pinned message
+ * (this part of the core links without the codec).  Any thread. */
+void pp_msg_set_pin_dropper(void (*drop)(struct pp_pin *first));
 /* Free a message (NULL is fine).  No GIL needed. */
 void pp_msg_free(pp_msg *msg);
 /* Free a whole NULL-terminated chain linked through `next`. */

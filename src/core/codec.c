@@ -170,7 +170,8 @@ pin_unhold(pp_pin *pin)
     }
 }
 
-/* pp_msg.drop_pins: the message is gone.  Any thread, no GIL. */
+/* The pin dropper (pp_msg_free): the message is gone.  Any thread, no
+ * GIL. */
 static void
 drop_msg_pins(pp_pin *first)
 {
@@ -203,6 +204,7 @@ pp__codec_stats(uint64_t *pinned, uint64_t *pins_live, uint64_t *oob)
 void
 pp__pins_init(pp_pins *p)
 {
+    pp_msg_set_pin_dropper(drop_msg_pins);
     pthread_mutex_init(&p->lock, NULL);
     p->head = NULL;
     p->ready = 1;
@@ -1054,7 +1056,6 @@ encoder_fini(encoder *e, pp_msg *pins_to)
     }
     if (pins_to != NULL) {
         pins_to->pins = e->pins;
-        pins_to->drop_pins = drop_msg_pins;
         pthread_mutex_lock(&e->owner->lock);
         for (pp_pin *pin = e->pins; pin != NULL; pin = pin->next_in_msg) {
             pin->next_in_owner = e->owner->head;
@@ -1229,7 +1230,6 @@ encode_into_msg(encode_body body, PyObject *a, PyObject *b,
     msg->size = buf.size;
     msg->func_size = prefix_size;
     msg->pins = NULL;
-    msg->drop_pins = NULL;
     msg->fn_held = NULL;
     encoder_fini(&e, msg);
     *out = msg;

@@ -5,6 +5,7 @@
  * none, and the C unit tests link this file without libpython. */
 #include "poolparty/pp.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,7 +30,6 @@ pp_msg_new(uint64_t job, uint64_t index, uint32_t kind, const void *data,
     msg->size = size;
     msg->func_size = 0;
     msg->pins = NULL;
-    msg->drop_pins = NULL;
     msg->fn_held = NULL;
     if (data != NULL && size > 0) {
         memcpy(msg->data, data, size);
@@ -61,12 +61,22 @@ pp_msg_new_task(uint64_t job, uint64_t index, uint32_t kind,
     return msg;
 }
 
+/* One for the process: every pinned message is the codec's.  Atomic:
+ * each interpreter's first pin owner sets it (the same function). */
+static _Atomic(void (*)(struct pp_pin *)) pin_dropper;
+
+void
+pp_msg_set_pin_dropper(void (*drop)(struct pp_pin *first))
+{
+    atomic_store(&pin_dropper, drop);
+}
+
 /* Any thread, no lock. */
 void
 pp_msg_free(pp_msg *msg)
 {
     if (msg != NULL && msg->pins != NULL) {
-        msg->drop_pins(msg->pins);
+        atomic_load(&pin_dropper)(msg->pins);
     }
     free(msg);
 }

@@ -161,11 +161,9 @@ interpreter_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         else {
             /* A codec result may refer to the interpreter's pinned
              * buffers, which only the message carries: decoded here. */
-            PyObject *item = pp__completion_tuple(done);
-            result = item ? Py_BuildValue("(OO)", PyTuple_GET_ITEM(item, 2),
-                                          PyTuple_GET_ITEM(item, 4))
-                          : NULL;
-            Py_XDECREF(item);
+            unsigned kind;
+            PyObject *payload = pp__completion_payload(done, &kind);
+            result = payload ? Py_BuildValue("(IN)", kind, payload) : NULL;
             pp_msg_free(done);
         }
     }

@@ -195,11 +195,10 @@ pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
     if (PyObject_GetBuffer(func, &fb, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
+    size_t func_part = header_only ? pp__fn_task_part(fb.buf, (size_t)fb.len)
+                                   : (size_t)fb.len;
     if (PyTuple_Check(args)) {
         /* (pickle, out-of-band buffers) */
-        size_t func_part = header_only
-                               ? pp__fn_task_part(fb.buf, (size_t)fb.len)
-                               : (size_t)fb.len;
         pp_msg *task = NULL;
         if (PyTuple_GET_SIZE(args) == 2) {
             task = pp__task_from_pickle(fb.buf, func_part,
@@ -222,8 +221,6 @@ pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
         PyBuffer_Release(&fb);
         return NULL;
     }
-    size_t func_part = header_only ? pp__fn_task_part(fb.buf, (size_t)fb.len)
-                                   : (size_t)fb.len;
     pp_msg *task = pp_msg_new_task(job, index, (uint32_t)kind, fb.buf,
                                    func_part, ab.buf, (size_t)ab.len);
     PyBuffer_Release(&fb);
@@ -235,7 +232,7 @@ pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
 }
 
 PyObject *
-pp__completion_tuple(const pp_msg *msg)
+pp__completion_payload(const pp_msg *msg, unsigned *kind)
 {
     if (msg->kind == PP_DONE_OK && pp__codec_is(msg->data, msg->size)) {
         /* Decoded straight from the message: no bytes copy of it, no
@@ -243,19 +240,29 @@ pp__completion_tuple(const pp_msg *msg)
          * SystemExit from an unpickled __reduce__ -- the exception fails
          * just this task. */
         PyObject *value = pp__codec_decode_msg(msg, 0);
-        unsigned kind = PP_DONE_DECODED;
+        *kind = PP_DONE_DECODED;
         if (value == NULL) {
-            kind = PP_DONE_UNDECODABLE;
+            *kind = PP_DONE_UNDECODABLE;
             value = PyErr_GetRaisedException();
         }
-        return Py_BuildValue("(KKIIN)", (unsigned long long)msg->job,
-                             (unsigned long long)msg->index, kind,
-                             (unsigned)msg->worker, value);
+        return value;
     }
-    return Py_BuildValue("(KKIIy#)", (unsigned long long)msg->job,
-                         (unsigned long long)msg->index, (unsigned)msg->kind,
-                         (unsigned)msg->worker, (const char *)msg->data,
-                         (Py_ssize_t)msg->size);
+    *kind = msg->kind;
+    return PyBytes_FromStringAndSize((const char *)msg->data,
+                                     (Py_ssize_t)msg->size);
+}
+
+PyObject *
+pp__completion_tuple(const pp_msg *msg)
+{
+    unsigned kind;
+    PyObject *payload = pp__completion_payload(msg, &kind);
+    if (payload == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(KKIIN)", (unsigned long long)msg->job,
+                         (unsigned long long)msg->index, kind,
+                         (unsigned)msg->worker, payload);
 }
 
 /* main_import(name) -> bool: from inside a pool worker or a

@@ -151,11 +151,15 @@ pp_msg *pp__task_from_pickle(const void *func, size_t func_size,
 #define PP_DONE_DECODED 64
 #define PP_DONE_UNDECODABLE 65
 
-/* A tuple (job, index, kind, worker, payload bytes) for a completion,
- * or (job, index, PP_DONE_DECODED, worker, value) for a codec result
- * (PP_DONE_UNDECODABLE and the exception when decoding it raised: the
- * payload may refer to pinned buffers, which only the message carries).
- * New reference or NULL.  Needs: main GIL. */
+/* A completion's payload bytes, with its kind in *kind, or for a codec
+ * result the value, with PP_DONE_DECODED (PP_DONE_UNDECODABLE and the
+ * exception when decoding it raised: the payload may refer to pinned
+ * buffers, which only the message carries).  New reference or NULL.
+ * Needs: main GIL. */
+PyObject *pp__completion_payload(const pp_msg *msg, unsigned *kind);
+/* (job, index, kind, worker, payload) for a completion, the last two as
+ * pp__completion_payload gives them.  New reference or NULL.  Needs:
+ * main GIL. */
 PyObject *pp__completion_tuple(const pp_msg *msg);
 
 /* _poolparty.Engine's instance.  Three files share it, each owning its

@@ -544,7 +544,8 @@ def _collect(runner):
             # for ever.  The batch stays in the Engine for the next call.
             if not collect_failed:
                 collect_failed = True
-                _collect_failed(runner, exc)
+                _break(runner, "taking the workers' results failed", exc,
+                       "create a new pool")
             else:
                 time.sleep(_COLLECT_RETRY_S)
             continue
@@ -558,7 +559,9 @@ def _collect(runner):
                 if kind == INIT_FAILED:
                     if not broken:
                         broken = True
-                        _break(engine, sink, decode_error(payload))
+                        _break(runner, "a worker failed to start",
+                               decode_error(payload),
+                               "fix the initializer and create a new pool")
                     continue
                 ok, value = decode(kind, payload)
                 if not ok and runner.terminating and isinstance(value, SystemExit):
@@ -599,36 +602,18 @@ def _import_for_worker(engine, worker_id, payload):
         engine.answer_import(worker_id)
 
 
-def _break(engine, sink, cause):
-    """A worker failed to start: stop the pool rather than hang.
-
-    multiprocessing restarts such workers forever and its callers hang;
-    here every queued task, and every later call, fails with
-    BrokenInterpreterPool instead.  Needs the delivery lock.
-    """
-    error = BrokenInterpreterPool(
-        "a worker failed to start, so the pool stopped: "
-        f"{type(cause).__name__}: {cause} (the worker's exception is the "
-        "__cause__; fix the initializer and create a new pool)"
-    )
-    error.__cause__ = cause
-    sink.broken(error)
-    for job, index in engine.terminate():
-        sink.deliver(job, index, False, error)
-
-
-def _collect_failed(runner, cause):
-    """Engine.collect() raised: break the pool rather than hang it.
+def _break(runner, what, cause, fix):
+    """Stop the pool rather than hang it, because of ``what`` (``cause``).
 
     Every queued and running task fails with BrokenInterpreterPool (its
-    ``__cause__`` the collect() error), and so does every later call;
-    results that were already done are still delivered, as the collector
-    carries on.
+    ``__cause__`` the cause), and so does every later call; results that
+    were already done are still delivered, as the collector carries on.
+    (multiprocessing restarts a worker that fails to start forever, and
+    its callers hang.)
     """
     error = BrokenInterpreterPool(
-        "taking the workers' results failed, so the pool stopped: "
-        f"{type(cause).__name__}: {cause} (that exception is the __cause__; "
-        "create a new pool)"
+        f"{what}, so the pool stopped: {type(cause).__name__}: {cause} "
+        f"(that exception is the __cause__; {fix})"
     )
     error.__cause__ = cause
     with runner.lock:
