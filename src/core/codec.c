@@ -1806,6 +1806,45 @@ decode_pinned(decoder *d)
     return obj;
 }
 
+/* Where pickle_loads keeps its pair in the interpreter's own dict. */
+#define LOADS_KEY "poolparty.codec.loads"
+
+/* (pickle.loads, ("buffers",)): what decode_pickle5 calls, made once
+ * per interpreter and kept in its PyInterpreterState_GetDict() (which
+ * the interpreter clears when it ends), not imported per message.  New
+ * reference, or NULL with an exception.  Needs: the GIL. */
+static PyObject *
+pickle_loads(void)
+{
+    PyObject *cache = PyInterpreterState_GetDict(PyInterpreterState_Get());
+    if (cache == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "poolparty: no interpreter dict to keep pickle in");
+        return NULL;
+    }
+    PyObject *call;
+#if PY_VERSION_HEX >= 0x030D0000
+    /* A strong reference at once: on a free-threaded build another
+     * thread may store its own pair meanwhile, freeing a borrowed one. */
+    if (PyDict_GetItemStringRef(cache, LOADS_KEY, &call) != 0) {
+        return call; /* found, or NULL with an exception */
+    }
+#else
+    call = PyDict_GetItemString(cache, LOADS_KEY);
+    if (call != NULL) {
+        return Py_NewRef(call);
+    }
+#endif
+    PyObject *module = PyImport_ImportModule("_pickle");
+    PyObject *loads = module ? PyObject_GetAttrString(module, "loads") : NULL;
+    Py_XDECREF(module);
+    call = loads ? Py_BuildValue("(N(s))", loads, "buffers") : NULL;
+    if (call != NULL && PyDict_SetItemString(cache, LOADS_KEY, call) < 0) {
+        Py_CLEAR(call);
+    }
+    return call;
+}
+
 /* A pickle protocol 5 stream unpickled with its out-of-band buffers
  * (encode_pickle5).  Needs: the GIL. */
 static PyObject *
@@ -1840,24 +1879,20 @@ decode_pickle5(decoder *d)
     }
     const unsigned char *stream = d->pos;
     d->pos += size;
-    PyObject *module = PyImport_ImportModule("_pickle");
-    PyObject *loads = module ? PyObject_GetAttrString(module, "loads") : NULL;
-    Py_XDECREF(module);
-    PyObject *view = loads ? PyMemoryView_FromMemory((char *)stream,
-                                                     (Py_ssize_t)size,
-                                                     PyBUF_READ)
-                           : NULL;
-    PyObject *args = view ? PyTuple_Pack(1, view) : NULL;
-    PyObject *kwargs = args ? Py_BuildValue("{sO}", "buffers", buffers)
-                            : NULL;
-    obj = kwargs ? PyObject_Call(loads, args, kwargs) : NULL;
+    PyObject *call = pickle_loads();
+    PyObject *view = call ? PyMemoryView_FromMemory((char *)stream,
+                                                    (Py_ssize_t)size,
+                                                    PyBUF_READ)
+                          : NULL;
+    PyObject *args[2] = {view, buffers};
+    obj = view ? PyObject_Vectorcall(PyTuple_GET_ITEM(call, 0), args, 1,
+                                     PyTuple_GET_ITEM(call, 1))
+               : NULL;
     if (view != NULL) {
         /* The stream is the message's, which goes once this returns. */
         release_view(view);
     }
-    Py_XDECREF(kwargs);
-    Py_XDECREF(args);
-    Py_XDECREF(loads);
+    Py_XDECREF(call);
     Py_DECREF(buffers);
     return obj;
 }

@@ -621,15 +621,19 @@ need_pickle(pp_interp *it)
     PyObject *loads = PyObject_GetAttrString(pickle, "loads");
     PyObject *dumps = PyObject_GetAttrString(pickle, "dumps");
     PyObject *protocol = PyLong_FromLong(5);
+    PyObject *buffer_kw = Py_BuildValue("(s)", "buffer_callback");
     Py_DECREF(pickle);
-    if (loads == NULL || dumps == NULL || protocol == NULL) {
+    if (loads == NULL || dumps == NULL || protocol == NULL ||
+        buffer_kw == NULL) {
         Py_XDECREF(loads);
         Py_XDECREF(dumps);
         Py_XDECREF(protocol);
+        Py_XDECREF(buffer_kw);
         return -1;
     }
     it->dumps = dumps;
     it->protocol = protocol;
+    it->buffer_kw = buffer_kw;
     it->loads = loads; /* last: it says the other two are set */
     return 0;
 }
@@ -645,6 +649,7 @@ release_objects(pp_interp *it)
     Py_CLEAR(it->loads);
     Py_CLEAR(it->dumps);
     Py_CLEAR(it->protocol);
+    Py_CLEAR(it->buffer_kw);
     Py_CLEAR(it->encode_error);
     Py_CLEAR(it->call_in_frame);
     Py_CLEAR(it->map_in_frame);
@@ -936,23 +941,51 @@ dumps_by_value(pp_interp *it, PyObject *result)
     return NULL;
 }
 
+/* pickle.dumps's buffer_callback in pickle_out_of_band, bound to the
+ * list `self` that collects the out-of-band buffers: a C-contiguous
+ * buffer is appended and goes out of band (None: false); any other goes
+ * in-band (True), copied into the stream as pickle does with no
+ * callback -- so one pass of pickle serves both.  Needs: sub GIL. */
+static PyObject *
+collect_buffer(PyObject *self, PyObject *buffer)
+{
+    if (PyObject_TypeCheck(buffer, &PyPickleBuffer_Type)) {
+        const Py_buffer *view = PyPickleBuffer_GetBuffer(buffer);
+        if (view == NULL) {
+            return NULL; /* released */
+        }
+        if (!PyBuffer_IsContiguous(view, 'C')) {
+            Py_RETURN_TRUE;
+        }
+    }
+    if (PyList_Append(self, buffer) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef collect_buffer_def = {
+    "collect_buffer", collect_buffer, METH_O,
+    "Out-of-band buffers for poolparty (a pickle buffer_callback)."};
+
 /* A result pickled with its out-of-band buffers (pickle protocol 5's
  * PickleBuffers) beside the stream, into *done: PP_OK, or PP_EINVAL
- * when pickle refused the result or a buffer was not contiguous (*done
- * NULL, pickle's exception set in the first case only; the caller
- * pickles it in-band).  Needs: sub GIL. */
+ * when pickle or the codec refused it (*done NULL, pickle's exception
+ * set in the first case only; the caller pickles it in-band).  One
+ * pickle call with its keyword from it->buffer_kw: no dict, no bound
+ * method.  Needs: sub GIL. */
 static int
 pickle_out_of_band(pp_interp *it, PyObject *result, pp_msg **done)
 {
     *done = NULL;
     PyObject *buffers = PyList_New(0);
-    PyObject *append = buffers ? PyObject_GetAttrString(buffers, "append")
-                               : NULL;
-    PyObject *args = append ? PyTuple_Pack(2, result, it->protocol) : NULL;
-    PyObject *kwargs = args ? Py_BuildValue("{sO}", "buffer_callback",
-                                            append)
-                            : NULL;
-    PyObject *stream = kwargs ? PyObject_Call(it->dumps, args, kwargs) : NULL;
+    PyObject *callback = buffers ? PyCFunction_New(&collect_buffer_def,
+                                                   buffers)
+                                 : NULL;
+    PyObject *args[3] = {result, it->protocol, callback};
+    PyObject *stream = callback ? PyObject_Vectorcall(it->dumps, args, 2,
+                                                      it->buffer_kw)
+                                : NULL;
     int rc = PP_EINVAL;
     if (stream != NULL && PyList_GET_SIZE(buffers) == 0) {
         /* No buffers: an ordinary pickle, copied into the message. */
@@ -970,9 +1003,7 @@ pickle_out_of_band(pp_interp *it, PyObject *result, pp_msg **done)
         rc = encoded == 0 ? PP_OK : encoded > 0 ? PP_EINVAL : PP_ENOMEM;
     }
     Py_XDECREF(stream);
-    Py_XDECREF(kwargs);
-    Py_XDECREF(args);
-    Py_XDECREF(append);
+    Py_XDECREF(callback);
     Py_XDECREF(buffers);
     return rc;
 }
@@ -1032,8 +1063,9 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
             goto error;
         }
         if (rc != PP_OK && !PyErr_Occurred()) {
-            /* A buffer that is not contiguous: in-band, as pickle does
-             * without a buffer_callback. */
+            /* Buffers the codec refused (collect_buffer sends it only
+             * C-contiguous ones): in-band, as pickle does without a
+             * buffer_callback. */
             pickled = PyObject_CallFunctionObjArgs(it->dumps, result,
                                                    it->protocol, NULL);
         }

@@ -250,6 +250,7 @@ typedef struct pp_interp {
     PyObject *loads;              /* pickle.loads          (sub GIL) */
     PyObject *dumps;              /* pickle.dumps          (sub GIL) */
     PyObject *protocol;           /* int 5                 (sub GIL) */
+    PyObject *buffer_kw;          /* ("buffer_callback",)  (sub GIL) */
     PyObject *encode_error;       /* _worker.encode_error  (sub GIL) */
     PyObject *call_in_frame;      /* _worker.call_in_frame (sub GIL) */
     PyObject *map_in_frame;       /* _worker.map_in_frame  (sub GIL) */

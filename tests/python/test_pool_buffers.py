@@ -167,6 +167,30 @@ def test_out_of_band_buffers_as_results(make_pool, writable, size):
         assert pins_released(pool, before)
 
 
+def test_out_of_band_results_unpickle_without_an_import_each(make_pool,
+                                                             monkeypatch):
+    # The main interpreter keeps pickle.loads once (its interpreter dict):
+    # no __import__ of _pickle per message once the first is decoded.
+    import builtins
+
+    imported = []
+    real_import = builtins.__import__
+
+    def counting(name, *args, **kwargs):
+        if name == "_pickle":
+            imported.append(name)
+        return real_import(name, *args, **kwargs)
+
+    with make_pool(1) as pool:
+        assert pool.apply(data_tasks.make_blob, (10, False, 3)).data == b"\x03" * 10
+        monkeypatch.setattr(builtins, "__import__", counting)
+        for fill in range(5):
+            got = pool.apply(data_tasks.make_blob, (PIN_MIN, fill % 2 == 0, fill))
+            assert got == data_tasks.make_blob(PIN_MIN, fill % 2 == 0, fill)
+        monkeypatch.undo()
+    assert imported == []
+
+
 @pytest.mark.parametrize("writable", [False, True])
 def test_out_of_band_buffers_as_arguments(make_pool, writable):
     blob = data_tasks.make_blob(3 * PIN_MIN, writable, 9)
