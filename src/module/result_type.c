@@ -888,6 +888,15 @@ imap_keep_early(IMapObject *self, uint64_t index, PyObject *entry)
         }
         Py_XSETREF(self->early, grown);
     }
+    if (PyList_CheckExact(entry) && PyObject_GC_IsTracked(entry)) {
+        /* A chunk's list is the collector's alone (decoded or unpickled
+         * there, never handed to other code), so no cycle can run
+         * through it: untracked, the thousands that can wait here when
+         * a worker falls behind are nothing for the young collections
+         * that they set off to go over (84 per 200,000 no-op items,
+         * a seventh of the collector's time, before). */
+        PyObject_GC_UnTrack(entry);
+    }
     Py_ssize_t slot = early_slot(self, index);
     PyObject *old = PyList_GET_ITEM(self->early, slot);
     self->early_count += old == Py_None;

@@ -98,3 +98,44 @@ def test_a_result_that_completed_takes_no_more_completions_of_its_job():
     finally:
         engine.terminate()
         engine.join(60)
+
+
+def test_a_failure_midway_hands_out_what_came_before_and_keeps_the_rest():
+    # A lookup in the bound dict that raises (a key whose __eq__ raises,
+    # colliding with a job id) stops collect() at that completion: the
+    # ones before it are handed out, it and every later one stay held
+    # and come out on the next call, each once and in order.
+    class Raising:
+        def __init__(self, job):
+            self.job, self.calls = job, 0
+
+        def __hash__(self):
+            return hash(self.job)
+
+        def __eq__(self, other):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("lookup failed")
+            return False
+
+    engine = core.Engine(core.PP_DESIGN_QUEUE, 1, 0, _engine.sys_path_blob(),
+                         _engine.boot_payload(None, ()))
+    try:
+        results = engine.bind_futures(owner=object())
+        jobs = [engine.new_job() for _ in range(5)]
+        results[Raising(jobs[2])] = None
+        func, flags = _engine.function_pickle(abs)
+        for job in jobs:
+            engine.submit(job, 0, core.PP_TASK_CALL | flags, func,
+                          _engine.dumps(((-job,), None)))
+        engine.close()
+        assert engine.join(60)
+        batches = []
+        while (batch := engine.collect(5)) is not None:
+            batches.append([(job, _engine.decode(kind, payload)[1])
+                            for job, _i, kind, _w, payload in batch])
+        assert batches == [[(job, job) for job in jobs[:2]],
+                           [(job, job) for job in jobs[2:]]]
+    finally:
+        engine.terminate()
+        engine.join(60)
