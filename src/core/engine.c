@@ -250,7 +250,9 @@ complete(pp_engine *e, pp_worker *w, pp_msg *done, int lazy)
 /* Whether a worker that just finished a task has more to do than the
  * pool can start at once: at least one queued task per worker.  Fewer,
  * and the pool is about to run dry, so its results should go now (a
- * caller may be waiting for them to submit more).  Any GIL or none. */
+ * caller may be waiting for them to submit more).  Any GIL or none; no
+ * lock (the length is a snapshot either way: a lock would only make
+ * it a snapshot taken a lock round later). */
 static int
 more_queued(pp_engine *e)
 {

@@ -35,6 +35,8 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -51,7 +53,10 @@ struct pp_queue {
     pthread_cond_t nonempty; /* pop_all's: signalled on push and close */
     pp_msg *head;            /* oldest message, or NULL */
     pp_msg *tail;            /* newest message, or NULL */
-    size_t length;
+    /* Written under the mutex, read without it too (pp_queue_length:
+     * a worker asks after every task whether more wait, and that lock
+     * round per task was all the question cost). */
+    atomic_size_t length;
     int closed;
     /* Threads in pp_queue_pop waiting for a hand-off, longest first.
      * Only while head is NULL: a push serves them before it queues. */
@@ -67,6 +72,22 @@ struct pp_queue {
                          it asleep (a size_t for count_now) */
 };
 
+/* q->length, without the mutex: a snapshot, exact under it. */
+static inline size_t
+length_of(pp_queue *q)
+{
+    return atomic_load_explicit(&q->length, memory_order_relaxed);
+}
+
+/* Change q->length by delta.  Needs q->mutex (the only writers hold
+ * it, so a load and a store make no read-modify-write). */
+static inline void
+add_length(pp_queue *q, ptrdiff_t delta)
+{
+    size_t length = (size_t)((ptrdiff_t)length_of(q) + delta);
+    atomic_store_explicit(&q->length, length, memory_order_relaxed);
+}
+
 /* PP_OK or PP_ENOMEM.  No lock (the queue is not shared yet). */
 int
 pp_queue_new(pp_queue **out)
@@ -75,6 +96,7 @@ pp_queue_new(pp_queue **out)
     if (q == NULL) {
         return PP_ENOMEM;
     }
+    atomic_init(&q->length, 0);
     pthread_condattr_t attr;
     if (pthread_condattr_init(&attr) != 0) {
         goto error_free;
@@ -190,11 +212,11 @@ push_chain(pp_queue *q, pp_msg *first, size_t count, int lazy)
         q->tail->next = first;
     }
     q->tail = last;
-    q->length += count;
+    add_length(q, (ptrdiff_t)count);
     /* Only pop_all waits on `nonempty`, and each takes everything:
      * waking one is enough.  A lingering one wakes on its own by its
      * deadline, or now for a full batch. */
-    if (!lazy || !q->lingering || q->length >= q->linger_batch) {
+    if (!lazy || !q->lingering || length_of(q) >= q->linger_batch) {
         pthread_cond_signal(&q->nonempty);
     }
 done:
@@ -252,7 +274,7 @@ take_head_locked(pp_queue *q)
     if (q->head == NULL) {
         q->tail = NULL;
     }
-    q->length--;
+    add_length(q, -1);
     msg->next = NULL;
     return msg;
 }
@@ -387,13 +409,13 @@ pp_queue_pop_all(pp_queue *q, int64_t timeout_ns, pp_msg **out,
     }
     if (rc == PP_OK) {
         *out = q->head;
-        *count = q->length;
+        *count = length_of(q);
         q->head = q->tail = NULL;
         /* One message at a time: completions trickle in, and a wait that
          * lingered would only time out.  More: a backlog, worth
          * batching. */
-        q->warm = q->length > 1;
-        q->length = 0;
+        q->warm = *count > 1;
+        add_length(q, -(ptrdiff_t)*count);
     }
     pthread_mutex_unlock(&q->mutex);
     return rc;
@@ -419,7 +441,7 @@ pp_queue_drain(pp_queue *q)
     pthread_mutex_lock(&q->mutex);
     pp_msg *first = q->head;
     q->head = q->tail = NULL;
-    q->length = 0;
+    add_length(q, -(ptrdiff_t)length_of(q));
     pthread_mutex_unlock(&q->mutex);
     return first;
 }
@@ -437,7 +459,7 @@ pp_queue_remove(pp_queue *q, uint64_t job, uint64_t index, pp_msg **out)
             continue;
         }
         UNLINK(q->head, q->tail, prev, m);
-        q->length--;
+        add_length(q, -1);
         m->next = NULL;
         *out = m;
         rc = PP_OK;
@@ -464,7 +486,7 @@ pp_queue_remove_job(pp_queue *q, uint64_t job)
             continue;
         }
         UNLINK(q->head, q->tail, prev, m);
-        q->length--;
+        add_length(q, -1);
         m->next = NULL;
         if (removed_tail == NULL) {
             removed = m;
@@ -496,11 +518,11 @@ pp_queue_lingering(pp_queue *q)
     return count_now(q, &q->lingering) != 0;
 }
 
-/* Takes q->mutex. */
+/* No lock: a snapshot. */
 size_t
 pp_queue_length(pp_queue *q)
 {
-    return count_now(q, &q->length);
+    return length_of(q);
 }
 
 /* Takes q->mutex. */
