@@ -112,6 +112,9 @@ typedef struct pp_msg {
      * cleared when it is dropped, so that only a task that took a hold
      * can drop one. */
     struct pp_fn_entry *fn_held;
+    /* msg.c's: the thread cache this message's block goes back to, or
+     * NULL for a block of its own size (see msg.c). */
+    struct pp_msg_cache *home;
     unsigned char data[];
 } pp_msg;
 
@@ -133,6 +136,22 @@ void pp_msg_set_pin_dropper(void (*drop)(struct pp_pin *first));
 void pp_msg_free(pp_msg *msg);
 /* Free a whole NULL-terminated chain linked through `next`. */
 void pp_msg_free_chain(pp_msg *first);
+/* Room for a message of `size` data bytes whose fields the caller sets
+ * (`home` aside), or NULL.  pp_msg_resize changes that room as realloc
+ * does (msg NULL: a new one), keeping the fields and data; pp_msg_free
+ * or pp_msg_release (which leaves the pins alone) gives it back.  No
+ * GIL needed. */
+pp_msg *pp_msg_alloc(size_t size);
+pp_msg *pp_msg_resize(pp_msg *msg, size_t size);
+void pp_msg_release(pp_msg *msg);
+/* A thread's message cache keeps at most PP_MSG_CACHE_LOCAL free blocks
+ * it freed itself and PP_MSG_CACHE_RETURNED that other threads gave
+ * back (msg.c); past them blocks go back to malloc. */
+#define PP_MSG_CACHE_LOCAL 256
+#define PP_MSG_CACHE_RETURNED 1024
+/* The blocks of the threads' message caches (spare or carrying a
+ * message), and the caches alive, process-wide (snapshots, for tests). */
+void pp_msg_cache_stats(uint64_t *blocks, uint64_t *caches);
 
 /* ---- queues -------------------------------------------------------- */
 

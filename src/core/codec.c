@@ -207,6 +207,7 @@ pp__pins_init(pp_pins *p)
     pp_msg_set_pin_dropper(drop_msg_pins);
     pthread_mutex_init(&p->lock, NULL);
     p->head = NULL;
+    atomic_init(&p->count, 0);
     p->ready = 1;
 }
 
@@ -217,6 +218,7 @@ static pp_pin *
 pins_take(pp_pins *p, int all)
 {
     pp_pin *taken = NULL;
+    size_t n = 0;
     pthread_mutex_lock(&p->lock);
     pp_pin **link = &p->head;
     while (*link != NULL) {
@@ -225,11 +227,13 @@ pins_take(pp_pins *p, int all)
             *link = pin->next_in_owner;
             pin->next_in_owner = taken;
             taken = pin;
+            n++;
         }
         else {
             link = &pin->next_in_owner;
         }
     }
+    atomic_fetch_sub_explicit(&p->count, n, memory_order_relaxed);
     pthread_mutex_unlock(&p->lock);
     return taken;
 }
@@ -277,7 +281,10 @@ release_pins(pp_pins *p, int all)
 void
 pp__pins_sweep(pp_pins *p)
 {
-    if (p->ready) {
+    /* Nothing pinned, as nearly always: no lock round per task.  A pin
+     * another thread adds meanwhile (free-threaded builds) is not yet
+     * done with, and waits for the next sweep. */
+    if (p->ready && atomic_load_explicit(&p->count, memory_order_relaxed)) {
         release_pins(p, 0);
     }
 }
@@ -1060,6 +1067,8 @@ encoder_fini(encoder *e, pp_msg *pins_to)
         for (pp_pin *pin = e->pins; pin != NULL; pin = pin->next_in_msg) {
             pin->next_in_owner = e->owner->head;
             e->owner->head = pin;
+            atomic_fetch_add_explicit(&e->owner->count, 1,
+                                      memory_order_relaxed);
             if (pin->exclusive && PyObject_GC_IsTracked(pin->obj)) {
                 /* Out of the collector's sight while pinned, or
                  * gc.get_objects() would hand it to anyone.  Here, after
@@ -1108,14 +1117,14 @@ pp__codec_encode(PyObject *obj, pp_buf *out)
 }
 
 /* pp_buf.grow for a message being encoded into: owner is the pp_msg
- * (malloc'd, as pp_msg_new's), data its payload.  No GIL needed. */
+ * (pp_msg_alloc's, as pp_msg_new's), data its payload.  No GIL needed. */
 static int
 grow_msg(pp_buf *b, size_t capacity)
 {
     if (capacity > SIZE_MAX - sizeof(pp_msg)) {
         return -1;
     }
-    pp_msg *msg = realloc(b->owner, sizeof(pp_msg) + capacity);
+    pp_msg *msg = pp_msg_resize(b->owner, capacity);
     if (msg == NULL) {
         return -1;
     }
@@ -1215,13 +1224,13 @@ encode_into_msg(encode_body body, PyObject *a, PyObject *b,
     pp_msg *msg = buf.owner;
     if (rc != ENC_OK) {
         encoder_fini(&e, NULL);
-        free(msg);
+        pp_msg_release(msg);
         return rc;
     }
     /* Give back what doubling left over, beyond a page: a queued
      * message should hold what it carries, not twice that. */
     if (buf.capacity - buf.size > 4096) {
-        pp_msg *smaller = realloc(msg, sizeof(pp_msg) + buf.size);
+        pp_msg *smaller = pp_msg_resize(msg, buf.size);
         msg = smaller != NULL ? smaller : msg;
     }
     msg->next = NULL;

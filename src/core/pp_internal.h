@@ -114,6 +114,8 @@ typedef struct pp_pin pp_pin;
 typedef struct pp_pins {
     pthread_mutex_t lock; /* leaf: guards head */
     pp_pin *head;         /* every pin this side made that is still held */
+    atomic_size_t count;  /* pins on head: written under lock, read
+                             without it by a sweep with nothing to do */
     int ready;            /* pp__pins_init ran */
 } pp_pins;
 /* Buffers of at least this many bytes are pinned rather than copied. */

@@ -403,7 +403,26 @@ module_buffer_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
                          "out_of_band", (unsigned long long)oob);
 }
 
+/* message_cache_stats() -> dict: the threads' message caches (see
+ * msg.c), for tests.  Any interpreter. */
+static PyObject *
+module_message_cache_stats(PyObject *Py_UNUSED(module),
+                           PyObject *Py_UNUSED(ignored))
+{
+    uint64_t blocks, caches;
+    pp_msg_cache_stats(&blocks, &caches);
+    return Py_BuildValue("{sKsKsi}", "blocks", (unsigned long long)blocks,
+                         "caches", (unsigned long long)caches, "spare_max",
+                         PP_MSG_CACHE_LOCAL + PP_MSG_CACHE_RETURNED);
+}
+
 static PyMethodDef module_methods[] = {
+    {"message_cache_stats", module_message_cache_stats, METH_NOARGS,
+     "message_cache_stats() -> {'blocks', 'caches', 'spare_max'}: the "
+     "small-message blocks the threads' caches own (spare or in a "
+     "message), the caches alive (one per thread that made a small "
+     "message and has not exited, or whose blocks are still out), in "
+     "this process, and the most free blocks one cache keeps."},
     {"buffer_stats", module_buffer_stats, METH_NOARGS,
      "buffer_stats() -> {'pinned', 'pins_live', 'out_of_band'}: large "
      "buffers that travelled by reference, those still held, and pickle "

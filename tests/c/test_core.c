@@ -55,6 +55,135 @@ test_msg(void)
     ASSERT(strcmp(pp_strerror(12345), "unknown poolparty error") == 0);
 }
 
+/* Blocks of this thread's message cache right now, and caches alive. */
+static void
+cache_stats(uint64_t *blocks, uint64_t *caches)
+{
+    pp_msg_cache_stats(blocks, caches);
+}
+
+static void
+test_msg_cache(void)
+{
+    uint64_t blocks0, caches0, blocks, caches;
+    pp_msg_free(msg(0, 0)); /* this thread's cache exists from here on */
+    cache_stats(&blocks0, &caches0);
+    /* A small message freed on its own thread is the next one's block. */
+    pp_msg *a = msg(1, 1);
+    void *where = a;
+    pp_msg_free(a);
+    a = msg(2, 2);
+    ASSERT(a == where);
+    /* Growing past the block moves the data to a block of its own
+     * size; shrinking back stays there. */
+    memset(a->data, 'x', 3);
+    pp_msg *big = pp_msg_resize(a, 100000);
+    ASSERT(big != NULL);
+    ASSERT(big->home == NULL);
+    ASSERT_EQ(big->job, 2);
+    ASSERT_EQ(memcmp(big->data, "xxx", 3), 0);
+    big->data[99999] = 'y';
+    pp_msg *same = pp_msg_resize(big, 10);
+    ASSERT(same != NULL && same->home == NULL);
+    pp_msg_free(same);
+    /* A block grown within its room stays where it is. */
+    pp_msg *small = pp_msg_alloc(8);
+    ASSERT(small != NULL && small->home != NULL);
+    ASSERT(pp_msg_resize(small, 200) == small);
+    small->pins = NULL;
+    pp_msg_free(small);
+    /* A big message never comes from a cache. */
+    pp_msg *huge = pp_msg_new(0, 0, 0, NULL, 1 << 20);
+    ASSERT(huge != NULL && huge->home == NULL);
+    pp_msg_free(huge);
+    /* Thousands made and freed: the cache keeps a bounded number. */
+    enum { N = 5000 };
+    pp_msg **many = malloc(N * sizeof(*many));
+    ASSERT(many != NULL);
+    for (int i = 0; i < N; i++) {
+        many[i] = msg(3, (uint64_t)i);
+    }
+    cache_stats(&blocks, &caches);
+    ASSERT(blocks >= blocks0 + N - 1);
+    for (int i = 0; i < N; i++) {
+        pp_msg_free(many[i]);
+    }
+    free(many);
+    cache_stats(&blocks, &caches);
+    ASSERT(blocks <= 512);
+    ASSERT_EQ(caches, caches0);
+}
+
+/* The other side of test_msg_cache_threads: frees what it pops. */
+typedef struct {
+    pp_queue *q;
+    int freed;
+} cache_consumer;
+
+static void *
+free_popped(void *arg)
+{
+    cache_consumer *c = arg;
+    pp_msg *m;
+    while (pp_queue_pop(c->q, -1, &m) == PP_OK) {
+        pp_msg_free(m);
+        c->freed++;
+    }
+    return NULL;
+}
+
+/* Makes messages for the consumers and exits with many still queued. */
+static void *
+make_and_exit(void *arg)
+{
+    pp_queue *q = arg;
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 3000; i++) {
+            pp_msg *m = pp_msg_new(9, (uint64_t)i, 0, "abcdef", 6);
+            ASSERT(m != NULL);
+            ASSERT_EQ(pp_queue_push(q, m), PP_OK);
+        }
+    }
+    return NULL;
+}
+
+static void
+test_msg_cache_threads(void)
+{
+    uint64_t blocks0, caches0, blocks, caches;
+    pp_msg_free(msg(0, 0));
+    cache_stats(&blocks0, &caches0);
+    pp_queue *q;
+    ASSERT_EQ(pp_queue_new(&q), PP_OK);
+    cache_consumer consumers[2] = {{q, 0}, {q, 0}};
+    pthread_t threads[2], maker;
+    for (int i = 0; i < 2; i++) {
+        ASSERT_EQ(pthread_create(&threads[i], NULL, free_popped,
+                                 &consumers[i]),
+                  0);
+    }
+    /* Makers that exit while their blocks are out, one after another
+     * and two at once: each cache goes with its last block. */
+    for (int i = 0; i < 4; i++) {
+        ASSERT_EQ(pthread_create(&maker, NULL, make_and_exit, q), 0);
+        if (i % 2 == 0) {
+            pthread_t other;
+            ASSERT_EQ(pthread_create(&other, NULL, make_and_exit, q), 0);
+            pthread_join(other, NULL);
+        }
+        pthread_join(maker, NULL);
+    }
+    pp_queue_close(q);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(threads[i], NULL);
+    }
+    ASSERT_EQ(consumers[0].freed + consumers[1].freed, 6 * 9000);
+    pp_queue_free(q);
+    cache_stats(&blocks, &caches);
+    ASSERT_EQ(caches, caches0);
+    ASSERT_EQ(blocks, blocks0);
+}
+
 static void
 test_queue_fifo(void)
 {
@@ -573,6 +702,8 @@ static const struct {
     void (*fn)(void);
 } TESTS[] = {
     {"msg", test_msg},
+    {"msg_cache", test_msg_cache},
+    {"msg_cache_threads", test_msg_cache_threads},
     {"queue_fifo", test_queue_fifo},
     {"queue_push_chain", test_queue_push_chain},
     {"queue_remove_job", test_queue_remove_job},
