@@ -512,6 +512,26 @@ shared(encoder *e, PyObject *obj, unsigned char *flag)
  * not grown the output for the whole list. */
 #define RUN_STEP 256
 
+/* The value of an exact int, *overflow set when it needs more than 64
+ * bits.  An int of one digit (under 2**30), as most are, is read inline
+ * (CPython's PyUnstable_Long_CompactValue, a macro: no call, no symbol):
+ * the call was most of encoding 65,536 ints.  Needs: the GIL. */
+static inline long long
+int_value(PyObject *obj, int *overflow)
+{
+    if (PyUnstable_Long_IsCompact((PyLongObject *)obj)) {
+        *overflow = 0;
+        return (long long)PyUnstable_Long_CompactValue((PyLongObject *)obj);
+    }
+    long long value = PyLong_AsLongLongAndOverflow(obj, overflow);
+    if (value == -1 && PyErr_Occurred()) {
+        /* An exact int always converts or overflows; never raised. */
+        PyErr_Clear();
+        *overflow = 1;
+    }
+    return value;
+}
+
 /* The value of an int that a run may carry: an exact int of 64 bits or
  * less that is not shared (one reference, or -128..127, which
  * encode_value never numbers either).  1 with *value set, else 0. */
@@ -522,9 +542,8 @@ run_int(PyObject *item, int64_t *value)
         return 0;
     }
     int overflow;
-    long long v = PyLong_AsLongLongAndOverflow(item, &overflow);
-    if (overflow || (v == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
+    long long v = int_value(item, &overflow);
+    if (overflow) {
         return 0;
     }
     if (Py_REFCNT(item) > 1 && (v < -128 || v > 127)) {
@@ -540,7 +559,7 @@ run_int(PyObject *item, int64_t *value)
  * array.tolist() does).  *taken: how many items it wrote, 0 when they
  * make no run (nothing written).  ENC_OK or ENC_ERROR.  Needs: the GIL
  * of the items' interpreter. */
-static int
+static Py_NO_INLINE int
 encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
            Py_ssize_t *taken)
 {
@@ -615,14 +634,18 @@ encode_items(encoder *e, PyObject *const *items, Py_ssize_t n)
     Py_ssize_t i = 0;
     while (i < n) {
         PyObject *item = items[i];
-        Py_ssize_t taken;
-        int rc = encode_run(e, items + i, n - i, &taken);
-        if (rc != ENC_OK) {
-            return rc;
-        }
-        if (taken > 0) {
-            i += taken;
-            continue;
+        int rc;
+        if (n - i >= RUN_MIN &&
+            (PyFloat_CheckExact(item) || PyLong_CheckExact(item))) {
+            Py_ssize_t taken;
+            rc = encode_run(e, items + i, n - i, &taken);
+            if (rc != ENC_OK) {
+                return rc;
+            }
+            if (taken > 0) {
+                i += taken;
+                continue;
+            }
         }
         rc = encode_value(e, item);
         if (rc != ENC_OK) {
@@ -944,11 +967,7 @@ encode_value(encoder *e, PyObject *obj)
     long long value = 0;
     int rc, overflow = 0;
     if (type == &PyLong_Type) {
-        value = PyLong_AsLongLongAndOverflow(obj, &overflow);
-        if (value == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            return ENC_UNSUPPORTED;
-        }
+        value = int_value(obj, &overflow);
         if (!overflow && value >= -128 && value <= 127) {
             /* Not worth a memo lookup; -5..256 are singletons anyway. */
             emit_byte(out, T_INT8);

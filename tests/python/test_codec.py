@@ -123,6 +123,7 @@ def test_nesting_is_bounded_whatever_the_thread_stack():
 @pytest.mark.parametrize("value", [
     2**63, -2**63 - 1, 2**64, -(2**64), 3**1000, -(7**2000),   # beyond 64 bits
     -129, -128, 127, 128, -2**31 - 1, -2**31, 2**31 - 1, 2**31,  # width edges
+    2**30 - 1, 2**30, -(2**30) + 1, -(2**30), -(2**30) - 1,  # one digit or two
     "", "ascii", "caf\u00e9", "\u20ac uro", "\U0001f600", "\x00\xff",
     "lone \udc80 surrogate", "\ud800", "x" * 100_000,
     b"", bytearray(), bytearray(b"x\x00y"),
@@ -274,7 +275,8 @@ def test_ints_travel_in_runs_of_32_or_64_bits():
     assert core.decode(data) == wide
     # One int past 32 bits widens its whole run; small ints ride along
     # (-5..256 decode as CPython's own cached objects).
-    mixed = [1, -2, 2**31, 7, 100, -128, 127, -2**63, 2**63 - 1]
+    mixed = [1, -2, 2**31, 7, 100, -128, 127, -2**63, 2**63 - 1, 2**30,
+             2**30 - 1, -(2**30), -(2**30) - 1]
     back = core.decode(core.encode(mixed))
     assert back == mixed and all(type(x) is int for x in back)
     assert back[0] is 1 and back[3] is 7
