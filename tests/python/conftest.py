@@ -224,22 +224,30 @@ def wait_until_exists(path, timeout=30.0):
         time.sleep(0.005)
 
 
-def engine_completion(engine, timeout=60.0):
-    """A raw Engine's next completion as (index, ok, value), answering
-    CPython 3.12's main-first import requests meanwhile."""
+def engine_completions(engine, timeout=60.0):
+    """Yield a raw Engine's completions as (index, ok, value), each within
+    `timeout`, answering CPython 3.12's main-first import requests (every
+    one a batch brings, or the worker that asked waits for ever)."""
     import time
 
     from poolparty import _engine
     from poolparty import _poolparty as core
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for _job, index, kind, worker, payload in engine.collect(0.1) or ():
-            if kind == core.PP_DONE_MAIN_IMPORT:
-                engine.answer_import(worker)
-            else:
-                return (index, *_engine.decode(kind, payload))
-    pytest.fail("no completion within %s s" % timeout)
+    ready = []
+    while True:
+        deadline = time.monotonic() + timeout
+        while not ready:
+            if time.monotonic() > deadline:
+                pytest.fail("no completion within %s s" % timeout)
+            batch = engine.collect(0.1)
+            if batch is None:
+                return
+            for _job, index, kind, worker, payload in batch:
+                if kind == core.PP_DONE_MAIN_IMPORT:
+                    engine.answer_import(worker)
+                else:
+                    ready.append((index, *_engine.decode(kind, payload)))
+        yield ready.pop(0)
 
 
 def submit_blocked(executor, gate, tmp_path, value):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REFERENCE, engine_completion
+from conftest import REFERENCE, engine_completions
 from poolparty import _engine
 
 if not REFERENCE:
@@ -166,6 +166,7 @@ def test_a_header_only_task_never_drops_another_tasks_hold(tmp_path, carrier):
     # by the next trim while a worker could still read it.
     engine = core.Engine(core.PP_DESIGN_QUEUE, 2, 0, _engine.sys_path_blob(),
                          _engine.boot_payload(None, ()))
+    completions = engine_completions(engine)
     func, flags = _engine.function_pickle(closure_waiting(BIG))
     header = by_value_header(func)
     gate = tmp_path / "gate"
@@ -178,7 +179,7 @@ def test_a_header_only_task_never_drops_another_tasks_hold(tmp_path, carrier):
             time.sleep(0.01)
         engine.submit(1, 1, core.PP_TASK_CALL | flags, carrier(header),
                       _engine.dumps(((str(tmp_path),), None)))
-        index, ok, value = engine_completion(engine)
+        index, ok, value = next(completions)
         assert index == 1
         store = engine.function_store
         assert store["entries"] == 1 and store["idle_bytes"] == 0
@@ -186,10 +187,12 @@ def test_a_header_only_task_never_drops_another_tasks_hold(tmp_path, carrier):
         # error for this task alone.
         assert not ok and "function store" in str(value)
         gate.touch()
-        assert engine_completion(engine) == (0, True, BIG)
+        assert next(completions) == (0, True, BIG)
         store = engine.function_store
         assert store["bytes"] == store["idle_bytes"] > 0
     finally:
         gate.touch()
         engine.close()
+        for _ in completions:  # answering imports until the workers exit
+            pass
         engine.join(60)

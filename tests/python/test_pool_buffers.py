@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import FREE_THREADED, REFERENCE, engine_completion, skip_on_312
+from conftest import FREE_THREADED, REFERENCE, engine_completions, skip_on_312
 import data_tasks
 
 pytestmark = pytest.mark.skipif(REFERENCE, reason="poolparty's codec")
@@ -104,18 +104,19 @@ def test_an_array_the_task_reaches_again_is_not_changed_under_the_caller(how):
     size = 4 * PIN_MIN
     engine = core.Engine(core.PP_DESIGN_QUEUE, 1, 0, _engine.sys_path_blob(),
                          _engine.boot_payload(None, ()))
+    completions = engine_completions(engine)
     read, write = os.pipe()
     try:
         echo, flags = _engine.function_pickle(data_tasks.echo)
         engine.submit(1, 0, core.PP_TASK_CALL | flags, echo,
                       _engine.dumps(((0,), None)))
-        assert engine_completion(engine) == (0, True, 0)  # imports done
+        assert next(completions) == (0, True, 0)  # imports done
         before = stats()
         func, flags = _engine.function_pickle(data_tasks.array_reached_later)
         engine.submit(1, 1, core.PP_TASK_CALL | flags, func,
                       _engine.dumps(((how, size, write), None)))
         assert select.select([read], [], [], 60)[0], "the thread never ended"
-        index, ok, got = engine_completion(engine)
+        index, ok, got = next(completions)
         assert (index, ok, type(got), len(got)) == (1, True, array.array, size)
         assert got.tobytes() == bytes(size)
         # Out of everyone's reach, an array is still pinned.
@@ -123,6 +124,8 @@ def test_an_array_the_task_reaches_again_is_not_changed_under_the_caller(how):
         assert pinned == (1 if how == "gc" and not FREE_THREADED else 0)
     finally:
         engine.close()
+        for _ in completions:  # answering imports until the workers exit
+            pass
         engine.join(60)
         os.close(read)
         os.close(write)
