@@ -1051,7 +1051,7 @@ imap_next_timeout(PyObject *op, PyObject *timeout)
         return NULL;
     }
     for (;;) {
-        PyObject *item;
+        PyObject *item = NULL;
         switch (imap_take(op, &item)) {
         case TAKE_ITEM:
             return item;
