@@ -349,8 +349,9 @@ def test_a_run_then_repeat_of_its_last_item():
                                   (1 << 20) + 123, (5 << 20) + 7])
 @pytest.mark.parametrize("kind", [bytes, bytearray])
 def test_large_buffers_decode_whole_into_fresh_memory(size, kind):
-    # From 64 KB a decoded buffer's pages are faulted in by one madvise
-    # before the copy (whole pages only: the edges are the copy's).
+    # From 64 KB to 4 MB a decoded buffer's pages, when fresh, are
+    # faulted in by one madvise before the copy (whole pages only: the
+    # edges are the copy's); from 4 MB it asks for huge pages instead.
     import random
 
     value = kind(random.Random(size).randbytes(size))
