@@ -3,7 +3,6 @@
  * LOCK ORDER (a lock on the left may be held while taking one on its
  * right, never the other way):
  *     any GIL        >  engine->mutex  >  pp_queue mutexes
- *                       engine->mutex  >  worker->task_lock
  *     worker->life   >  a worker's sub GIL
  * engine->mutex is taken with a GIL held (the main one: submit, close;
  * a call-design worker's exit), and the queue mutexes under it (submit
@@ -13,9 +12,9 @@
  * terminating thread attaches to a worker's interpreter (with no GIL of
  * its own), so every other taker of worker->life -- the worker in
  * publish_interp and retire_interp, an import request -- takes it with
- * no GIL held.  worker->task_lock, abandoned_lock and fns.lock (the
- * by-value function store, fnstore.c) are leaves: nothing is taken or
- * waited for under them.
+ * no GIL held.  abandoned_lock and fns.lock (the by-value function
+ * store, fnstore.c) are leaves: nothing is taken or waited for under
+ * them.  The task a worker runs (task_state) takes no lock at all.
  *
  * Which field each lock guards is written next to the field. */
 #include "pp_internal.h"
@@ -37,14 +36,21 @@ typedef struct pp_worker {
     int exited;                 /* engine->mutex: left its loop */
     int abandoned;              /* engine->mutex: see pp__engine_abandon */
     /* The task this worker runs, so that abandoning the worker can fail
-     * that task's result at once.  task_lock is a leaf (taken with any
-     * GIL or none; nothing is taken or waited for under it). */
-    pthread_mutex_t task_lock;
-    int has_task;               /* task_lock */
-    int task_reported;          /* task_lock: abandon reported it */
-    uint64_t task_job;          /* task_lock */
-    uint64_t task_index;        /* task_lock */
+     * that task's result at once.  No lock (a pair of lock rounds per
+     * task was a few percent of a no-op task's CPU): task_state is
+     * (generation << 2) | TASK_IDLE, TASK_RUNNING or TASK_REPORTED; the
+     * worker alone moves it to RUNNING, with a new generation, after
+     * writing task_job and task_index, and back to IDLE; abandon moves
+     * RUNNING to REPORTED with a compare-and-swap, which fails if the
+     * worker ended that task (or began the next) meanwhile, so the job
+     * and index abandon read before it are that task's.  See begin_task,
+     * end_task, report_task. */
+    atomic_uint_fast64_t task_state;
+    atomic_uint_fast64_t task_job;
+    atomic_uint_fast64_t task_index;
 } pp_worker;
+
+enum { TASK_IDLE = 0, TASK_RUNNING = 1, TASK_REPORTED = 2, TASK_MASK = 3 };
 
 /* The worker this thread is, if it is one; lets code running inside a
  * worker's interpreter reach its engine without any PyObject. */
@@ -88,7 +94,6 @@ pp__engine_decref(pp_engine *e)
     for (uint32_t i = 0; i < e->nworkers; i++) {
         pthread_cond_destroy(&e->workers[i].answered);
         pthread_mutex_destroy(&e->workers[i].life);
-        pthread_mutex_destroy(&e->workers[i].task_lock);
     }
     pp_queue_free(e->tasks);
     pp_queue_free(e->completions);
@@ -190,30 +195,57 @@ worker_exited(pp_engine *e, pp_worker *w)
     }
 }
 
-/* The worker starts `task`.  Any GIL or none. */
+/* The worker starts `task`.  Only the worker's own thread; any GIL or
+ * none.  The release store publishes job and index to report_task. */
 static void
 begin_task(pp_worker *w, const pp_msg *task)
 {
-    pthread_mutex_lock(&w->task_lock);
-    w->has_task = 1;
-    w->task_reported = 0;
-    w->task_job = task->job;
-    w->task_index = task->index;
-    pthread_mutex_unlock(&w->task_lock);
+    uint_fast64_t idle = atomic_load_explicit(&w->task_state,
+                                              memory_order_relaxed);
+    atomic_store_explicit(&w->task_job, task->job, memory_order_relaxed);
+    atomic_store_explicit(&w->task_index, task->index, memory_order_relaxed);
+    atomic_store_explicit(&w->task_state,
+                          ((idle & ~(uint_fast64_t)TASK_MASK) + 4) |
+                              TASK_RUNNING,
+                          memory_order_release);
 }
 
 /* The worker is done with its task: 1 if its completion is still
- * wanted, 0 if abandoning the worker already failed that result.  Any
- * GIL or none. */
+ * wanted, 0 if abandoning the worker already failed that result.  Only
+ * the worker's own thread; any GIL or none. */
 static int
 end_task(pp_worker *w)
 {
-    pthread_mutex_lock(&w->task_lock);
-    int wanted = !w->task_reported;
-    w->has_task = 0;
-    w->task_reported = 0;
-    pthread_mutex_unlock(&w->task_lock);
-    return wanted;
+    uint_fast64_t was = atomic_load_explicit(&w->task_state,
+                                             memory_order_relaxed);
+    /* An exchange, not a store: report_task may turn RUNNING into
+     * REPORTED up to this very moment. */
+    was = atomic_exchange(&w->task_state,
+                          (was & ~(uint_fast64_t)TASK_MASK) | TASK_IDLE);
+    return (was & TASK_MASK) != TASK_REPORTED;
+}
+
+/* Abandoning worker w: if it runs a task, mark it reported (its
+ * completion will be dropped) and return 1 with its job and index; else
+ * 0.  Any thread, any GIL or none. */
+static int
+report_task(pp_worker *w, uint64_t *job, uint64_t *index)
+{
+    uint_fast64_t state = atomic_load_explicit(&w->task_state,
+                                               memory_order_acquire);
+    while ((state & TASK_MASK) == TASK_RUNNING) {
+        *job = atomic_load_explicit(&w->task_job, memory_order_relaxed);
+        *index = atomic_load_explicit(&w->task_index, memory_order_relaxed);
+        /* Fails if the worker ended this task or began another since
+         * `state` was read: then look again (terminate() closed the
+         * queue, so the worker runs out of tasks soon). */
+        if (atomic_compare_exchange_weak(
+                &w->task_state, &state,
+                (state & ~(uint_fast64_t)TASK_MASK) | TASK_REPORTED)) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* Completions wake the collector in batches while workers have more
@@ -599,7 +631,9 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
         e->workers[i].engine = e;
         e->workers[i].id = i;
         pthread_mutex_init(&e->workers[i].life, NULL);
-        pthread_mutex_init(&e->workers[i].task_lock, NULL);
+        atomic_init(&e->workers[i].task_state, TASK_IDLE);
+        atomic_init(&e->workers[i].task_job, 0);
+        atomic_init(&e->workers[i].task_index, 0);
         pthread_cond_init(&e->workers[i].answered, NULL);
     }
     if (pp_queue_new(&e->tasks) != PP_OK ||
@@ -797,15 +831,10 @@ pp__engine_abandon(pp_engine *e, uint64_t *jobs, uint64_t *indexes,
             pthread_detach(w->thread);
             w->thread_started = 0;
         }
-        pthread_mutex_lock(&w->task_lock);
-        jobs[n] = w->task_job;
-        indexes[n] = w->task_index;
         workers[n] = w->id;
-        w->task_reported = w->has_task;
-        pthread_mutex_unlock(&w->task_lock);
         /* A worker between tasks (ending its interpreter, say) is
          * abandoned too, with no task to report. */
-        if (!w->task_reported) {
+        if (!report_task(w, &jobs[n], &indexes[n])) {
             jobs[n] = indexes[n] = UINT64_MAX;
         }
         n++;
