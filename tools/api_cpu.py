@@ -3,7 +3,7 @@ interpreter's share of it.
 
 Usage: .venv/3.13/bin/python tools/api_cpu.py [--apis map,imap,...]
            [--tasks 50000] [--workers 2] [--chunksize 1]
-           [--task noop|spin100us|mb] [--repeat 5] [--threads]
+           [--task noop|spin100us|mb|pickled] [--repeat 5] [--threads]
 
 For each call (map, imap, imap_unordered, starmap_async, apply_async,
 apply_async with callback and error_callback, Executor.submit,
@@ -40,6 +40,11 @@ def spin100us(x):
 
 def mb(_x):
     return _MB
+
+
+def pickled(x):
+    """A result the codec leaves to pickle (a set)."""
+    return {x}
 
 
 def _main_cpu():
@@ -104,7 +109,7 @@ def main():
     parser.add_argument("--tasks", type=int, default=50_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunksize", type=int, default=1)
-    parser.add_argument("--task", choices=("noop", "spin100us", "mb"),
+    parser.add_argument("--task", choices=("noop", "spin100us", "mb", "pickled"),
                         default="noop")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", action="store_true")

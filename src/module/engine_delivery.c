@@ -323,22 +323,54 @@ typedef struct {
     PyObject *result; /* strong reference; NULL when none */
 } recent_result;
 
+/* A successful completion's value for one of the pool's results: the
+ * codec's decoding, or pickle.loads of its bytes, as the Python loop
+ * does.  New reference; NULL with an exception if unpickling raised
+ * (whatever it raised fails just this task, see *unpickled), NULL with
+ * the exception cleared if the codec failed (the Python loop decodes it
+ * again and fails just this task).  *unpickled: 1 if pickle ran.
+ * Needs: main GIL. */
+static PyObject *
+result_value(pp_result_support *support, const pp_msg *msg, int *unpickled)
+{
+    *unpickled = !pp__codec_is(msg->data, msg->size);
+    if (!*unpickled) {
+        PyObject *value = pp__codec_decode_msg(msg, 0);
+        if (value == NULL) {
+            PyErr_Clear();
+        }
+        return value;
+    }
+    PyObject *data = PyBytes_FromStringAndSize((const char *)msg->data,
+                                               (Py_ssize_t)msg->size);
+    PyObject *value =
+        data ? PyObject_CallOneArg(support->pickle_loads, data) : NULL;
+    Py_XDECREF(data);
+    return value;
+}
+
 /* The fast path of the bound objects' results: a successful codec
- * result for a Future of ours that nobody waits on, or for one of the
- * pool's result objects (result_type.c), is decoded and set here, with
- * no tuple and no trip through the collector's Python loop (a pool
- * result may run its callback).  Anything else (errors, pickled results,
- * futures with waiters or callbacks) is left to that loop.  `recent`
- * is the pool result of the previous call, updated here.  1 if done
- * here, 0 if not, -1 with an exception.  Needs: main GIL. */
+ * result for a Future of ours that nobody waits on, or a successful
+ * result (codec or pickle) for one of the pool's result objects
+ * (result_type.c), is decoded and set here, with no tuple and no trip
+ * through the collector's Python loop (a pool result may run its
+ * callback; a pickled one spent more in that loop than in pickle).
+ * Anything else (errors, futures' pickled results, futures with waiters
+ * or callbacks) is left to that loop; so is a result whose unpickling
+ * raised, as *handout, the loop's (job, index, kind, worker, exception)
+ * tuple for a value that could not be decoded, so that it is not
+ * unpickled twice.  `recent` is the pool result of the previous call,
+ * updated here.  1 if done here, 0 if not, -1 with an exception.
+ * Needs: main GIL. */
 static int
 finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg,
-            recent_result *recent)
+            recent_result *recent, PyObject **handout)
 {
-    if (msg->kind != PP_DONE_OK || !pp__codec_is(msg->data, msg->size)) {
+    *handout = NULL;
+    if (msg->kind != PP_DONE_OK) {
         return 0;
     }
-    int done = 0, future = 0;
+    int done = 0, future = 0, unpickled = 0;
     PyObject *key = NULL, *value = NULL, *target = NULL;
     /* Still registered is what the dict would say: a result leaves it
      * only when complete, and then says so itself. */
@@ -358,7 +390,8 @@ finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg,
         }
         future = st->future.type != NULL &&
                  Py_IS_TYPE(target, st->future.type);
-        if (future ? !pp__future_finishes_fast(target)
+        if (future ? !pp__future_finishes_fast(target) ||
+                         !pp__codec_is(msg->data, msg->size)
                    : !pp__result_is_ours(&st->result, target)) {
             goto out;
         }
@@ -367,10 +400,16 @@ finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg,
             recent->job = msg->job;
         }
     }
-    value = pp__codec_decode_msg(msg, 0);
+    value = result_value(&st->result, msg, &unpickled);
     if (value == NULL) {
-        /* The Python loop decodes it again and fails just this task. */
-        PyErr_Clear();
+        if (unpickled) {
+            *handout = Py_BuildValue("(KKIIN)", (unsigned long long)msg->job,
+                                     (unsigned long long)msg->index,
+                                     (unsigned)PP_DONE_UNDECODABLE,
+                                     (unsigned)msg->worker,
+                                     PyErr_GetRaisedException());
+            done = *handout == NULL ? -1 : 0;
+        }
         goto out;
     }
     if (!future) {
@@ -529,9 +568,10 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         prefetch_msg(msg->next);
         bytes += pp__codec_msg_bytes(msg);
         taken++;
+        PyObject *item = NULL;
         if (futures != NULL) {
             /* The executor's Futures, or the pool's results. */
-            int done = finish_here(st, futures, msg, &recent);
+            int done = finish_here(st, futures, msg, &recent, &item);
             if (done < 0) {
                 failed = msg;
                 break;
@@ -540,7 +580,9 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
                 continue;
             }
         }
-        PyObject *item = pp__completion_tuple(msg);
+        if (item == NULL) {
+            item = pp__completion_tuple(msg);
+        }
         if (item == NULL || PyList_Append(list, item) < 0) {
             Py_XDECREF(item);
             failed = msg;

@@ -70,6 +70,7 @@ typedef struct {
     PyObject *report;                  /* report(what, exc) */
     PyObject *no_args;                 /* () */
     PyObject *failure_mark; /* an object() of ours: see result_type.c */
+    PyObject *pickle_loads; /* pickle.loads, for results collect() unpickles */
 } pp_result_support;
 
 typedef struct {

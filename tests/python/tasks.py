@@ -269,3 +269,33 @@ def check_site_summary(expected):
     found = site_summary()
     if found != expected:
         raise AssertionError(f"site in this worker: {found!r}, expected {expected!r}")
+
+
+def as_set(x):
+    """{x}: a result the codec leaves to pickle."""
+    return {x}
+
+
+# The texts of the FailsWhenUnpickled results this process tried to
+# unpickle: a worker only pickles them.
+UNPICKLED_HERE = []
+
+
+def _rebuild_failing(text):
+    UNPICKLED_HERE.append(text)
+    raise ValueError(text)
+
+
+class FailsWhenUnpickled:
+    """Unpickling it records its text in UNPICKLED_HERE and raises
+    ValueError."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __reduce__(self):
+        return (_rebuild_failing, (self.text,))
+
+
+def return_fails_when_unpickled(text):
+    return FailsWhenUnpickled(text)

@@ -62,6 +62,48 @@ def test_callbacks_run_on_the_collector_before_ready(pool):
         assert thread == _collector_name(pool)
 
 
+def test_pickled_results_reach_every_result_and_callback(pool):
+    # Results the codec leaves to pickle are unpickled and handed over by
+    # the collector like plain ones: values in place, callbacks on the
+    # collector thread before ready().
+    seen = []
+
+    def callback(value):
+        seen.append((value, threading.current_thread().name,
+                     result.ready()))
+
+    result = pool.apply_async(tasks.as_set, (4,), callback=callback)
+    assert result.get(timeout=60) == {4}
+    (value, thread, ready_inside), = seen
+    assert value == {4} and ready_inside is False
+    if _collector_name(pool):
+        assert thread == _collector_name(pool)
+    expected = [{x} for x in range(40)]
+    assert pool.map(tasks.as_set, range(40), chunksize=3) == expected
+    assert list(pool.imap(tasks.as_set, range(40))) == expected
+    got = pool.imap_unordered(tasks.as_set, range(40), 2)
+    assert sorted(got, key=min) == expected
+
+
+def test_a_result_that_fails_to_unpickle_fails_its_task_once(pool):
+    # The exception unpickling raised fails just that task, at its
+    # place, and unpickling ran once (not again in the Python loop).
+    tasks.UNPICKLED_HERE.clear()
+    errors = []
+    result = pool.apply_async(tasks.return_fails_when_unpickled, ("a",),
+                              error_callback=errors.append)
+    with pytest.raises(ValueError, match="a"):
+        result.get(timeout=60)
+    assert [str(e) for e in errors] == ["a"]
+    it = pool.imap(tasks.return_fails_when_unpickled, ["b", "c"])
+    for text in ("b", "c"):
+        with pytest.raises(ValueError, match=text):
+            next(it)
+    with pytest.raises(ValueError, match="d"):
+        pool.map(tasks.return_fails_when_unpickled, ["d"])
+    assert sorted(tasks.UNPICKLED_HERE) == ["a", "b", "c", "d"]
+
+
 def test_error_callback_gets_the_exception_and_get_raises_it(pool):
     errors = []
     result = pool.apply_async(tasks.raise_value_error, ("boom",),
