@@ -207,8 +207,9 @@ typedef struct {
  * for the owner to deliver and to remove from the dict.  A pool binds
  * the dict too, as its {job: result} cache: submit_apply(fn, args,
  * kwargs, callback, error_callback) is apply_async() the same way, and
- * collect() hands plain results of the result types of result_type.c
- * to them (pp__result_deliver), which then leave the dict themselves.
+ * collect() hands successful results (plain or pickled) of the result
+ * types of result_type.c to them (pp__result_deliver), which then leave
+ * the dict themselves.
  * Job ids come from new_job() or these calls, never from elsewhere.  The function
  * references submit_future uses come from the module's cache, filled by
  * _poolparty.remember_function(fn, data, flags). */
