@@ -109,8 +109,8 @@ def main():
     parser.add_argument("--tasks", type=int, default=50_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunksize", type=int, default=1)
-    parser.add_argument("--task", choices=("noop", "spin100us", "mb", "pickled"),
-                        default="noop")
+    parser.add_argument("--task", default="noop",
+                        choices=("noop", "spin100us", "mb", "pickled"))
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", action="store_true")
     args = parser.parse_args()

@@ -3,7 +3,7 @@
  * Engine.collect() hands the collector thread the completions, a
  * bounded batch at a time; Engine.submit_future() is
  * SubinterpreterPoolExecutor.submit() in one C call, and collect()
- * finishes that path's plain results in C.  The contract with the
+ * finishes that path's successful results in C.  The contract with the
  * Python side (bind_futures, the {job: Future} dict, the function
  * reference cache) is written in module.h under "Completion delivery";
  * the layouts here are this file's own.
@@ -323,17 +323,23 @@ typedef struct {
     PyObject *result; /* strong reference; NULL when none */
 } recent_result;
 
-/* A successful completion's value for one of the pool's results: the
- * codec's decoding, or pickle.loads of its bytes, as the Python loop
- * does.  New reference; NULL with an exception if unpickling raised
- * (whatever it raised fails just this task, see *unpickled), NULL with
- * the exception cleared if the codec failed (the Python loop decodes it
- * again and fails just this task).  *unpickled: 1 if pickle ran.
- * Needs: main GIL. */
+/* A successful completion's value: the codec's decoding, or
+ * pickle_loads of its bytes, as the Python loop does.  New reference;
+ * NULL with an exception if unpickling raised (whatever it raised fails
+ * just this task, see *unpickled), NULL with the exception cleared if
+ * the codec failed (the Python loop decodes it again and fails just this
+ * task), or NULL with no exception to leave a pickled value to the
+ * Python loop (pickle_loads NULL: the types of the target's kind are not
+ * made).  *unpickled: 1 if pickle ran.  Needs: main GIL. */
 static PyObject *
-result_value(pp_result_support *support, const pp_msg *msg, int *unpickled)
+result_value(PyObject *pickle_loads, const pp_msg *msg, int *unpickled)
 {
     *unpickled = !pp__codec_is(msg->data, msg->size);
+    if (*unpickled && pickle_loads == NULL) {
+        /* result_types() was not called: the Python loop unpickles. */
+        *unpickled = 0;
+        return NULL;
+    }
     if (!*unpickled) {
         PyObject *value = pp__codec_decode_msg(msg, 0);
         if (value == NULL) {
@@ -344,22 +350,22 @@ result_value(pp_result_support *support, const pp_msg *msg, int *unpickled)
     PyObject *data = PyBytes_FromStringAndSize((const char *)msg->data,
                                                (Py_ssize_t)msg->size);
     PyObject *value =
-        data ? PyObject_CallOneArg(support->pickle_loads, data) : NULL;
+        data ? PyObject_CallOneArg(pickle_loads, data) : NULL;
     Py_XDECREF(data);
     return value;
 }
 
-/* The fast path of the bound objects' results: a successful codec
- * result for a Future of ours that nobody waits on, or a successful
- * result (codec or pickle) for one of the pool's result objects
- * (result_type.c), is decoded and set here, with no tuple and no trip
- * through the collector's Python loop (a pool result may run its
- * callback; a pickled one spent more in that loop than in pickle).
- * Anything else (errors, futures' pickled results, futures with waiters
- * or callbacks) is left to that loop; so is a result whose unpickling
- * raised, as *handout, the loop's (job, index, kind, worker, exception)
- * tuple for a value that could not be decoded, so that it is not
- * unpickled twice.  `recent` is the pool result of the previous call,
+/* The fast path of the bound objects' results: a successful result
+ * (codec or pickle) for a Future of ours that nobody waits on, or for
+ * one of the pool's result objects (result_type.c), is decoded and set
+ * here, with no tuple and no trip through the collector's Python loop
+ * (a pool result may run its callback; a pickled result spent more in
+ * that loop than in pickle).  Anything else (errors, futures with
+ * waiters or callbacks) is left to that loop; so is a value whose
+ * unpickling raised, and one unpickled for a future that gained a
+ * waiter meanwhile, each as *handout, the loop's tuple of an
+ * undecodable or a decoded completion, so that nothing is unpickled
+ * twice.  `recent` is the pool result of the previous call,
  * updated here.  1 if done here, 0 if not, -1 with an exception.
  * Needs: main GIL. */
 static int
@@ -390,8 +396,7 @@ finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg,
         }
         future = st->future.type != NULL &&
                  Py_IS_TYPE(target, st->future.type);
-        if (future ? !pp__future_finishes_fast(target) ||
-                         !pp__codec_is(msg->data, msg->size)
+        if (future ? !pp__future_finishes_fast(target)
                    : !pp__result_is_ours(&st->result, target)) {
             goto out;
         }
@@ -400,13 +405,12 @@ finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg,
             recent->job = msg->job;
         }
     }
-    value = result_value(&st->result, msg, &unpickled);
+    value = result_value(future ? st->future.pickle_loads
+                                : st->result.pickle_loads,
+                         msg, &unpickled);
     if (value == NULL) {
         if (unpickled) {
-            *handout = Py_BuildValue("(KKIIN)", (unsigned long long)msg->job,
-                                     (unsigned long long)msg->index,
-                                     (unsigned)PP_DONE_UNDECODABLE,
-                                     (unsigned)msg->worker,
+            *handout = pp__completion_tuple_of(msg, PP_DONE_UNDECODABLE,
                                      PyErr_GetRaisedException());
             done = *handout == NULL ? -1 : 0;
         }
@@ -429,6 +433,12 @@ finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg,
             PyErr_WriteUnraisable(key);
         }
         done = 1;
+    }
+    else if (unpickled) {
+        /* Not decoded again: unpickling can have side effects. */
+        *handout = pp__completion_tuple_of(msg, PP_DONE_DECODED,
+                                           Py_NewRef(value));
+        done = *handout == NULL ? -1 : 0;
     }
 out:
     Py_XDECREF(value);

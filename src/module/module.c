@@ -253,16 +253,22 @@ pp__completion_payload(const pp_msg *msg, unsigned *kind)
 }
 
 PyObject *
-pp__completion_tuple(const pp_msg *msg)
+pp__completion_tuple_of(const pp_msg *msg, unsigned kind, PyObject *payload)
 {
-    unsigned kind;
-    PyObject *payload = pp__completion_payload(msg, &kind);
     if (payload == NULL) {
         return NULL;
     }
     return Py_BuildValue("(KKIIN)", (unsigned long long)msg->job,
                          (unsigned long long)msg->index, kind,
                          (unsigned)msg->worker, payload);
+}
+
+PyObject *
+pp__completion_tuple(const pp_msg *msg)
+{
+    unsigned kind;
+    PyObject *payload = pp__completion_payload(msg, &kind);
+    return pp__completion_tuple_of(msg, kind, payload);
 }
 
 /* main_import(name) -> bool: from inside a pool worker or a

@@ -56,6 +56,7 @@ typedef struct {
     PyObject *base_cancel;
     PyObject *invalid_state_error;
     PyObject *condition_class; /* threading.Condition */
+    PyObject *pickle_loads; /* pickle.loads, for results collect() unpickles */
 } pp_future_support;
 
 /* What the pool's result types (result_type.c) need; all NULL until
@@ -162,6 +163,10 @@ PyObject *pp__completion_payload(const pp_msg *msg, unsigned *kind);
  * pp__completion_payload gives them.  New reference or NULL.  Needs:
  * main GIL. */
 PyObject *pp__completion_tuple(const pp_msg *msg);
+/* The same with `kind` and `payload` given (the reference stolen; NULL
+ * is passed through as a failure). */
+PyObject *pp__completion_tuple_of(const pp_msg *msg, unsigned kind,
+                                  PyObject *payload);
 
 /* _poolparty.Engine's instance.  Three files share it, each owning its
  * fields: engine_type.c (the handle: creation, lifecycle, getters),
@@ -202,7 +207,7 @@ typedef struct {
  * owner.cancel_future(future, job), and registers each in the returned
  * dict as {job id: Future} before queueing its task.  collect(timeout)
  * finishes, and removes from the dict, every such Future whose result
- * is plain (codec) data and that nobody waits on; every other
+ * is successful (plain or pickled) and that nobody waits on; every other
  * completion comes back as a (job, index, kind, worker, payload) tuple,
  * for the owner to deliver and to remove from the dict.  A pool binds
  * the dict too, as its {job: result} cache: submit_apply(fn, args,

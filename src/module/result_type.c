@@ -7,7 +7,7 @@
  * Python code on the collector thread, which then fights the caller for
  * the main GIL (8 us per apply_async against ThreadPool's 4.4 us).  These
  * keep their state in C fields and are finished in C, by Engine.collect()
- * for plain results (pp__result_deliver) or by _set() from the Python
+ * for successful results (pp__result_deliver) or by _set() from the Python
  * loop for the rest; callbacks run there, on the collector thread, as
  * multiprocessing runs them on its result handler thread.
  *
@@ -1311,7 +1311,8 @@ pp__module_result_types(PyObject *module, PyObject *const *args,
         pp_result_support made = {0};
         made.event_class = pp__import_attr("threading", "Event");
         made.no_args = PyTuple_New(0);
-        made.failure_mark = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+        made.failure_mark =
+            PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
         made.pickle_loads = pp__import_attr("pickle", "loads");
         made.timeout_error = Py_NewRef(args[4]);
         made.report = Py_NewRef(args[5]);

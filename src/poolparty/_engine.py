@@ -535,7 +535,7 @@ def _collect(runner):
     collect_failed = False
     while True:
         # Futures and pool results bound to the engine
-        # (Engine.bind_futures) with plain results are finished inside
+        # (Engine.bind_futures) with successful results are finished inside
         # collect() and not in the batch.
         try:
             batch = engine.collect(_COLLECT_SLICE_S)

@@ -104,7 +104,7 @@ class _Sink(SinkBase):
         super().__init__()
         # Both set once the runner made the engine.  futures: {job:
         # future} of submit()'s tasks still to finish, the engine's (see
-        # Engine.bind_futures); its collect() finishes plain results of
+        # Engine.bind_futures); its collect() finishes successful results of
         # these itself.
         self.futures = {}
         self.engine = None

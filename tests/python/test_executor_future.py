@@ -183,6 +183,22 @@ def test_every_outcome_travels_the_fast_path_correctly(executor):
     assert executor._futures == {}  # nothing left registered
 
 
+def test_pickled_results_and_their_failures_finish_their_futures(executor):
+    # A result the codec leaves to pickle is unpickled by the collector
+    # and finishes its future like a plain one; one whose unpickling
+    # raises fails just its future, unpickled once.
+    tasks.UNPICKLED_HERE.clear()
+    futures = [executor.submit(tasks.as_set, i) for i in range(40)]
+    failing = [executor.submit(tasks.return_fails_when_unpickled, text)
+               for text in "ab"]
+    assert [f.result(timeout=60) for f in futures] == [{i} for i in range(40)]
+    for future, text in zip(failing, "ab"):
+        with pytest.raises(ValueError, match=text):
+            future.result(timeout=60)
+    assert sorted(tasks.UNPICKLED_HERE) == ["a", "b"]
+    assert executor._futures == {}  # nothing left registered
+
+
 def test_results_waited_on_from_many_threads_while_they_arrive(executor):
     # Waiters make conditions on futures that the collector may be
     # finishing at that moment: every result must still reach them.
