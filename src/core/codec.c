@@ -111,11 +111,11 @@ advise_huge(void *data, size_t size)
 }
 
 /* A buffer this large that is written in full at once (a decoded bytes
- * or bytearray) has its pages faulted in by one system call first: fresh
- * memory otherwise takes a page fault -- a trap into the kernel -- per
- * 4 KB page as the copy reaches it, which cost a third more
- * (docs/design.md, "Measured costs").  Not from HUGE_MIN on: huge pages
- * take one fault per 2 MB, and the call's walk over memory already
+ * or bytearray, a list's storage) has its pages faulted in by one system
+ * call first: fresh memory otherwise takes a page fault -- a trap into
+ * the kernel -- per 4 KB page as the copy reaches it, which cost a third
+ * more (docs/design.md, "Measured costs").  Not from HUGE_MIN on: huge
+ * pages take one fault per 2 MB, and the call's walk over memory already
  * there (a buffer reused warm) made an 8 MB decode 7 % slower. */
 #define POPULATE_MIN ((size_t)64 << 10)
 
@@ -1627,6 +1627,10 @@ decode_list(decoder *d, uint64_t n, int numbered)
             Py_XDECREF(obj);
             return NULL;
         }
+        /* Every slot is about to be written (a corrupt length costs at
+         * most HUGE_MIN bytes: populate stops below it). */
+        populate(PySequence_Fast_ITEMS(obj),
+                 (size_t)n * sizeof(PyObject *));
         return fill_in_place(d, obj, n);
     }
     /* Longer than its input (REPEATs, or damage): the list starts empty,

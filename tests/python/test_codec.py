@@ -357,3 +357,14 @@ def test_large_buffers_decode_whole_into_fresh_memory(size, kind):
     value = kind(random.Random(size).randbytes(size))
     back = core.decode(core.encode([value, b"end"]))
     assert type(back[0]) is kind and back[0] == value and back[1] == b"end"
+
+
+@pytest.mark.parametrize("n", [8_191, 8_192, 8_193, 65_536, (1 << 19) + 1])
+def test_long_lists_fill_their_populated_storage(n):
+    # A list of 64 KB of pointers or more (under 4 MB) has its storage
+    # faulted in by one madvise when fresh: every slot still set.
+    x = 0.75
+    back = core.decode(core.encode([x] * n))
+    assert len(back) == n and back.count(x) == n and back[-1] is back[0]
+    values = list(range(n))
+    assert core.decode(core.encode(values)) == values
