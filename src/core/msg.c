@@ -115,6 +115,23 @@ block_free_chain(pp_msg *first)
     }
 }
 
+/* Take every block given back to c, leaving `returned` set to `rest`
+ * (NULL, or CLOSED at the owner's exit); their number in *n.  The
+ * owner's thread (or its exit). */
+static pp_msg *
+take_returned(pp_msg_cache *c, pp_msg *rest, size_t *n)
+{
+    pp_msg *given = atomic_exchange(&c->returned, rest);
+    size_t count = 0;
+    for (pp_msg *m = given; m != NULL; m = m->next) {
+        count++;
+    }
+    /* Each giver counted before it pushed: exactly these are off it. */
+    atomic_fetch_sub(&c->nreturned, count);
+    *n = count;
+    return given;
+}
+
 /* The pthread key's destructor: this thread is exiting.  Its spare
  * blocks go back to malloc; `returned` is closed in the same atomic
  * step that takes what it holds, so that a give-back racing this exit
@@ -128,13 +145,8 @@ cache_exit(void *arg)
     block_free_chain(c->local);
     c->local = NULL;
     c->nlocal = 0;
-    pp_msg *given = atomic_exchange(&c->returned, CLOSED);
-    size_t n = 0;
-    for (pp_msg *m = given; m != NULL; m = m->next) {
-        n++;
-    }
-    atomic_fetch_sub(&c->nreturned, n);
-    block_free_chain(given);
+    size_t n;
+    block_free_chain(take_returned(c, CLOSED, &n));
     cache_unref(c); /* the owner's */
 }
 
@@ -190,14 +202,7 @@ block_alloc(void)
     }
     if (c->local == NULL && atomic_load_explicit(&c->returned,
                                                  memory_order_relaxed)) {
-        pp_msg *given = atomic_exchange(&c->returned, NULL);
-        size_t n = 0;
-        for (pp_msg *m = given; m != NULL; m = m->next) {
-            n++;
-        }
-        atomic_fetch_sub(&c->nreturned, n);
-        c->local = given;
-        c->nlocal = n;
+        c->local = take_returned(c, NULL, &c->nlocal);
     }
     pp_msg *block = c->local;
     if (block != NULL) {
