@@ -542,10 +542,10 @@ int_value(PyObject *obj, int *overflow)
 }
 
 /* The value of an int that a run may carry: an exact int of 64 bits or
- * less that is not shared (one reference, or -128..127, which
+ * less that is not shared (`alone` references, or -128..127, which
  * encode_value never numbers either).  1 with *value set, else 0. */
 static inline int
-run_int(PyObject *item, int64_t *value)
+run_int(PyObject *item, Py_ssize_t alone, int64_t *value)
 {
     if (!PyLong_CheckExact(item)) {
         return 0;
@@ -555,7 +555,7 @@ run_int(PyObject *item, int64_t *value)
     if (overflow) {
         return 0;
     }
-    if (Py_REFCNT(item) > 1 && (v < -128 || v > 127)) {
+    if (Py_REFCNT(item) > alone && (v < -128 || v > 127)) {
         return 0;
     }
     *value = v;
@@ -565,12 +565,13 @@ run_int(PyObject *item, int64_t *value)
 /* The unshared floats, or ints, at the start of items[0..n) as one
  * T_FLOATS, T_INTS32 or T_INTS64 run: their numbers back to back, no tag
  * each (the decoder then makes them in one tight loop, as
- * array.tolist() does).  *taken: how many items it wrote, 0 when they
- * make no run (nothing written).  ENC_OK or ENC_ERROR.  Needs: the GIL
- * of the items' interpreter. */
+ * array.tolist() does); unshared: `alone` references (see
+ * encode_items).  *taken: how many items it wrote, 0 when they make no
+ * run (nothing written).  ENC_OK or ENC_ERROR.  Needs: the GIL of the
+ * items' interpreter. */
 static Py_NO_INLINE int
 encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
-           Py_ssize_t *taken)
+           Py_ssize_t alone, Py_ssize_t *taken)
 {
     pp_buf *out = e->out;
     int floats = PyFloat_CheckExact(items[0]);
@@ -589,7 +590,7 @@ encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
         unsigned char *at = out->data + out->size + 3 + (size_t)k * 8;
         PyObject *item = items[k];
         if (floats) {
-            if (!PyFloat_CheckExact(item) || Py_REFCNT(item) != 1) {
+            if (!PyFloat_CheckExact(item) || Py_REFCNT(item) != alone) {
                 break;
             }
             double value = PyFloat_AS_DOUBLE(item);
@@ -597,7 +598,7 @@ encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
         }
         else {
             int64_t value;
-            if (!run_int(item, &value)) {
+            if (!run_int(item, alone, &value)) {
                 break;
             }
             memcpy(at, &value, sizeof(value));
@@ -634,11 +635,15 @@ encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
 }
 
 /* Items of a tuple or list: runs of unshared numbers as one run each
- * (encode_run), runs of one object as REPEAT.  No Python code runs
- * while the encoder holds the GIL (it makes no object the garbage
- * collector tracks), so the items cannot change under it. */
+ * (encode_run), runs of one object as REPEAT.  An unshared item has
+ * `alone` references: its container's, plus the copy's when the items
+ * are read from one (a free-threaded build's list; counted as 1, every
+ * list item looked shared there and no run was ever made).  No Python
+ * code runs while the encoder holds the GIL (it makes no object the
+ * garbage collector tracks), so the items cannot change under it. */
 static int
-encode_items(encoder *e, PyObject *const *items, Py_ssize_t n)
+encode_items(encoder *e, PyObject *const *items, Py_ssize_t n,
+             Py_ssize_t alone)
 {
     Py_ssize_t i = 0;
     while (i < n) {
@@ -647,7 +652,7 @@ encode_items(encoder *e, PyObject *const *items, Py_ssize_t n)
         if (n - i >= RUN_MIN &&
             (PyFloat_CheckExact(item) || PyLong_CheckExact(item))) {
             Py_ssize_t taken;
-            rc = encode_run(e, items + i, n - i, &taken);
+            rc = encode_run(e, items + i, n - i, alone, &taken);
             if (rc != ENC_OK) {
                 return rc;
             }
@@ -936,7 +941,8 @@ encode_container(encoder *e, PyObject *obj, unsigned char flag)
         Py_ssize_t n = Py_SIZE(items);
         emit_byte(out, (type == &PyList_Type ? T_LIST : T_TUPLE) | flag);
         emit_varint(out, (uint64_t)n);
-        rc = encode_items(e, PySequence_Fast_ITEMS(items), n);
+        rc = encode_items(e, PySequence_Fast_ITEMS(items), n,
+                          items == obj ? 1 : 2);
         if (rc == ENC_OK && flag && type == &PyTuple_Type &&
             memo_put(&e->seen, obj, e->numbered++) < 0) {
             rc = enc_nomem();
