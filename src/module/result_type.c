@@ -983,6 +983,10 @@ imap_failure(pp_result_support *support, PyObject *entry)
     return NULL;
 }
 
+/* Read slots an imap's ready list may keep before it is compacted (see
+ * imap_take): small lists are left alone, where the move is not worth it. */
+#define READY_COMPACT_MIN 1024
+
 /* The next item, if one is there: TAKE_ITEM with *out the item,
  * TAKE_ERROR with *out a chunk's exception, TAKE_END when every chunk
  * was read, TAKE_NONE when the next one has not arrived.  *out is a new
@@ -1000,11 +1004,19 @@ imap_take(PyObject *op, PyObject **out)
         /* None is immortal: no reference to take. */
         PyList_SET_ITEM(self->ready, self->ready_head, Py_None);
         self->ready_head++;
-        if (self->ready_head == n) {
-            /* All read: start the list afresh (its slots hold None). */
-            self->ready_head = 0;
-            if (PyList_SetSlice(self->ready, 0, n, NULL) < 0) {
+        if (self->ready_head == n ||
+            (self->ready_head >= READY_COMPACT_MIN &&
+             self->ready_head >= n - self->ready_head)) {
+            /* Drop the read slots (they hold None) when all were read, or
+             * when they are at least half the list: a consumer that stays
+             * a little behind never reads it empty, and the list would
+             * keep a slot for every item ever read.  Moving the unread
+             * ones costs at most as many as were read since. */
+            if (PyList_SetSlice(self->ready, 0, self->ready_head, NULL) < 0) {
                 PyErr_Clear(); /* shrinking cannot fail in practice */
+            }
+            else {
+                self->ready_head = 0;
             }
         }
         outcome = TAKE_ITEM;

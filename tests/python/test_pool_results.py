@@ -327,3 +327,31 @@ def test_pending_results_are_in_the_cache_until_complete(pool, gate):
     open(gate, "w").close()
     assert result.get(timeout=60) is True
     assert result not in pool._cache.values()
+
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_imap_keeps_no_slot_for_items_already_read(pool, method):
+    """A consumer that never reads the iterator empty (it stays behind the
+    workers) must not leave a slot per item read: the list of ready
+    results holds the unread ones (as multiprocessing's deque does), not
+    every item since the iterator last ran dry."""
+    import gc
+    import time
+
+    n = 20_000
+    iterator = getattr(pool, method)(tasks.identity, range(n), chunksize=500)
+    deadline = time.monotonic() + 60
+    while True:  # every result in and none read: a ready list of n
+        ready = next((r for r in gc.get_referents(iterator)
+                      if type(r) is list and len(r) == n), None)
+        if ready is not None:
+            break
+        assert time.monotonic() < deadline, "the results never all came"
+        time.sleep(0.01)
+    got = [next(iterator) for _ in range(n - 100)]
+    assert len(ready) <= 2 * 100 + 1024, \
+        f"{len(ready)} slots kept for the 100 results not read yet"
+    got += list(iterator)
+    assert sorted(got) == list(range(n))
+    assert method == "imap_unordered" or got == list(range(n))
