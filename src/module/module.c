@@ -419,7 +419,7 @@ module_message_cache_stats(PyObject *Py_UNUSED(module),
     pp_msg_cache_stats(&blocks, &caches);
     return Py_BuildValue("{sKsKsi}", "blocks", (unsigned long long)blocks,
                          "caches", (unsigned long long)caches, "spare_max",
-                         PP_MSG_CACHE_LOCAL + PP_MSG_CACHE_RETURNED);
+                         PP_MSG_CACHE_SPARE_MAX);
 }
 
 static PyMethodDef module_methods[] = {
