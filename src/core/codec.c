@@ -597,12 +597,25 @@ encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
     if (n < RUN_MIN || (!floats && !PyLong_CheckExact(items[0]))) {
         return ENC_OK;
     }
+    int64_t first;
+    if (floats ? Py_REFCNT(items[0]) != alone
+               : !run_int(items[0], alone, &first)) {
+        /* Shared (an argument chunk's items, which the caller's list
+         * holds too): no run, and no room reserved for one -- that grew
+         * every small chunk's message past its cached block, and made a
+         * map with chunksize=10 twice as slow. */
+        return ENC_OK;
+    }
     Py_ssize_t most = n < RUN_MAX ? n : RUN_MAX, k = 0;
     int wide = 0; /* an int beyond 32 bits */
-    /* The numbers go 3 bytes in, after the tag and count to come. */
+    /* The numbers go 3 bytes in, after the tag and count to come; room
+     * for at most RUN_STEP more at a time, and never past the items
+     * there are. */
     while (k < most) {
         if (k % RUN_STEP == 0 &&
-            reserve(out, 3 + (size_t)(k + RUN_STEP) * 8) < 0) {
+            reserve(out, 3 + (size_t)(most - k < RUN_STEP ? most
+                                                           : k + RUN_STEP) *
+                                 8) < 0) {
             return enc_nomem();
         }
         unsigned char *at = out->data + out->size + 3 + (size_t)k * 8;
