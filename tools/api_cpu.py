@@ -20,15 +20,13 @@ build's venv in turn, several times, and read the CPU columns.
 """
 
 import argparse
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from poolparty_bench.codec import _main_interpreter_cpu as _main_cpu
+from poolparty_bench.shapes import noop
+
 _MB = b"x" * (1 << 20)
-
-
-def noop(x):
-    return x
 
 
 def spin100us(x):
@@ -45,11 +43,6 @@ def mb(_x):
 def pickled(x):
     """A result the codec leaves to pickle (a set)."""
     return {x}
-
-
-def _main_cpu():
-    return sum(time.clock_gettime(time.pthread_getcpuclockid(t.ident))
-               for t in threading.enumerate() if t.ident)
 
 
 def _run(pool, api, fn, items, chunksize):

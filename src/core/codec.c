@@ -592,14 +592,12 @@ encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
            Py_ssize_t alone, Py_ssize_t *taken)
 {
     pp_buf *out = e->out;
+    /* The caller saw n >= RUN_MIN and an exact float or int first. */
     int floats = PyFloat_CheckExact(items[0]);
     *taken = 0;
-    if (n < RUN_MIN || (!floats && !PyLong_CheckExact(items[0]))) {
-        return ENC_OK;
-    }
-    int64_t first;
+    int64_t value;
     if (floats ? Py_REFCNT(items[0]) != alone
-               : !run_int(items[0], alone, &first)) {
+               : !run_int(items[0], alone, &value)) {
         /* Shared (an argument chunk's items, which the caller's list
          * holds too): no run, and no room reserved for one -- that grew
          * every small chunk's message past its cached block, and made a
@@ -624,11 +622,10 @@ encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
             if (!PyFloat_CheckExact(item) || Py_REFCNT(item) != alone) {
                 break;
             }
-            double value = PyFloat_AS_DOUBLE(item);
-            memcpy(at, &value, sizeof(value));
+            double number = PyFloat_AS_DOUBLE(item);
+            memcpy(at, &number, sizeof(number));
         }
         else {
-            int64_t value;
             if (!run_int(item, alone, &value)) {
                 break;
             }
@@ -1186,10 +1183,7 @@ pp__codec_encode(PyObject *obj, pp_buf *out)
 static int
 grow_msg(pp_buf *b, size_t capacity)
 {
-    if (capacity > SIZE_MAX - sizeof(pp_msg)) {
-        return -1;
-    }
-    pp_msg *msg = pp_msg_resize(b->owner, capacity);
+    pp_msg *msg = pp_msg_resize(b->owner, capacity); /* checks overflow */
     if (msg == NULL) {
         return -1;
     }

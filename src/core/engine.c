@@ -216,12 +216,11 @@ begin_task(pp_worker *w, const pp_msg *task)
 static int
 end_task(pp_worker *w)
 {
-    uint_fast64_t was = atomic_load_explicit(&w->task_state,
-                                             memory_order_relaxed);
-    /* An exchange, not a store: report_task may turn RUNNING into
-     * REPORTED up to this very moment. */
-    was = atomic_exchange(&w->task_state,
-                          (was & ~(uint_fast64_t)TASK_MASK) | TASK_IDLE);
+    /* One read-modify-write, not a store: report_task may turn RUNNING
+     * into REPORTED up to this very moment.  Clearing the state bits
+     * leaves the generation and TASK_IDLE (0). */
+    uint_fast64_t was =
+        atomic_fetch_and(&w->task_state, ~(uint_fast64_t)TASK_MASK);
     return (was & TASK_MASK) != TASK_REPORTED;
 }
 

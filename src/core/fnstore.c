@@ -70,6 +70,7 @@ void
 pp__fn_store_init(pp_fn_store *s)
 {
     memset(s, 0, sizeof(*s));
+    atomic_init(&s->fetches, 0);
     pthread_mutex_init(&s->lock, NULL);
 }
 
@@ -267,9 +268,7 @@ pp__fn_store_find(pp_fn_store *s, const pp_msg *task,
     /* Held by the task: neither freed nor changed meanwhile. */
     *data = entry->data;
     *size = entry->size;
-    pthread_mutex_lock(&s->lock);
-    s->fetches++;
-    pthread_mutex_unlock(&s->lock);
+    atomic_fetch_add_explicit(&s->fetches, 1, memory_order_relaxed);
     return PP_OK;
 }
 
@@ -283,6 +282,6 @@ pp__fn_store_stats(pp_fn_store *s, pp_fn_stats *out)
     out->idle_bytes = s->idle_bytes;
     out->copies = s->copies;
     out->copied_bytes = s->copied_bytes;
-    out->fetches = s->fetches;
+    out->fetches = atomic_load_explicit(&s->fetches, memory_order_relaxed);
     pthread_mutex_unlock(&s->lock);
 }

@@ -142,9 +142,7 @@ cache_exit(void *arg)
 {
     pp_msg_cache *c = arg;
     my_cache = NULL;
-    block_free_chain(c->local);
-    c->local = NULL;
-    c->nlocal = 0;
+    block_free_chain(c->local); /* nobody reads local again */
     size_t n;
     block_free_chain(take_returned(c, CLOSED, &n));
     cache_unref(c); /* the owner's */

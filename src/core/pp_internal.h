@@ -205,7 +205,7 @@ typedef struct pp_fn_store {
     size_t idle_bytes;     /* lock: bytes of entries with no holds */
     uint64_t copies;       /* lock: entries ever stored */
     uint64_t copied_bytes; /* lock: bytes ever copied in */
-    uint64_t fetches;      /* lock: reads by workers */
+    atomic_uint_fast64_t fetches; /* reads by workers (no lock: a count) */
 } pp_fn_store;
 typedef struct pp_fn_stats {
     size_t entries, bytes, idle_bytes;

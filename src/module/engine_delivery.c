@@ -326,20 +326,15 @@ typedef struct {
 /* A successful completion's value: the codec's decoding, or
  * pickle_loads of its bytes, as the Python loop does.  New reference;
  * NULL with an exception if unpickling raised (whatever it raised fails
- * just this task, see *unpickled), NULL with the exception cleared if
+ * just this task, see *unpickled), or NULL with the exception cleared if
  * the codec failed (the Python loop decodes it again and fails just this
- * task), or NULL with no exception to leave a pickled value to the
- * Python loop (pickle_loads NULL: the types of the target's kind are not
- * made).  *unpickled: 1 if pickle ran.  Needs: main GIL. */
+ * task).  pickle_loads is never NULL: it is made with the types a target
+ * must be of to get here.  *unpickled: 1 if pickle ran.  Needs: main
+ * GIL. */
 static PyObject *
 result_value(PyObject *pickle_loads, const pp_msg *msg, int *unpickled)
 {
     *unpickled = !pp__codec_is(msg->data, msg->size);
-    if (*unpickled && pickle_loads == NULL) {
-        /* result_types() was not called: the Python loop unpickles. */
-        *unpickled = 0;
-        return NULL;
-    }
     if (!*unpickled) {
         PyObject *value = pp__codec_decode_msg(msg, 0);
         if (value == NULL) {

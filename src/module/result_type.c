@@ -971,16 +971,19 @@ imap_set_length(PyObject *op, int64_t length)
 typedef enum { TAKE_NONE, TAKE_ITEM, TAKE_ERROR, TAKE_END } take_outcome;
 
 /* The exception of a failure entry, borrowed, or NULL if `entry` is a
- * result. */
+ * result.  The module's support is looked up only for a pair: most
+ * entries are not, and the look-up walks the type's MRO. */
 static PyObject *
-imap_failure(pp_result_support *support, PyObject *entry)
+imap_failure(PyObject *op, PyObject *entry)
 {
-    if (PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2 &&
-        support != NULL &&
-        PyTuple_GET_ITEM(entry, 0) == support->failure_mark) {
-        return PyTuple_GET_ITEM(entry, 1);
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
+        return NULL;
     }
-    return NULL;
+    pp_result_support *support = support_of(op);
+    return support != NULL &&
+                   PyTuple_GET_ITEM(entry, 0) == support->failure_mark
+               ? PyTuple_GET_ITEM(entry, 1)
+               : NULL;
 }
 
 /* Read slots an imap's ready list may keep before it is compacted (see
@@ -1026,7 +1029,7 @@ imap_take(PyObject *op, PyObject **out)
     }
     PP_UNLOCK_OBJECT();
     if (entry != NULL) {
-        PyObject *exc = imap_failure(support_of(op), entry);
+        PyObject *exc = imap_failure(op, entry);
         if (exc != NULL) {
             /* The entry is released here, out of the lock: that may run
              * code (the exception's last reference is ours now). */
