@@ -97,7 +97,18 @@ class SubinterpreterPool(PoolBase):
         self._next_job = self._engine.new_job
         self._submit_apply = self._engine.submit_apply
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # apply_async makes _check_running's tests inline; a subclass may
+        # override it, as multiprocessing's Pool allows (its apply_async,
+        # map_async, starmap_async, imap, imap_unordered and __enter__
+        # call it), and then gets it called.  Decided once per class.
+        cls._check_inline = (
+            cls._check_running is SubinterpreterPool._check_running)
+
     # -- submitting ----------------------------------------------------
+
+    _check_inline = True
 
     def _check_running(self):
         self._raise_if_broken()
@@ -132,8 +143,9 @@ class SubinterpreterPool(PoolBase):
                     error_callback=None):
         """Asynchronous :meth:`apply`; returns an AsyncResult."""
         # _check_running's tests, inline: two Python calls less per task
-        # on the path of many small ones.
-        if self._state != _RUN or self._sink.broken_error is not None:
+        # on the path of many small ones (unless a subclass overrode it).
+        if (self._state != _RUN or self._sink.broken_error is not None
+                or not self._check_inline):
             self._check_running()
         if type(args) is tuple and type(kwds) is dict:
             # One C call when func's reference is known and the arguments

@@ -5,6 +5,7 @@ multiprocessing's spawn Pool under POOLPARTY_TEST_REFERENCE=1.
 """
 
 import multiprocessing
+import multiprocessing.pool
 import os
 
 import pytest
@@ -321,3 +322,70 @@ def test_workers_start_in_parent_cwd(make_pool, tmp_path, monkeypatch):
     pool = make_pool(2)
     cwds = pool.map(tasks.getcwd, range(4), 1)
     assert cwds == [os.getcwd()] * 4
+
+
+# --- subclasses ------------------------------------------------------------------------------
+
+class _Refused(Exception):
+    pass
+
+
+def _refusing_pool(dispatch):
+    """A pool whose class overrides _check_running, the hook that
+    multiprocessing's Pool calls at the start of apply_async, map_async,
+    starmap_async, imap, imap_unordered and __enter__ (and so of apply,
+    map and starmap): it refuses every call while ``refuse`` is set."""
+    from conftest import REFERENCE
+
+    if REFERENCE:
+        base = multiprocessing.pool.Pool
+        kwargs = {"context": multiprocessing.get_context("spawn")}
+    else:
+        import poolparty
+
+        base, kwargs = poolparty.SubinterpreterPool, {"dispatch": dispatch}
+
+    class Refusing(base):
+        refuse = False
+
+        def _check_running(self):
+            if self.refuse:
+                raise _Refused("the subclass refused this call")
+            super()._check_running()
+
+    return Refusing(2, **kwargs)
+
+
+_HOOKED_CALLS = {
+    "apply": lambda pool: pool.apply(tasks.square, (3,)),
+    "apply_async": lambda pool: pool.apply_async(tasks.square, (3,)).get(60),
+    "apply_async_kwds": lambda pool: pool.apply_async(
+        tasks.add, (1,), {"b": 2}).get(60),
+    "map": lambda pool: pool.map(tasks.square, range(4)),
+    "map_async": lambda pool: pool.map_async(tasks.square, range(4)).get(60),
+    "starmap": lambda pool: pool.starmap(tasks.add, [(1, 2)]),
+    "starmap_async": lambda pool: pool.starmap_async(
+        tasks.add, [(1, 2)]).get(60),
+    "imap": lambda pool: list(pool.imap(tasks.square, range(4))),
+    "imap_iterator": lambda pool: list(
+        pool.imap(tasks.square, iter(range(4)))),
+    "imap_unordered": lambda pool: sorted(
+        pool.imap_unordered(tasks.square, range(4))),
+    "with": lambda pool: pool.__enter__() is pool,
+}
+
+
+@pytest.mark.parametrize("call", sorted(_HOOKED_CALLS))
+def test_a_subclass_check_running_is_called_by_every_api(dispatch, call):
+    pool = _refusing_pool(dispatch)
+    try:
+        expected = _HOOKED_CALLS[call](pool)  # also warms any fast path
+        pool.refuse = True
+        with pytest.raises(_Refused):
+            _HOOKED_CALLS[call](pool)
+        # Refused before anything was queued: the pool carries on.
+        pool.refuse = False
+        assert _HOOKED_CALLS[call](pool) == expected
+    finally:
+        pool.terminate()
+        pool.join()
