@@ -105,6 +105,10 @@ pp__engine_type_submit_map(PyObject *self, PyObject *const *args,
     if (PyObject_GetBuffer(args[2], &func, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
+    if (pp__refuse_header_only(func.buf, (size_t)func.len) < 0) {
+        PyBuffer_Release(&func);
+        return NULL;
+    }
     /* A snapshot (a tuple is its own): pickle_dumps runs Python code (a
      * __reduce__, a garbage collection), and so may another thread on a
      * free-threaded build, either of which could shrink the caller's

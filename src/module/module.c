@@ -186,6 +186,22 @@ pp__task_from_pickle(const void *func, size_t func_size, PyObject *pickled,
     return task;
 }
 
+/* See module.h. */
+int
+pp__refuse_header_only(const void *func, size_t size)
+{
+    size_t header = pp__fn_header(func, size, NULL);
+    if (header == 0 || header < size) {
+        return 0;
+    }
+    PyErr_SetString(PyExc_ValueError,
+                    "poolparty: the task's function is only the header of "
+                    "a function sent by value, whose bytes no worker could "
+                    "find; pass the whole data _engine.function_pickle() "
+                    "returned for it (header and pickle, as bytes)");
+    return -1;
+}
+
 pp_msg *
 pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
                       PyObject *func, PyObject *args, int header_only,
@@ -193,6 +209,10 @@ pp__task_from_buffers(uint64_t job, uint64_t index, uint64_t kind,
 {
     Py_buffer fb, ab;
     if (PyObject_GetBuffer(func, &fb, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (pp__refuse_header_only(fb.buf, (size_t)fb.len) < 0) {
+        PyBuffer_Release(&fb);
         return NULL;
     }
     size_t func_part = header_only ? pp__fn_task_part(fb.buf, (size_t)fb.len)

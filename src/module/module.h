@@ -130,6 +130,12 @@ int pp__timeout_ns(PyObject *obj, int64_t *out);
  * exception. */
 int pp__timeout_arg(PyObject *const *args, Py_ssize_t nargs,
                     const char *usage, int64_t *out);
+/* 0, or -1 with ValueError saying what to pass instead when `func` is a
+ * by-value function's header alone ("\0v<token>\0module\0qualname\0",
+ * see fnstore.c): a worker finds its bytes only in its engine's store,
+ * held there by tasks submitted with them, so such a task could never
+ * run.  Needs: the caller's GIL. */
+int pp__refuse_header_only(const void *func, size_t size);
 /* A task message from the function's pickle (a bytes-like object) and
  * the arguments': a bytes-like object, or a (pickle, buffers) pair
  * (pickle protocol 5's out-of-band buffers, see _engine.dumps); with

@@ -156,14 +156,17 @@ def by_value_header(func_data):
     return b"\0".join([b"", token, module, qualname, b""])
 
 
+HEADER_ONLY = "only the header of a function sent by value"
+
+
 @pytest.mark.parametrize("carrier", [bytes, bytearray])
-def test_a_header_only_task_never_drops_another_tasks_hold(tmp_path, carrier):
+def test_a_header_only_task_is_refused_and_drops_no_hold(tmp_path, carrier):
     # Task 0 sends a by-value function the usual way and holds its entry
     # while it runs.  Task 1 names the same function by its header alone
     # (bytes: nothing after the header to store; bytearray: not stored at
-    # all), so it held nothing: finishing it must not let go of task 0's
-    # hold, which left the entry idle under a running task, to be freed
-    # by the next trim while a worker could still read it.
+    # all): it could never read the store, so Engine.submit refuses it
+    # with what to pass instead -- before it holds or drops anything, so
+    # task 0's entry stays held under it and the engine carries on.
     engine = core.Engine(core.PP_DESIGN_QUEUE, 2, 0, _engine.sys_path_blob(),
                          _engine.boot_payload(None, ()))
     completions = engine_completions(engine)
@@ -177,15 +180,17 @@ def test_a_header_only_task_never_drops_another_tasks_hold(tmp_path, carrier):
         while engine.function_store["fetches"] == 0:
             assert time.monotonic() < deadline, "task 0 never started"
             time.sleep(0.01)
-        engine.submit(1, 1, core.PP_TASK_CALL | flags, carrier(header),
-                      _engine.dumps(((str(tmp_path),), None)))
-        index, ok, value = next(completions)
-        assert index == 1
+        with pytest.raises(ValueError, match=HEADER_ONLY) as refused:
+            engine.submit(1, 1, core.PP_TASK_CALL | flags, carrier(header),
+                          _engine.dumps(((str(tmp_path),), None)))
+        assert "function_pickle" in str(refused.value)
+        assert engine.pending == 0
         store = engine.function_store
         assert store["entries"] == 1 and store["idle_bytes"] == 0
-        # It held nothing, so it may not read the store either: a clear
-        # error for this task alone.
-        assert not ok and "function store" in str(value)
+        # Sent whole, as the message says, the same function runs.
+        engine.submit(1, 1, core.PP_TASK_CALL | flags, carrier(func),
+                      _engine.dumps(((str(tmp_path),), None)))
+        assert next(completions) == (1, True, BIG)
         gate.touch()
         assert next(completions) == (0, True, BIG)
         store = engine.function_store
@@ -196,3 +201,29 @@ def test_a_header_only_task_never_drops_another_tasks_hold(tmp_path, carrier):
         for _ in completions:  # answering imports until the workers exit
             pass
         engine.join(60)
+
+
+def test_a_header_only_map_is_refused(make_pool):
+    # Engine.submit_map's function the same way: refused before a chunk
+    # is queued, and the pool's engine carries on.
+    pool = make_pool(2)
+    func, flags = _engine.function_pickle(closure_over(10))
+    job = pool._engine.new_job()
+    with pytest.raises(ValueError, match=HEADER_ONLY):
+        pool._engine.submit_map(job, _engine.TASK_MAP | flags,
+                                by_value_header(func), [1, 2, 3], 1,
+                                _engine.pickle_dumps)
+    assert pool._engine.pending == 0
+    assert pool.map(closure_over(10), [1, 2, 3]) == [11, 12, 13]
+
+
+def test_an_interpreter_refuses_a_header_only_call():
+    # An Interpreter has no function store at all.
+    import poolparty
+
+    func, flags = _engine.function_pickle(closure_over(10))
+    with poolparty.Interpreter() as interp:
+        with pytest.raises(ValueError, match=HEADER_ONLY):
+            interp._core.call(core.PP_TASK_CALL | flags,
+                              by_value_header(func), _engine.dumps(((1,), None)))
+        assert interp.call(closure_over(10), 1) == 11
