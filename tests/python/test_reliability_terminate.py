@@ -187,6 +187,25 @@ def wait_for(path):
         assert time.monotonic() < deadline, "never came: " + path
         time.sleep(0.005)
 
+def wait_reading(fd):
+    # `started` is touched a few bytecodes before the read: terminate()
+    # in between ends the task there (SystemExit) and its worker exits,
+    # leaving none blocked in C to abandon, and nothing pauses (seen
+    # under load).  So wait for a thread inside read(fd, buf, 1): a
+    # thread's /proc syscall file reads "number fd buf count ..." then.
+    deadline = time.monotonic() + 30
+    while True:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{{tid}}/syscall") as f:
+                    fields = f.read().split()
+            except OSError:
+                continue
+            if fields[1:4:2] == [hex(fd), "0x1"]:
+                return
+        assert time.monotonic() < deadline, "the worker never blocked"
+        time.sleep(0.005)
+
 if __name__ == "__main__":
     where = os.environ["PP_PAUSE_DIR"]
     started, paused, resume = (os.path.join(where, name)
@@ -195,6 +214,7 @@ if __name__ == "__main__":
     pool = poolparty.SubinterpreterPool(1, dispatch="queue")
     blocked = pool.apply_async(rt.block_in_c, (started, "pipe", r))
     wait_for(started)
+    wait_reading(r)
     stopper = threading.Thread(target=lambda: (pool.terminate(), pool.join()))
     stopper.start()
     wait_for(paused)   # abandon() is counting the worker it abandoned
