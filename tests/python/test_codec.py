@@ -368,3 +368,91 @@ def test_long_lists_fill_their_populated_storage(n):
     assert len(back) == n and back.count(x) == n and back[-1] is back[0]
     values = list(range(n))
     assert core.decode(core.encode(values)) == values
+
+
+def _fresh(text):
+    """A str object of its own: not interned, not a constant."""
+    return "".join([text[:1], text[1:]])
+
+
+def test_records_keys_stay_shared_in_any_order_and_number():
+    # A record's keys are found by their position in the dict before
+    # (encode_key); keys in another order, more keys than are kept
+    # (16), keys that are not str, and a key met as a value too must
+    # come back as they were: equal, and one object where one was sent.
+    keys = [_fresh(f"key{i}") for i in range(20)]
+    shared_value = _fresh("both a key and a value")
+    records = [dict.fromkeys(keys, i) for i in range(3)]
+    records += [dict.fromkeys(reversed(keys), i) for i in range(2)]
+    records += [{keys[0]: 1, keys[1]: 2}, {keys[1]: 3, keys[0]: 4},
+                {_fresh("key0"): 5},                  # equal, not the same
+                {shared_value: 1, 7: 2, (1, 2): 3}, {shared_value: 2},
+                [shared_value], {}]
+    back = core.decode(core.encode(records))
+    assert same(back, records)
+    first = list(back[0])
+    for record in back[:7]:
+        for key in record:
+            assert key is first[int(key[3:])]
+    assert list(back[7])[0] == "key0" and list(back[7])[0] is not first[0]
+    assert list(back[8])[0] is list(back[9])[0] is back[10][0]
+
+
+def test_records_keys_keep_their_numbers_across_nesting():
+    # A kept key's number must be the one its first sending took, also
+    # when other objects were numbered between (shared values, nested
+    # records with other keys at the same positions).
+    a, b = _fresh("alpha"), _fresh("beta")
+    v = [1.5]
+    rows = [{a: v, b: {b: v, a: (v, v)}}, {a: [v], b: {a: 1, b: 2}},
+            {b: 0, a: {a: v}}]
+    back = core.decode(core.encode(rows))
+    assert same(back, rows)
+    keys = {id(k) for row in back for k in _all_keys(row)}
+    assert len(keys) == 2
+    assert back[0][a] is back[0][b][b] is back[0][b][a][0] is back[2][a][a]
+
+
+def _all_keys(value):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _all_keys(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _all_keys(item)
+
+
+@pytest.mark.parametrize("depth", [1, 7, 8, 9, 15, 16, 17, 999])
+def test_the_recursion_guard_is_balanced_at_every_depth(depth):
+    # The interpreter's recursion counter is entered one level in eight
+    # (GUARD_EVERY); an unbalanced enter or leave would drift it until
+    # encoding fell back to pickle, or never stopped a deep caller.
+    value = 0.5
+    for _ in range(depth):
+        value = [value, {"k": value}] if depth < 20 else [value]
+    for _ in range(2_000 if depth < 20 else 20):
+        data = core.encode(value)
+        assert data is not None
+    assert core.decode(data) == value
+    deep = []
+    for _ in range(1_000):
+        deep = [deep]
+    assert core.encode(deep[0]) is not None and core.encode(deep) is None
+
+
+def test_unshared_items_of_a_list_are_not_numbered():
+    # A free-threaded build encodes a copy of a list, whose references
+    # made every item look shared: each went through the identity memo
+    # and was numbered (4x the time of a tuple's items).  A list's items
+    # must encode as a tuple's do, and the same for a dict's values.
+    as_list = core.encode([_fresh(f"item-{i}") for i in range(100)])
+    as_tuple = core.encode(tuple([_fresh(f"item-{i}") for i in range(100)]))
+    assert as_list[4] == 0x0D and as_tuple[4] == 0x0C
+    assert as_list[5:] == as_tuple[5:]
+    data = core.encode({"k": _fresh("value")})
+    assert data[9] == 0x08                         # T_STR1, not numbered
+    # Sharing is still seen, with the copies' references counted.
+    s = _fresh("shared")
+    back = core.decode(core.encode([s, 1.5, s, {"a": s}, [s], (s,)]))
+    assert back[0] is back[2] is back[3]["a"] is back[4][0] is back[5][0]
