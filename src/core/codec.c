@@ -1399,6 +1399,100 @@ pp__codec_encode_pickle5_msg(PyObject *stream, PyObject *buffers,
                            prefix_size, pins, out);
 }
 
+/* ---- a starmap chunk's argument tuples ------------------------------- */
+
+/* T_STARS, only as a whole payload: varint n, then n argument tuples,
+ * each as varint k and its k items (runs and REPEATs allowed), the
+ * tuple itself never numbered.  A starmap task unpacks them into its
+ * calls, so their identity is never seen; the worker decodes each
+ * tuple's items straight into a vectorcall's argument array
+ * (pp__codec_decode_star_msg), and makes no tuple.  Outside the enum:
+ * the other tags are the general codec's to number. */
+#define T_STARS 0x3f
+
+/* 1 if every item of args is numbered by encode_value (it has more
+ * than one reference: None, True and False, immortal, always do) or is
+ * a number (an exact int or float), else 0.  Only then may args travel unnumbered: met
+ * again (repeated in the chunk, or inside an argument), it is written
+ * anew, and its items must then be the same objects -- a REF each --
+ * except numbers, which arrive equal (pickle, multiprocessing's way,
+ * keeps no number's identity either). */
+static int
+star_items_numbered(PyObject *args)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args); i++) {
+        PyObject *item = PyTuple_GET_ITEM(args, i);
+        if (Py_REFCNT(item) == 1 && !PyLong_CheckExact(item) &&
+            !PyFloat_CheckExact(item)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* chunk, a list that no other thread can reach, as T_STARS when all its
+ * items are exact tuples whose items are numbered (star_items_numbered),
+ * else as any value.  A free-threaded build always takes the latter:
+ * another thread may drop a reference between the check and the
+ * encoding.  The tuples' items are encoded at the depth the list and
+ * tuple would put them at, so that what encodes also decodes
+ * (MAX_DEPTH).  Needs: the GIL of chunk's interpreter. */
+static int
+encode_stars(encoder *e, PyObject *chunk, PyObject *Py_UNUSED(b))
+{
+    Py_ssize_t n = PyList_CheckExact(chunk) ? PyList_GET_SIZE(chunk) : 0;
+#ifdef Py_GIL_DISABLED
+    n = 0;
+#endif
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *args = PyList_GET_ITEM(chunk, i);
+        if (!PyTuple_CheckExact(args) || !star_items_numbered(args)) {
+            n = 0; /* stops the loop too */
+        }
+    }
+    if (n == 0) {
+        return encode_value(e, chunk);
+    }
+    /* The guard the list's level would take (GUARD_EVERY): a caller
+     * already at the recursion limit sends its chunk to pickle. */
+    if (Py_EnterRecursiveCall(" while encoding for poolparty")) {
+        PyErr_Clear();
+        return ENC_UNSUPPORTED;
+    }
+    if (reserve(e->out, SMALL) < 0) {
+        Py_LeaveRecursiveCall();
+        return enc_nomem();
+    }
+    emit_byte(e->out, T_STARS);
+    emit_varint(e->out, (uint64_t)n);
+    /* Every item but a number has another holder, so no buffer below
+     * is pinned as exclusive: nothing to track in e->exclusive. */
+    int rc = ENC_OK;
+    e->depth += 2;
+    for (Py_ssize_t i = 0; rc == ENC_OK && i < n; i++) {
+        PyObject *args = PyList_GET_ITEM(chunk, i);
+        if (reserve(e->out, SMALL) < 0) {
+            rc = enc_nomem();
+            break;
+        }
+        emit_varint(e->out, (uint64_t)PyTuple_GET_SIZE(args));
+        rc = encode_items(e, PySequence_Fast_ITEMS(args),
+                          PyTuple_GET_SIZE(args), 1);
+    }
+    e->depth -= 2;
+    Py_LeaveRecursiveCall();
+    return rc;
+}
+
+/* Needs: the GIL of chunk's interpreter.  See pp_internal.h. */
+int
+pp__codec_encode_star_msg(PyObject *chunk, const void *prefix,
+                          size_t prefix_size, pp_pins *pins, pp_msg **out)
+{
+    return encode_into_msg(encode_stars, chunk, NULL, prefix, prefix_size,
+                           pins, out);
+}
+
 /* ---- decoder --------------------------------------------------------- */
 
 typedef struct {
@@ -2045,6 +2139,79 @@ decode_pickle5(decoder *d)
     return obj;
 }
 
+/* ---- a starmap chunk's argument tuples (T_STARS) --------------------- */
+
+/* An argument tuple of this many items or fewer is decoded into an
+ * array on the stack; a longer one into the heap. */
+#define STAR_ARGS_INLINE 8
+
+/* After the T_STARS tag: its count of tuples, checked against the input
+ * left (each takes at least its own count's byte).  0, or -1 with an
+ * exception. */
+static int
+star_count(decoder *d, uint64_t *n)
+{
+    if (get_varint(d, n) < 0 || *n > (uint64_t)(d->end - d->pos)) {
+        corrupt();
+        return -1;
+    }
+    return 0;
+}
+
+/* The items of the next argument tuple, as new references in *args:
+ * `slots` (STAR_ARGS_INLINE of them) when they fit, else a new PyMem
+ * array; *nargs how many.  0, or -1 with an exception (nothing held).
+ * Needs: the GIL. */
+static int
+star_args(decoder *d, PyObject **slots, PyObject ***args, Py_ssize_t *nargs)
+{
+    uint64_t k;
+    if (get_varint(d, &k) < 0 || k > (uint64_t)PY_SSIZE_T_MAX / 8) {
+        corrupt();
+        return -1;
+    }
+    if (k <= STAR_ARGS_INLINE) {
+        /* capacity >= k: decode_items never moves the stack array. */
+        size_t capacity = STAR_ARGS_INLINE;
+        *args = slots;
+        if (decode_items(d, args, &capacity, (Py_ssize_t)k) < 0) {
+            return -1;
+        }
+    }
+    else if ((*args = decode_item_array(d, (Py_ssize_t)k)) == NULL) {
+        return -1;
+    }
+    *nargs = (Py_ssize_t)k;
+    return 0;
+}
+
+/* A T_STARS (its tag read) as what it stands for, a list of tuples:
+ * for a worker that calls a builtin in a Python frame, and for
+ * pp__codec_decode.  New reference or NULL with an exception.  Needs:
+ * the GIL. */
+static PyObject *
+decode_star_list(decoder *d)
+{
+    uint64_t n;
+    if (star_count(d, &n) < 0) {
+        return NULL;
+    }
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    d->depth = 2; /* as encode_stars: inside a list and a tuple */
+    for (uint64_t i = 0; list != NULL && i < n; i++) {
+        uint64_t k;
+        PyObject *args = get_varint(d, &k) < 0 ? corrupt()
+                                                : decode_tuple(d, k);
+        if (args == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, args);
+    }
+    d->depth = 0;
+    return list;
+}
+
 /* An int written as hex text by encode_bigint.  Needs: the GIL. */
 static PyObject *
 decode_bigint(decoder *d)
@@ -2155,6 +2322,8 @@ decode_value(decoder *d)
     case T_PICKLE5:
         obj = decode_pickle5(d);
         break;
+    case T_STARS:
+        return d->depth == 0 ? decode_star_list(d) : corrupt();
     case T_NONE:
         return Py_NewRef(Py_None);
     case T_TRUE:
@@ -2213,4 +2382,49 @@ pp__codec_decode_msg(const pp_msg *msg, size_t offset)
     d.in_msg = 1;
     d.pin_next = msg->pins;
     return decode_all(&d, msg->data + offset, msg->size - offset);
+}
+
+/* Needs: the receiving GIL.  See pp_internal.h. */
+int
+pp__codec_decode_star_msg(const pp_msg *msg, size_t offset,
+                          pp_star_sink sink, void *ctx)
+{
+    const unsigned char *data = msg->data + offset;
+    size_t size = msg->size - offset, magic = sizeof(PP_CODEC_MAGIC) - 1;
+    if (size <= magic || memcmp(data, PP_CODEC_MAGIC, magic) != 0 ||
+        data[magic] != T_STARS) {
+        return 1;
+    }
+    decoder d = {0};
+    d.in_msg = 1;
+    d.pin_next = msg->pins;
+    d.pos = data + magic + 1;
+    d.end = data + size;
+    d.depth = 2; /* as encode_stars */
+    uint64_t n;
+    int rc = star_count(&d, &n);
+    for (uint64_t i = 0; rc == 0 && i < n; i++) {
+        PyObject *slots[STAR_ARGS_INLINE], **args;
+        Py_ssize_t nargs;
+        rc = star_args(&d, slots, &args, &nargs);
+        if (rc < 0) {
+            break;
+        }
+        rc = sink(ctx, (Py_ssize_t)n, (Py_ssize_t)i, args, nargs);
+        for (Py_ssize_t j = 0; j < nargs; j++) {
+            Py_DECREF(args[j]);
+        }
+        if (args != slots) {
+            PyMem_Free(args);
+        }
+    }
+    if (rc == 0 && d.pos != d.end) {
+        corrupt();
+        rc = -1;
+    }
+    for (size_t i = 0; i < d.nmade; i++) {
+        Py_DECREF(d.made[i]);
+    }
+    PyMem_Free(d.made);
+    return rc;
 }

@@ -922,6 +922,56 @@ run_map(pp_interp *it, PyObject *func, PyObject *items, int star)
     return results;
 }
 
+/* pp_star_sink of run_star: results[i] = func(*args). */
+typedef struct {
+    PyObject *func;
+    PyObject *results; /* NULL until the first call */
+} star_run;
+
+static int
+star_call(void *ctx, Py_ssize_t n, Py_ssize_t i, PyObject *const *args,
+          Py_ssize_t nargs)
+{
+    star_run *run = ctx;
+    if (run->results == NULL && (run->results = PyList_New(n)) == NULL) {
+        return -1;
+    }
+    PyObject *value = PyObject_Vectorcall(run->func, args, (size_t)nargs,
+                                          NULL);
+    if (value == NULL) {
+        return -1;
+    }
+    PyList_SET_ITEM(run->results, i, value);
+    return 0;
+}
+
+/* A starmap task whose chunk the codec wrote as T_STARS: each tuple's
+ * items decoded straight into the call's arguments, no tuple made (a
+ * builtin, which runs in map_in_frame's Python frame, gets the list of
+ * tuples instead).  *result the list of results; 0, -1 with an
+ * exception, or 1 (not such a task: nothing done).  Needs: sub GIL. */
+static int
+run_star(PyObject *func, const pp_msg *task, PyObject **result)
+{
+    *result = NULL;
+    if ((task->kind & PP_TASK_KIND_MASK) != PP_TASK_STARMAP ||
+        PyCFunction_Check(func)) {
+        return 1;
+    }
+    star_run run = {.func = func};
+    int rc = pp__codec_decode_star_msg(task, task->func_size, star_call,
+                                       &run);
+    if (rc == 0 && run.results == NULL) {
+        run.results = PyList_New(0);
+        rc = run.results != NULL ? 0 : -1;
+    }
+    if (rc != 0) {
+        Py_CLEAR(run.results);
+    }
+    *result = run.results;
+    return rc;
+}
+
 /* A result that pickle refused, pickled by value instead (a lambda, an
  * instance of a class the worker got by value), or NULL with pickle's
  * exception still set when that fails too.  New reference.  Needs: sub
@@ -1022,6 +1072,13 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
     if (func == NULL) {
         goto error;
     }
+    int star = run_star(func, task, &result);
+    if (star < 0) {
+        goto error;
+    }
+    if (star == 0) {
+        goto encode;
+    }
     /* The arguments may refer to the caller's pinned buffers. */
     spec = pp__codec_is(task->data + task->func_size,
                         task->size - task->func_size)
@@ -1048,6 +1105,7 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
     if (result == NULL) {
         goto error;
     }
+encode:;
     /* Plain data goes through the codec, which keeps shared references
      * shared; anything else through pickle. */
     int encoded = pp__codec_encode_msg(result, NULL, 0, &it->pins, &done);

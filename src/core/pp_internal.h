@@ -167,6 +167,28 @@ PyObject *pp__codec_decode(const unsigned char *data, size_t size);
  * copy of the payload carries neither).  Needs: the receiving GIL. */
 PyObject *pp__codec_decode_msg(const pp_msg *msg, size_t offset);
 
+/* A starmap chunk (a list of argument tuples that no other thread can
+ * reach) into a new message as pp__codec_encode_msg does, but with the
+ * tuples' items inline and the tuples unnumbered (T_STARS), when every
+ * item is an exact tuple; else the chunk as any value.  Returns as
+ * pp__codec_encode_msg.  Needs: the GIL of chunk's interpreter. */
+int pp__codec_encode_star_msg(PyObject *chunk, const void *prefix,
+                              size_t prefix_size, pp_pins *pins,
+                              pp_msg **out);
+/* Called by pp__codec_decode_star_msg for argument tuple i of n, its
+ * items borrowed in args[0..nargs) (valid until it returns): 0, or -1
+ * with an exception to stop. */
+typedef int (*pp_star_sink)(void *ctx, Py_ssize_t n, Py_ssize_t i,
+                            PyObject *const *args, Py_ssize_t nargs);
+/* If msg's payload from `offset` is a starmap chunk that
+ * pp__codec_encode_star_msg wrote as T_STARS, decode its argument
+ * tuples one at a time straight into arrays handed to sink, without
+ * making the tuples: 0 when all were, -1 with an exception (the
+ * sink's, or a corrupt payload's); 1, nothing done, for any other
+ * payload.  Needs: the receiving GIL. */
+int pp__codec_decode_star_msg(const pp_msg *msg, size_t offset,
+                              pp_star_sink sink, void *ctx);
+
 /* 1 if data starts with PP_CODEC_MAGIC. */
 static inline int
 pp__codec_is(const unsigned char *data, size_t size)

@@ -22,7 +22,13 @@ chunk_task(uint64_t job, uint64_t index, uint32_t kind, const Py_buffer *func,
     /* Encoded straight into the message, after the function (of a
      * by-value one, its header: the engine keeps its bytes). */
     size_t func_part = pp__fn_task_part(func->buf, (size_t)func->len);
-    int rc = pp__codec_encode_msg(chunk, func->buf, func_part, pins, task);
+    /* A starmap's argument tuples travel unnumbered, their items
+     * inline: nothing can see a tuple that is unpacked into a call. */
+    int rc = (kind & PP_TASK_KIND_MASK) == PP_TASK_STARMAP
+                 ? pp__codec_encode_star_msg(chunk, func->buf, func_part,
+                                             pins, task)
+                 : pp__codec_encode_msg(chunk, func->buf, func_part, pins,
+                                        task);
     if (rc < 0) {
         return -1;
     }

@@ -50,6 +50,36 @@ def floats(i):
     return [i + j * 0.5 for j in range(4_096)]
 
 
+def first(*args):
+    """A no-op of any number of arguments (starmap's shapes)."""
+    return args[0]
+
+
+class _Tuples:
+    """n argument tuples of `width` ints, made when first iterated (not
+    on import in every worker).  held: their ints are also in a list the
+    caller keeps, as a starmap over [(x,) for x in items] has them (the
+    codec writes such tuples' items inline, T_STARS); else only the
+    tuples hold them, as zip(range(n)) makes them (a list of numbered
+    tuples, as before).  shared: each tuple's last item is one list."""
+
+    def __init__(self, n, width, held=True, shared=False):
+        self._shape, self._tuples = (n, width, held, shared), None
+
+    def __iter__(self):
+        if self._tuples is None:
+            n, width, held, shared = self._shape
+            one = [0] * 8
+            ints = list(range(n * width))
+            self._tuples = [
+                tuple(ints[i * width:(i + 1) * width - shared] if held
+                      else range(i * width, (i + 1) * width - shared))
+                + ((one,) if shared else ())
+                for i in range(n)]
+            self._ints = ints if held else None
+        return iter(self._tuples)
+
+
 def _apply_async(pool, fn, args):
     results = [pool.apply_async(fn, (a,)) for a in args]
     return [r.get() for r in results]
@@ -86,6 +116,18 @@ SHAPES = {
     "map, 1 MB results, 256": (megabyte, range(256), 2, "map", 1, "queue"),
     "imap, 4,096 floats each, 500": (floats, range(500), 2, "imap", 1,
                                      "queue"),
+    "starmap, no-op, 20,000": (first, _Tuples(20_000, 1), 2, "starmap", 1,
+                               "queue"),
+    "starmap, 3 args, 20,000": (first, _Tuples(20_000, 3), 2, "starmap", 1,
+                                "queue"),
+    "starmap, 3 args, chunksize 10": (first, _Tuples(20_000, 3), 2,
+                                      "starmap", 10, "queue"),
+    "starmap, zip(range), chunksize 10": (first,
+                                          _Tuples(20_000, 2, held=False),
+                                          2, "starmap", 10, "queue"),
+    "starmap, a shared list, chunksize 10": (first,
+                                             _Tuples(20_000, 2, shared=True),
+                                             2, "starmap", 10, "queue"),
 }
 
 
@@ -94,6 +136,8 @@ def _run(pool, how, fn, args, chunksize):
         return pool.map(fn, args, chunksize=chunksize)
     if how == "imap":
         return list(pool.imap(fn, args, chunksize=chunksize))
+    if how == "starmap":
+        return pool.starmap(fn, args, chunksize=chunksize)
     if how == "apply_async":
         return _apply_async(pool, fn, args)
     if how == "apply_async_cb":
