@@ -756,3 +756,27 @@ def test_the_shapes_bench_checks_every_result_arrived(monkeypatch):
     monkeypatch.setattr(shapes, "_run", lambda *a: [1])
     with pytest.raises(AssertionError, match="1 results for 10 tasks"):
         shapes.measure_once(["short"])
+
+
+def test_the_shapes_bench_starmaps_the_tuples_it_names():
+    from poolparty_bench import shapes
+
+    held = list(shapes.SHAPES["starmap, 3 args, 20,000"][1])
+    unheld = list(shapes.SHAPES["starmap, zip(range), chunksize 10"][1])
+    shared = list(shapes.SHAPES["starmap, a shared list, chunksize 10"][1])
+    assert len(held) == len(unheld) == len(shared) == 20_000
+    assert held[1000] == (3000, 3001, 3002) and unheld[1000] == (2000, 2001)
+    # Held: the caller's list holds the ints too; zip(range): only the
+    # tuple does (the two paths design.md's "A starmap's argument tuples"
+    # tells apart).
+    # (Counted outside the asserts, whose rewriting keeps a reference.)
+    counts = sys.getrefcount(held[1000][0]), sys.getrefcount(unheld[1000][0])
+    assert counts[0] > 2 and counts[1] == 2, counts
+    assert shared[0][1] is shared[-1][1] and shared[5] == (10, [0] * 8)
+    assert shapes._run(_FakeStarPool(), "starmap", shapes.first, held[:3],
+                       2) == [0, 3, 6]
+
+
+class _FakeStarPool:
+    def starmap(self, fn, args, chunksize):
+        return [fn(*a) for a in args]
