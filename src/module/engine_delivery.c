@@ -400,9 +400,7 @@ finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg,
             recent->job = msg->job;
         }
     }
-    value = result_value(future ? st->future.pickle_loads
-                                : st->result.pickle_loads,
-                         msg, &unpickled);
+    value = result_value(st->pickle_loads, msg, &unpickled);
     if (value == NULL) {
         if (unpickled) {
             *handout = pp__completion_tuple_of(msg, PP_DONE_UNDECODABLE,

@@ -601,10 +601,9 @@ pp__module_future_type(PyObject *module, PyObject *const *args,
     /* concurrent.futures imported threading already: fetched now, so
      * that no thread races to fetch it later. */
     made.condition_class = pp__import_attr("threading", "Condition");
-    made.pickle_loads = pp__import_attr("pickle", "loads");
     made.no_args = PyTuple_New(0);
-    if (made.condition_class == NULL || made.pickle_loads == NULL ||
-        made.no_args == NULL) {
+    if (made.condition_class == NULL || made.no_args == NULL ||
+        pp__need_pickle_loads(module) < 0) {
         goto error;
     }
     made.invalid_state_error = Py_NewRef(args[1]);
@@ -629,7 +628,7 @@ error:
 #define SUPPORT_REFS(X)                                                    \
     X(type) X(no_args) X(base_result) X(base_exception) X(base_set_result) \
         X(base_set_exception) X(base_cancel) X(invalid_state_error)        \
-            X(condition_class) X(pickle_loads)
+            X(condition_class)
 
 int
 pp__future_support_traverse(pp_future_support *self, visitproc visit,

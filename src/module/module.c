@@ -69,6 +69,23 @@ pp__import_attr(const char *module_name, const char *attr)
 #endif
 }
 
+static PyObject *
+import_pickle_loads(PyObject *Py_UNUSED(module))
+{
+    return pp__import_attr("pickle", "loads");
+}
+
+/* See module.h. */
+int
+pp__need_pickle_loads(PyObject *module)
+{
+    pp_module_state *st = PyModule_GetState(module);
+    PyObject *loads =
+        pp__get_or_make(module, &st->pickle_loads, import_pickle_loads);
+    Py_XDECREF(loads);
+    return loads != NULL ? 0 : -1;
+}
+
 /* See module.h.  make() may run Python code, so the field is checked
  * again before storing: whoever stored first wins. */
 PyObject *
@@ -559,6 +576,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
         pp__result_support_traverse(&st->result, visit, arg) < 0) {
         return -1;
     }
+    Py_VISIT(st->pickle_loads);
     Py_VISIT(st->func_refs);
     Py_VISIT(st->engine_type);
     Py_VISIT(st->interpreter_type);
@@ -573,6 +591,7 @@ module_clear(PyObject *module)
     pp_module_state *st = PyModule_GetState(module);
     pp__future_support_clear(&st->future);
     pp__result_support_clear(&st->result);
+    Py_CLEAR(st->pickle_loads);
     Py_CLEAR(st->func_refs);
     Py_CLEAR(st->engine_type);
     Py_CLEAR(st->interpreter_type);

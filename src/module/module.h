@@ -56,7 +56,6 @@ typedef struct {
     PyObject *base_cancel;
     PyObject *invalid_state_error;
     PyObject *condition_class; /* threading.Condition */
-    PyObject *pickle_loads; /* pickle.loads, for results collect() unpickles */
 } pp_future_support;
 
 /* What the pool's result types (result_type.c) need; all NULL until
@@ -71,12 +70,15 @@ typedef struct {
     PyObject *report;                  /* report(what, exc) */
     PyObject *no_args;                 /* () */
     PyObject *failure_mark; /* an object() of ours: see result_type.c */
-    PyObject *pickle_loads; /* pickle.loads, for results collect() unpickles */
 } pp_result_support;
 
 typedef struct {
     pp_future_support future;
     pp_result_support result;
+    /* pickle.loads, for the results collect() unpickles: made with the
+     * first Future or result types (pp__need_pickle_loads), so a target
+     * collect() finishes in C is always of a module that has it. */
+    PyObject *pickle_loads;
     /* The function-reference cache (engine_delivery.c): {id(fn): (fn,
      * (data, flags))}, made on first use.  Its layout is private to
      * engine_delivery.c; Python reaches it only through
@@ -98,6 +100,11 @@ pp_module_state *pp__state_from_type(PyTypeObject *type);
  * returns NULL so callers can `return pp__raise(st, rc);`.  Needs: the
  * GIL of the module's interpreter. */
 PyObject *pp__raise(pp_module_state *st, int code);
+
+/* Make st->pickle_loads if there is none yet (imported here, not at
+ * module load: a worker imports pickle only when a task needs it).  0 or
+ * -1 with an exception.  Needs: the module's GIL. */
+int pp__need_pickle_loads(PyObject *module);
 
 /* Read a non-negative integer that fits in uint64.  0 or -1 with an
  * exception. */

@@ -1328,11 +1328,10 @@ pp__module_result_types(PyObject *module, PyObject *const *args,
         made.no_args = PyTuple_New(0);
         made.failure_mark =
             PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
-        made.pickle_loads = pp__import_attr("pickle", "loads");
         made.timeout_error = Py_NewRef(args[4]);
         made.report = Py_NewRef(args[5]);
         if (made.event_class == NULL || made.no_args == NULL ||
-            made.failure_mark == NULL || made.pickle_loads == NULL) {
+            made.failure_mark == NULL || pp__need_pickle_loads(module) < 0) {
             pp__result_support_clear(&made);
             return NULL;
         }
@@ -1362,7 +1361,7 @@ pp__module_result_types(PyObject *module, PyObject *const *args,
 #define SUPPORT_REFS(X)                                                    \
     X(apply_type) X(map_type) X(imap_type) X(imap_unordered_type)          \
         X(event_class) X(timeout_error) X(report) X(no_args)             \
-            X(failure_mark) X(pickle_loads)
+            X(failure_mark)
 
 int
 pp__result_support_traverse(pp_result_support *self, visitproc visit,
