@@ -94,7 +94,6 @@ typedef struct {
      * imap's chunks come early from two workers, and each cost a key
      * object, an insertion and a deletion. */
     PyObject *early;
-    Py_ssize_t early_count;
     uint64_t received;   /* ordered: next index due; unordered: count */
     int64_t length;      /* chunks in all; -1 until known */
     wake_t wake;
@@ -899,7 +898,6 @@ imap_keep_early(IMapObject *self, uint64_t index, PyObject *entry)
     }
     Py_ssize_t slot = early_slot(self, index);
     PyObject *old = PyList_GET_ITEM(self->early, slot);
-    self->early_count += old == Py_None;
     PyList_SET_ITEM(self->early, slot, Py_NewRef(entry));
     Py_DECREF(old);
     return 0;
@@ -920,15 +918,15 @@ imap_put(PyObject *op, uint64_t index, PyObject *entry)
     else if (index == self->received) {
         failed = imap_ready_append(self, entry) < 0;
         self->received += !failed;
-        /* Chunks that came early and are now due. */
-        while (!failed && self->early_count > 0) {
+        /* Chunks that came early and are now due: the next slot's, up
+         * to the first that has none. */
+        while (!failed && self->early != NULL) {
             Py_ssize_t slot = early_slot(self, self->received);
             PyObject *due = PyList_GET_ITEM(self->early, slot);
             if (due == Py_None) {
                 break;
             }
             PyList_SET_ITEM(self->early, slot, Py_None);
-            self->early_count--;
             failed = imap_ready_append(self, due) < 0;
             Py_DECREF(due);
             self->received += !failed;
