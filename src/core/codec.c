@@ -508,20 +508,78 @@ typedef struct {
 #define ENC_ERROR (-1)    /* exception set (MemoryError) */
 #define ENC_DONE 2        /* internal: written as a back-reference */
 
-static int encode_item(encoder *e, PyObject *obj, Py_ssize_t alone);
+static int
+enc_nomem(void)
+{
+    PyErr_NoMemory();
+    return ENC_ERROR;
+}
+
+static int encode_other(encoder *e, PyObject *obj, Py_ssize_t alone);
+static int encode_blob(pp_buf *out, unsigned char tag, const void *data,
+                       size_t size);
+static int encode_str(pp_buf *out, unsigned char flag, PyObject *obj);
+
+/* A value that a container holds with `alone` references when nobody
+ * else does (see encode_items).  The common scalars -- unshared short
+ * str, unshared floats and ints of one digit,
+ * None and bools -- are written here, inline in the caller's loop; the
+ * rest in encode_other, whose frame (every other type's locals) was a
+ * third of encoding 65,536 short str (perf). */
+static inline int
+encode_item(encoder *e, PyObject *obj, Py_ssize_t alone)
+{
+    pp_buf *out = e->out;
+    PyTypeObject *type = Py_TYPE(obj);
+    if (reserve(out, SMALL) < 0) {
+        return enc_nomem();
+    }
+    if (type == &PyLong_Type &&
+        PyUnstable_Long_IsCompact((PyLongObject *)obj)) {
+        Py_ssize_t value = PyUnstable_Long_CompactValue((PyLongObject *)obj);
+        if (value >= -128 && value <= 127) {
+            emit_byte(out, T_INT8);
+            emit_byte(out, (unsigned char)(signed char)value);
+            return ENC_OK;
+        }
+        if (Py_REFCNT(obj) <= alone) { /* |value| < 2**30 */
+            int32_t small = (int32_t)value;
+            emit_byte(out, T_INT32);
+            emit_raw(out, &small, sizeof(small));
+            return ENC_OK;
+        }
+    }
+    else if (Py_REFCNT(obj) <= alone) {
+        if (type == &PyUnicode_Type) {
+            /* The size unknown to the compiler, so that it calls memcpy:
+             * a size it knew to be small it copied with `rep movs`, 4x
+             * slower on short strings. */
+            return PyUnicode_KIND(obj) == PyUnicode_1BYTE_KIND
+                       ? encode_blob(out, T_STR1, PyUnicode_1BYTE_DATA(obj),
+                                     (size_t)PyUnicode_GET_LENGTH(obj))
+                       : encode_str(out, 0, obj);
+        }
+        if (type == &PyFloat_Type) {
+            double d = PyFloat_AS_DOUBLE(obj);
+            emit_byte(out, T_FLOAT);
+            emit_raw(out, &d, sizeof(d));
+            return ENC_OK;
+        }
+    }
+    else if (obj == Py_None || obj == Py_True || obj == Py_False) {
+        emit_byte(out, obj == Py_None   ? T_NONE
+                       : obj == Py_True ? T_TRUE
+                                        : T_FALSE);
+        return ENC_OK;
+    }
+    return encode_other(e, obj, alone);
+}
 
 /* One value, with the one reference a container (or the caller) holds. */
 static inline int
 encode_value(encoder *e, PyObject *obj)
 {
     return encode_item(e, obj, 1);
-}
-
-static int
-enc_nomem(void)
-{
-    PyErr_NoMemory();
-    return ENC_ERROR;
 }
 
 /* An object that has more than one reference may be met again.  Met
@@ -598,6 +656,19 @@ run_int(PyObject *item, Py_ssize_t alone, int64_t *value)
     return 1;
 }
 
+/* The k int32s at `values` as int64s in place, back to front (each is
+ * written at or above where it was read, over ones already moved). */
+static void
+widen(unsigned char *values, Py_ssize_t k)
+{
+    for (Py_ssize_t j = k - 1; j >= 0; j--) {
+        int32_t small;
+        memcpy(&small, values + (size_t)j * 4, sizeof(small));
+        int64_t value = small;
+        memcpy(values + (size_t)j * 8, &value, sizeof(value));
+    }
+}
+
 /* The unshared floats, or ints, at the start of items[0..n) as one
  * T_FLOATS, T_INTS32 or T_INTS64 run: their numbers back to back, no tag
  * each (the decoder then makes them in one tight loop, as
@@ -623,10 +694,13 @@ encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
         return ENC_OK;
     }
     Py_ssize_t most = n < RUN_MAX ? n : RUN_MAX, k = 0;
-    int wide = 0; /* an int beyond 32 bits */
+    /* Ints go 4 bytes each until one needs more, when those written so
+     * far are widened in place: writing 8 and halving them all after
+     * was a tenth of encoding 65,536 ints (perf). */
+    size_t width = floats ? 8 : 4;
     /* The numbers go 3 bytes in, after the tag and count to come; room
-     * for at most RUN_STEP more at a time, and never past the items
-     * there are. */
+     * for at most RUN_STEP more at a time (8 bytes each), and never past
+     * the items there are. */
     while (k < most) {
         if (k % RUN_STEP == 0 &&
             reserve(out, 3 + (size_t)(most - k < RUN_STEP ? most
@@ -634,42 +708,37 @@ encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
                                  8) < 0) {
             return enc_nomem();
         }
-        unsigned char *at = out->data + out->size + 3 + (size_t)k * 8;
+        unsigned char *values = out->data + out->size + 3;
         PyObject *item = items[k];
         if (floats) {
             if (!PyFloat_CheckExact(item) || Py_REFCNT(item) != alone) {
                 break;
             }
             double number = PyFloat_AS_DOUBLE(item);
-            memcpy(at, &number, sizeof(number));
+            memcpy(values + (size_t)k * 8, &number, sizeof(number));
         }
         else {
             if (!run_int(item, alone, &value)) {
                 break;
             }
-            memcpy(at, &value, sizeof(value));
-            wide |= value < INT32_MIN || value > INT32_MAX;
+            if (width == 4 && value >= INT32_MIN && value <= INT32_MAX) {
+                int32_t small = (int32_t)value;
+                memcpy(values + (size_t)k * 4, &small, sizeof(small));
+            }
+            else {
+                if (width == 4) {
+                    widen(values, k);
+                    width = 8;
+                }
+                memcpy(values + (size_t)k * 8, &value, sizeof(value));
+            }
         }
         k++;
     }
     if (k < RUN_MIN) {
         return ENC_OK;
     }
-    unsigned char *values = out->data + out->size + 3;
-    size_t width = 8;
-    unsigned char tag = floats ? T_FLOATS : T_INTS64;
-    if (!floats && !wide) {
-        /* All fit in 32 bits: halve them in place, front to back (each
-         * is written below where it is read). */
-        for (Py_ssize_t j = 0; j < k; j++) {
-            int64_t value;
-            memcpy(&value, values + (size_t)j * 8, sizeof(value));
-            int32_t small = (int32_t)value;
-            memcpy(values + (size_t)j * 4, &small, sizeof(small));
-        }
-        width = 4;
-        tag = T_INTS32;
-    }
+    unsigned char tag = floats ? T_FLOATS : width == 4 ? T_INTS32 : T_INTS64;
     /* k < 2**14: two varint bytes (a longer form than needed for
      * k < 128, which the decoder reads the same). */
     out->data[out->size] = tag;
@@ -1072,10 +1141,10 @@ done:
     return rc;
 }
 
-/* A value that a container holds with `alone` references when nobody
- * else does (see encode_items). */
-static int
-encode_item(encoder *e, PyObject *obj, Py_ssize_t alone)
+/* encode_item's value when it is none of the common scalars it writes
+ * itself (or the output must grow). */
+static Py_NO_INLINE int
+encode_other(encoder *e, PyObject *obj, Py_ssize_t alone)
 {
     pp_buf *out = e->out;
     if (reserve(out, SMALL) < 0) {

@@ -456,3 +456,29 @@ def test_unshared_items_of_a_list_are_not_numbered():
     s = _fresh("shared")
     back = core.decode(core.encode([s, 1.5, s, {"a": s}, [s], (s,)]))
     assert back[0] is back[2] is back[3]["a"] is back[4][0] is back[5][0]
+
+
+@pytest.mark.parametrize("at", [0, 1, 3, 4, 255, 256, 257, 1000, 16_377])
+def test_a_run_widens_where_its_first_wide_int_comes(at):
+    # Ints go 4 bytes each until one needs 8, when those before are
+    # widened in place: negative ones keep their sign, and the run is
+    # one T_INTS64 whatever the wide int's place.
+    for wide in (2**31, -2**31 - 1, 2**63 - 1, -2**63):
+        tail = [wide, -(2**31), 2**31 - 1, -129, 300, 5]
+        # Objects only the list holds (not constants, not in two lists).
+        values = [int(str((-1) ** i * ((1 << 20) + i))) for i in range(at)]
+        values += [int(str(x)) for x in tail]
+        data = core.encode(values)
+        run = 4 + 1 + len(_varint(len(values)))   # magic, list, count
+        assert data[run] == 0x17 and len(data) == run + 3 + 8 * len(values)
+        back = core.decode(data)
+        assert back == values and all(type(x) is int for x in back)
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
