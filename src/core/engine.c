@@ -19,8 +19,11 @@
  * Which field each lock guards is written next to the field. */
 #include "pp_internal.h"
 
+#include <errno.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct pp_worker {
     struct pp_engine *engine;
@@ -72,6 +75,23 @@ struct pp_engine {
                                    task (creating their interpreter) */
     pp_fn_store fns;            /* own leaf lock: by-value functions of
                                    the tasks queued or running */
+    /* The collector first (see "The gate" below).  run_limit is
+     * immutable: the workers that may start a task while the collector
+     * is behind; nworkers when the cores are not oversubscribed. */
+    uint32_t run_limit;
+    atomic_uint_fast64_t undecoded; /* completions the collector took and
+                                       has not finished with */
+    atomic_uint_fast64_t released;  /* completions it finished, ever */
+    atomic_uint_fast64_t decode_ns; /* its time per completion, averaged */
+    atomic_uint_fast32_t running;   /* workers not parked (gate_lock) */
+    atomic_uint_fast32_t parked;    /* workers parked (gate_lock) */
+    atomic_uint_fast64_t parks;     /* parks so far, for the stats */
+    atomic_uint_fast64_t stalls;    /* parks the collector left hanging */
+    pthread_mutex_t gate_lock;
+    pthread_cond_t gate_open;       /* broadcast under gate_lock */
+    int gate_off;                   /* gate_lock: terminate() opened it */
+    uint64_t stalled_at;            /* gate_lock: `released` when the
+                                       collector stalled, else UINT64_MAX */
     uint32_t nworkers;          /* immutable */
     pp_worker workers[];
 };
@@ -99,6 +119,8 @@ pp__engine_decref(pp_engine *e)
     pp_queue_free(e->completions);
     pp__fn_store_fini(&e->fns);
     pp__boot_fini(&e->boot);
+    pthread_cond_destroy(&e->gate_open);
+    pthread_mutex_destroy(&e->gate_lock);
     pthread_cond_destroy(&e->started);
     pthread_cond_destroy(&e->exited);
     pthread_mutex_destroy(&e->mutex);
@@ -260,6 +282,215 @@ report_task(pp_worker *w, uint64_t *job, uint64_t *index)
 #define LINGER_NS (200 * 1000)
 #define LINGER_BATCH 64
 
+/* ---- the gate: the collector first --------------------------------- */
+
+/* Every result is rebuilt as objects by one thread, the collector, in
+ * the main interpreter, one result after another: when results are
+ * large, that serial work is what bounds the pool.  When the workers and
+ * the collector are more threads than there are cores, the workers race
+ * ahead of it and the scheduler shares the cores fairly among all of
+ * them, so the collector -- the bottleneck -- runs at a fraction of a
+ * core while the workers make a backlog.  So, on oversubscribed cores
+ * only (run_limit < nworkers: nworkers + 1 > cores), a worker that has
+ * finished a task while the collector is behind parks before taking the
+ * next, as long as run_limit (cores - 1) other workers are not parked:
+ * the collector keeps a core.  "Behind": the collector is awake on
+ * completions it took (`undecoded`), and those plus the queued ones come
+ * to PARK_MIN_NS or more at its measured time per completion
+ * (`decode_ns`): tiny results are not worth a sleep and a wake-up.
+ *
+ * A parked worker goes on when the collector is no longer behind by
+ * half that (it wakes them as it finishes a batch), when terminate()
+ * opens the gate for good, or when the collector finished nothing for
+ * PARK_STALL_NS (or four of its average batches, if longer): it may be
+ * running a callback that blocks, perhaps on
+ * something only a later task does, so waiting longer could wait for
+ * ever.  After such a stall no worker parks until the collector finishes
+ * something again.  docs/design.md, "The collector first". */
+#define PARK_MIN_NS ((uint64_t)50 * 1000)
+#define PARK_STALL_NS ((int64_t)100 * 1000 * 1000)
+
+/* 0: find the cores (pp__engine_assume_cpus). */
+static atomic_uint assumed_cpus;
+
+/* Any thread.  See pp_internal.h. */
+uint32_t
+pp__engine_assume_cpus(uint32_t cpus)
+{
+    return atomic_exchange(&assumed_cpus, cpus);
+}
+
+/* The cores this process's threads may run on: its CPU affinity's
+ * count, else the online count (or what pp__engine_assume_cpus says).
+ * Any thread. */
+static uint32_t
+cpu_count(void)
+{
+    uint32_t n = atomic_load(&assumed_cpus);
+    if (n > 0) {
+        return n;
+    }
+#ifdef CPU_COUNT
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) {
+        return (uint32_t)CPU_COUNT(&set);
+    }
+#endif
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? (uint32_t)online : 1;
+}
+
+/* How far behind the collector is, in ns of its work: the completions it
+ * took and has not finished, plus the queued ones, at its average time
+ * per completion; 0 when it is not awake on any (idle, or lingering for
+ * more: see queue.c).  Any GIL or none; no lock (snapshots: a parked
+ * worker looks again when woken, and its wait is bounded). */
+static uint64_t
+collector_behind_ns(pp_engine *e)
+{
+    uint64_t undecoded = atomic_load(&e->undecoded);
+    if (undecoded == 0) {
+        return 0;
+    }
+    return (undecoded + pp_queue_length(e->completions)) *
+           atomic_load(&e->decode_ns);
+}
+
+/* Whether a worker between tasks should park (see above).  The cheap
+ * checks first: with cores to spare this is one compare.  Any GIL or
+ * none; no lock. */
+static int
+should_park(pp_engine *e)
+{
+    return e->run_limit < e->nworkers &&
+           atomic_load(&e->running) > e->run_limit &&
+           collector_behind_ns(e) >= PARK_MIN_NS;
+}
+
+/* An absolute CLOCK_REALTIME deadline `ns` from now. */
+static struct timespec
+realtime_after(int64_t ns)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    int64_t nsec = deadline.tv_nsec + ns % 1000000000;
+    deadline.tv_sec += (time_t)(ns / 1000000000 + nsec / 1000000000);
+    deadline.tv_nsec = (long)(nsec % 1000000000);
+    return deadline;
+}
+
+/* Park the calling worker while the collector is behind (see above).
+ * Needs: no tstate (it blocks); takes gate_lock. */
+static void
+park(pp_engine *e)
+{
+    pthread_mutex_lock(&e->gate_lock);
+    uint64_t seen = atomic_load(&e->released);
+    /* Looked at again under the lock: two workers that finished at once
+     * both saw the other running. */
+    if (e->gate_off || seen == e->stalled_at ||
+        atomic_load(&e->running) <= e->run_limit) {
+        pthread_mutex_unlock(&e->gate_lock);
+        return;
+    }
+    /* Counted before `behind` is read: the collector reads `parked`
+     * after it changed `undecoded`, so either it sees this worker and
+     * wakes it, or this worker sees what it released. */
+    atomic_fetch_sub(&e->running, 1);
+    atomic_fetch_add(&e->parked, 1);
+    atomic_fetch_add(&e->parks, 1);
+    /* A batch of large results can take longer than PARK_STALL_NS. */
+    int64_t stall_ns = (int64_t)atomic_load(&e->decode_ns) * 4;
+    stall_ns = stall_ns > PARK_STALL_NS ? stall_ns : PARK_STALL_NS;
+    struct timespec deadline = realtime_after(stall_ns);
+    while (!e->gate_off && collector_behind_ns(e) >= PARK_MIN_NS / 2) {
+        if (pthread_cond_timedwait(&e->gate_open, &e->gate_lock,
+                                   &deadline) != ETIMEDOUT) {
+            continue;
+        }
+        uint64_t now = atomic_load(&e->released);
+        if (now == seen) {
+            /* Nothing finished in PARK_STALL_NS: stop waiting for it. */
+            e->stalled_at = now;
+            atomic_fetch_add(&e->stalls, 1);
+            break;
+        }
+        seen = now;
+        deadline = realtime_after(stall_ns);
+    }
+    atomic_fetch_sub(&e->parked, 1);
+    atomic_fetch_add(&e->running, 1);
+    pthread_mutex_unlock(&e->gate_lock);
+}
+
+/* Wake every parked worker.  Any GIL or none; takes gate_lock. */
+static void
+open_gate(pp_engine *e, int for_good)
+{
+    pthread_mutex_lock(&e->gate_lock);
+    if (for_good) {
+        e->gate_off = 1;
+    }
+    pthread_cond_broadcast(&e->gate_open);
+    pthread_mutex_unlock(&e->gate_lock);
+}
+
+/* A worker leaves its loop for good: it no longer runs.  Takes
+ * gate_lock. */
+static void
+leave_gate(pp_engine *e)
+{
+    atomic_fetch_sub(&e->running, 1);
+    open_gate(e, 0);
+}
+
+/* Needs: no tstate.  See pp_internal.h. */
+int
+pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
+                   size_t *count)
+{
+    int rc = pp_queue_pop_all(e->completions, timeout_ns, out, count);
+    if (rc == PP_OK) {
+        atomic_fetch_add(&e->undecoded, *count);
+    }
+    return rc;
+}
+
+/* Any GIL or none.  See pp_internal.h. */
+void
+pp__engine_collected(pp_engine *e, size_t count, int64_t spent_ns)
+{
+    if (count == 0) {
+        return;
+    }
+    if (spent_ns >= 0) {
+        /* An average over the last few batches (weight 1/4 each). */
+        uint64_t per = (uint64_t)spent_ns / count;
+        uint64_t avg = atomic_load_explicit(&e->decode_ns,
+                                            memory_order_relaxed);
+        atomic_store_explicit(&e->decode_ns, avg == 0 ? per
+                                                      : (avg * 3 + per) / 4,
+                              memory_order_relaxed);
+    }
+    atomic_fetch_sub(&e->undecoded, count);
+    atomic_fetch_add(&e->released, count);
+    if (atomic_load(&e->parked) > 0 &&
+        collector_behind_ns(e) < PARK_MIN_NS / 2) {
+        open_gate(e, 0);
+    }
+}
+
+void
+pp__engine_gate_stats(pp_engine *e, pp_gate_stats *out)
+{
+    out->run_limit = e->run_limit;
+    out->parks = atomic_load(&e->parks);
+    out->stalls = atomic_load(&e->stalls);
+    out->parked = (uint32_t)atomic_load(&e->parked);
+    out->undecoded = atomic_load(&e->undecoded);
+    out->decode_ns = atomic_load(&e->decode_ns);
+}
+
 /* Push a completion; if the collector is gone (queue closed, which only
  * happens after every worker exited) the message is dropped.  `lazy`:
  * the worker has other tasks to run, so a lingering collector may take
@@ -271,6 +502,9 @@ complete(pp_engine *e, pp_worker *w, pp_msg *done, int lazy)
         return;
     }
     done->worker = w->id;
+    /* With workers parked the collector is behind: a lingering one is
+     * woken now, not at its deadline, while they wait on it. */
+    lazy = lazy && atomic_load_explicit(&e->parked, memory_order_relaxed) == 0;
     int rc = lazy ? pp_queue_push_lazy(e->completions, done)
                   : pp_queue_push(e->completions, done);
     if (rc != PP_OK) {
@@ -398,6 +632,13 @@ queue_worker_main(void *arg)
         while (e->maxtasks == 0 || served < e->maxtasks) {
             pp_msg *task = NULL;
             int popped = PP_ETIMEDOUT;
+            if (should_park(e)) {
+                if (attached) {
+                    ts = pp__ts_detach();
+                    attached = 0;
+                }
+                park(e);
+            }
             if (attached) {
                 popped = pp_queue_pop(e->tasks, 0, &task);
                 if (popped != PP_OK) {
@@ -430,6 +671,7 @@ queue_worker_main(void *arg)
         pp__interp_destroy_attached(it);
     }
     current_worker = NULL;
+    leave_gate(e);
     worker_exited(e, w);
     pp__engine_decref(e);
     return NULL;
@@ -471,6 +713,11 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
         uint64_t served = 0;
         while (e->maxtasks == 0 || served < e->maxtasks) {
             pp_msg *task = NULL;
+            if (!booting && should_park(e)) {
+                Py_BEGIN_ALLOW_THREADS
+                park(e);
+                Py_END_ALLOW_THREADS
+            }
             /* A queued task is taken without releasing the main GIL (the
              * queue mutex is a leaf): one GIL round less per task. */
             int popped = booting ? PP_ETIMEDOUT
@@ -503,6 +750,7 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
         pp__ts_attach(caller);
     }
     current_worker = NULL;
+    leave_gate(e);
     worker_exited(e, w);
     return PP_OK;
 }
@@ -584,6 +832,7 @@ start_queue_workers(pp_engine *e)
         pp__engine_incref(e); /* the thread's reference */
         if (pthread_create(&w->thread, &attr, queue_worker_main, w) != 0) {
             pp__engine_decref(e);
+            leave_gate(e);
             pthread_mutex_lock(&e->mutex);
             e->live_workers--;
             w->exited = 1;
@@ -626,6 +875,19 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
     pthread_cond_init(&e->exited, NULL);
     pthread_cond_init(&e->started, NULL);
     pp__fn_store_init(&e->fns);
+    /* The collector's own core: see "The gate". */
+    uint32_t cpus = cpu_count();
+    e->run_limit = nworkers < cpus ? nworkers : (cpus > 1 ? cpus - 1 : 1);
+    atomic_init(&e->undecoded, 0);
+    atomic_init(&e->released, 0);
+    atomic_init(&e->decode_ns, 0);
+    atomic_init(&e->running, nworkers);
+    atomic_init(&e->parked, 0);
+    atomic_init(&e->parks, 0);
+    atomic_init(&e->stalls, 0);
+    pthread_mutex_init(&e->gate_lock, NULL);
+    pthread_cond_init(&e->gate_open, NULL);
+    e->stalled_at = UINT64_MAX;
     for (uint32_t i = 0; i < nworkers; i++) {
         e->workers[i].engine = e;
         e->workers[i].id = i;
@@ -721,14 +983,6 @@ pp__engine_submit_chain(pp_engine *e, pp_msg *first, size_t count)
     return rc;
 }
 
-/* Needs: no tstate. */
-int
-pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
-                   size_t *count)
-{
-    return pp_queue_pop_all(e->completions, timeout_ns, out, count);
-}
-
 /* Any GIL or none. */
 void
 pp__engine_close(pp_engine *e)
@@ -764,6 +1018,9 @@ pp__engine_terminate(pp_engine *e)
     }
     pp_queue_close(e->tasks);
     pthread_mutex_unlock(&e->mutex);
+    /* A parked worker must get to its SystemExit, whatever the
+     * collector does. */
+    open_gate(e, 1);
     pp_msg *dropped = pp_queue_drain(e->tasks);
     pp__fn_store_release_chain(&e->fns, dropped);
 

@@ -384,11 +384,36 @@ int pp__engine_function_bytes(const pp_msg *task, const unsigned char **data,
                               size_t *size);
 void pp__engine_function_stats(pp_engine *e, pp_fn_stats *out);
 
-/* Wait up to timeout_ns for completions and take all that are ready.
+/* Wait up to timeout_ns for completions and take all that are ready;
+ * the caller reports those it finishes with to pp__engine_collected.
  * PP_OK, PP_ETIMEDOUT, or PP_ECLOSED once every worker has exited and
  * everything was collected.  Needs: no tstate (it blocks). */
 int pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
                        size_t *count);
+
+/* The collector finished with `count` of the completions it took
+ * (handed them out, and freed them), in `spent_ns` (negative: not
+ * timed): its progress, which parked workers wait for (the gate,
+ * engine.c).  Any GIL or none. */
+void pp__engine_collected(pp_engine *e, size_t count, int64_t spent_ns);
+
+/* The gate (engine.c): workers that may start a task while the
+ * collector is behind, parks and stalls so far, workers parked now,
+ * completions the collector holds, its average ns per completion. */
+typedef struct {
+    uint32_t run_limit;
+    uint32_t parked;
+    uint64_t parks;
+    uint64_t stalls;
+    uint64_t undecoded;
+    uint64_t decode_ns;
+} pp_gate_stats;
+void pp__engine_gate_stats(pp_engine *e, pp_gate_stats *out);
+
+/* Cores that engines made from now on take the process to have (0: find
+ * them: the CPU affinity's count); returns the previous setting.  For
+ * tests and benchmarks.  Any thread. */
+uint32_t pp__engine_assume_cpus(uint32_t cpus);
 
 /* Stop taking work; queued tasks still run, then workers exit. */
 void pp__engine_close(pp_engine *e);

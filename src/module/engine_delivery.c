@@ -505,6 +505,15 @@ hold_again(PyObject *self, pp_msg *first)
     hold_front(self, first, tail, count);
 }
 
+/* CLOCK_MONOTONIC now, in ns. */
+static int64_t
+monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 /* collect(timeout=None) -> list of completions as (job, index, kind,
  * worker, payload) tuples, [] on timeout, or None once every worker has
  * exited and all was collected.  At most PP_COLLECT_BATCH per call,
@@ -545,6 +554,9 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
             return PyList_New(0);
         }
     }
+    /* How long the batch takes is the engine's measure of how far behind
+     * the collector is (the gate, engine.c). */
+    int64_t started = monotonic_ns();
     PyObject *owner, *futures;
     bound_futures(self, &owner, &futures);
     Py_XDECREF(owner);
@@ -598,6 +610,7 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     if (before != NULL) {
         before->next = NULL; /* ends the chain handed out */
     }
+    size_t handed = failed != NULL && taken > 0 ? taken - 1 : taken;
     if (failed != NULL) {
         /* Out of memory, say.  Lose nothing (those results would never
          * come) and deliver nothing twice: the completions from `failed`
@@ -615,6 +628,8 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         hold_front(self, msg, tail, count - taken);
     }
     pp_msg_free_chain(first);
+    pp__engine_collected(PP_ENGINE(self), handed,
+                         monotonic_ns() - started);
     return list;
 }
 

@@ -376,6 +376,21 @@ engine_get_function_store(PyObject *self, void *Py_UNUSED(closure))
                          (unsigned long long)st.fetches);
 }
 
+/* gate: the collector-first gate (engine.c) as a dict of its
+ * counters.  Main GIL. */
+static PyObject *
+engine_get_gate(PyObject *self, void *Py_UNUSED(closure))
+{
+    pp_gate_stats st;
+    pp__engine_gate_stats(ENGINE(self), &st);
+    return Py_BuildValue("{sIsIsKsKsKsK}", "run_limit", st.run_limit,
+                         "parked", st.parked, "parks",
+                         (unsigned long long)st.parks, "stalls",
+                         (unsigned long long)st.stalls, "undecoded",
+                         (unsigned long long)st.undecoded, "decode_ns",
+                         (unsigned long long)st.decode_ns);
+}
+
 static PyMethodDef engine_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))engine_submit, METH_FASTCALL,
      "submit(job, index, kind, func_pickle, args_pickle): queue one task."},
@@ -449,6 +464,12 @@ static PyGetSetDef engine_getset[] = {
      "the by-value function store: entries and bytes kept now (for queued "
      "or running tasks, plus idle ones up to idle_limit bytes); copies and "
      "copied_bytes stored so far; fetches by workers so far", NULL},
+    {"gate", engine_get_gate, NULL,
+     "the collector-first gate: run_limit (workers that may start a task "
+     "while the collector is behind; the pool's size when the cores are "
+     "not oversubscribed), parked now, parks and stalls so far, "
+     "undecoded (completions the collector holds), decode_ns (its "
+     "average time per completion)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -459,6 +459,24 @@ module_message_cache_stats(PyObject *Py_UNUSED(module),
                          PP_MSG_CACHE_SPARE_MAX);
 }
 
+/* assume_cpus(n) -> int: the cores engines made from now on take the
+ * process to have (0: find them), for tests and benchmarks of the
+ * collector-first gate; returns the previous setting.  Any
+ * interpreter. */
+static PyObject *
+module_assume_cpus(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    unsigned long n = PyLong_AsUnsignedLong(arg);
+    if (n == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "assume_cpus(n): n too large");
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(pp__engine_assume_cpus((uint32_t)n));
+}
+
 static PyMethodDef module_methods[] = {
     {"message_cache_stats", module_message_cache_stats, METH_NOARGS,
      "message_cache_stats() -> {'blocks', 'caches', 'spare_max'}: the "
@@ -466,6 +484,10 @@ static PyMethodDef module_methods[] = {
      "message), the caches alive (one per thread that made a small "
      "message and has not exited, or whose blocks are still out), in "
      "this process, and the most free blocks one cache keeps."},
+    {"assume_cpus", module_assume_cpus, METH_O,
+     "assume_cpus(n) -> int: the cores pools made from now on take this "
+     "process to have (0: its CPU affinity's count), for tests and "
+     "benchmarks of the collector-first gate; the previous setting."},
     {"buffer_stats", module_buffer_stats, METH_NOARGS,
      "buffer_stats() -> {'pinned', 'pins_live', 'out_of_band'}: large "
      "buffers that travelled by reference, those still held, and pickle "

@@ -28,6 +28,15 @@ def square(x):
     return x * x
 
 
+def ramp(start, n):
+    """A list of n distinct ints from start: a large result."""
+    return list(range(start, start + n))
+
+
+def ramp_of(pair):
+    return ramp(*pair)
+
+
 def add(a, b=0):
     return a + b
 
@@ -169,6 +178,10 @@ def touch(path):
     with open(path, "w"):
         pass
     return path
+
+
+def touch_all(paths):
+    return [touch(path) for path in paths]
 
 
 def _wait_exists(paths, timeout):

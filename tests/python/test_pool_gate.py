@@ -1,0 +1,155 @@
+"""The collector first (src/core/engine.c, "the gate"; docs/design.md).
+
+When a pool's workers and its collector thread are more threads than
+the process has cores, a worker that finishes a task while the collector
+is behind parks before taking the next one, so that the collector keeps
+a core.  These tests hold it to what must not change: every result
+arrives, nothing hangs -- not when the collector is stuck in a callback
+that waits for a later task, not when terminate() comes while a worker
+is parked -- and the gate is only there on oversubscribed cores.  Each
+runs with both dispatch designs; `_poolparty.assume_cpus` makes the
+process's core count what the test needs.  No timing is asserted: the
+waits below are deadlines for things that must happen.
+"""
+
+import os
+import threading
+import time
+
+import pytest
+
+import tasks
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.poolparty_only]
+
+WAIT_S = 30
+
+
+@pytest.fixture
+def cores():
+    """cores(n): pools made next take this process to have n cores."""
+    from poolparty import _poolparty
+
+    yield _poolparty.assume_cpus
+    _poolparty.assume_cpus(0)
+
+
+def gate(pool):
+    return pool._runner.engine.gate
+
+
+def wait_until(predicate, what, timeout=WAIT_S):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.001)
+
+
+def teach_slow_collector(pool, seconds):
+    """Make the engine's average time per completion at least half of
+    `seconds`: a pool result's callback runs inside the collector's
+    batch, so a slow one is what the engine measures (its average
+    weighs the batches before too: on 3.12, the workers' import
+    requests)."""
+    for _ in range(20):
+        if gate(pool)["decode_ns"] >= seconds * 1e9 / 2:
+            return
+        pool.apply_async(tasks.identity, (0,),
+                         callback=lambda _: time.sleep(seconds)).get(WAIT_S)
+    raise AssertionError(f"the engine never measured it: {gate(pool)}")
+
+
+def block_collector(pool, release):
+    """Leave the collector inside a result's callback until `release()`
+    is true; returns once it is there, with that result undelivered."""
+    inside = threading.Event()
+
+    def callback(_):
+        inside.set()
+        wait_until(release, "the collector was released")
+
+    result = pool.apply_async(tasks.identity, ("blocked",), callback=callback)
+    assert inside.wait(WAIT_S)
+    return result
+
+
+def test_gate_only_on_oversubscribed_cores(make_pool, cores):
+    cores(2)
+    oversubscribed = make_pool(2)  # 2 workers + the collector > 2 cores
+    cores(3)
+    spare = make_pool(2)
+    cores(1)
+    single = make_pool(3)
+    cores(0)
+    found = make_pool(os.cpu_count() + 1)
+    assert gate(oversubscribed)["run_limit"] == 1
+    assert gate(spare)["run_limit"] == 2
+    assert gate(single)["run_limit"] == 1
+    assert gate(found)["run_limit"] <= os.cpu_count()
+    for pool in (oversubscribed, spare, single, found):
+        assert pool.map(tasks.square, range(100)) == [x * x for x in range(100)]
+
+
+def test_results_whole_and_in_order_through_the_gate(make_pool, cores):
+    cores(2)
+    pool = make_pool(4)
+    items = [(i, 20_000) for i in range(64)]
+    expected = [[i + j for j in range(n)] for i, n in items]
+    for _ in range(3):
+        assert pool.starmap(tasks.ramp, items, chunksize=1) == expected
+        assert list(pool.imap(tasks.ramp_of, items)) == expected
+        assert sorted(pool.imap_unordered(tasks.ramp_of, items)) == expected
+    assert gate(pool)["undecoded"] == 0
+
+
+def test_parked_worker_goes_on_when_the_collector_waits_for_it(
+        make_pool, cores, tmp_path):
+    """The collector is stuck in a callback until a task touches a file;
+    one worker runs a task that waits for that task too, the other
+    parks as it finishes a task, and the task that touches the files is
+    queued behind them.  Waiting for the collector for ever would be a
+    deadlock: the parked worker must give up on it and run that task."""
+    cores(2)
+    pool = make_pool(2)
+    teach_slow_collector(pool, 0.01)
+    unblock, done = str(tmp_path / "unblock"), str(tmp_path / "done")
+    blocked = block_collector(pool, lambda: os.path.exists(unblock))
+    waiting = pool.apply_async(tasks.step, (("wait", done),))
+    parker = pool.apply_async(tasks.identity, ("parker",))
+    toucher = pool.apply_async(tasks.touch_all, ([unblock, done],))
+    assert waiting.get(WAIT_S) == "waited"
+    assert toucher.get(WAIT_S) == [unblock, done]
+    assert parker.get(WAIT_S) == "parker"
+    assert blocked.get(WAIT_S) == "blocked"
+    stats = gate(pool)
+    assert stats["parks"] >= 1 and stats["stalls"] >= 1, stats
+    # The collector moved again: later results come as before.
+    assert pool.map(tasks.square, range(50)) == [x * x for x in range(50)]
+
+
+def test_terminate_wakes_a_parked_worker(make_pool, cores):
+    """A worker parked behind a collector stuck in a callback goes on at
+    terminate(), long before it would give up on the collector (after
+    four of the collector's 1 s batches)."""
+    cores(2)
+    pool = make_pool(2)
+    teach_slow_collector(pool, 1.0)
+    released = threading.Event()
+    blocked = block_collector(pool, released.is_set)
+    parked = pool.apply_async(tasks.identity, ("parked",))
+    wait_until(lambda: gate(pool)["parked"] == 1, "a worker parked")
+    # When it would give up on the collector by itself.
+    stall_s = 4 * gate(pool)["decode_ns"] / 1e9
+    stopper = threading.Thread(target=pool.terminate)
+    stopper.start()
+    try:
+        # While the collector is still stuck (terminate() abandons a
+        # worker that does not exit, so the pool's join says little).
+        wait_until(lambda: gate(pool)["parked"] == 0,
+                   "the parked worker went on", timeout=stall_s / 2)
+    finally:
+        released.set()
+        stopper.join(WAIT_S)
+    assert not stopper.is_alive()
+    assert blocked.get(WAIT_S) == "blocked"
+    assert parked.get(WAIT_S) == "parked"
