@@ -12,9 +12,9 @@
  * terminating thread attaches to a worker's interpreter (with no GIL of
  * its own), so every other taker of worker->life -- the worker in
  * publish_interp and retire_interp, an import request -- takes it with
- * no GIL held.  abandoned_lock and fns.lock (the by-value function
- * store, fnstore.c) are leaves: nothing is taken or waited for under
- * them.  The task a worker runs (task_state) takes no lock at all.
+ * no GIL held.  abandoned_lock, gate_lock (parked workers) and
+ * fns.lock (the by-value function store, fnstore.c) are leaves: nothing
+ * is taken or waited for under them.  The task a worker runs (task_state) takes no lock at all.
  *
  * Which field each lock guards is written next to the field. */
 #include "pp_internal.h"
@@ -504,7 +504,8 @@ complete(pp_engine *e, pp_worker *w, pp_msg *done, int lazy)
     done->worker = w->id;
     /* With workers parked the collector is behind: a lingering one is
      * woken now, not at its deadline, while they wait on it. */
-    lazy = lazy && atomic_load_explicit(&e->parked, memory_order_relaxed) == 0;
+    lazy = lazy &&
+           atomic_load_explicit(&e->parked, memory_order_relaxed) == 0;
     int rc = lazy ? pp_queue_push_lazy(e->completions, done)
                   : pp_queue_push(e->completions, done);
     if (rc != PP_OK) {
