@@ -41,3 +41,30 @@ def tracked_since_collect(*_):
 
 def kwonly(a, *, b):
     return a + b
+
+
+KEPT = []
+
+
+class KeepsItsChunk:
+    """Pickled (not plain data): its __reduce__ keeps every list that
+    holds it -- the chunk submit_map is pickling -- as Python code run by
+    pickle may."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        KEPT.extend(r for r in gc.get_referrers(self)
+                    if type(r) is list and r is not KEPT)
+        return KeepsItsChunk, (self.value,)
+
+    def __eq__(self, other):
+        return type(other) is KeepsItsChunk and other.value == self.value
+
+    def __hash__(self):
+        return hash(self.value)
+
+
+def value_of(x):
+    return x.value if isinstance(x, KeepsItsChunk) else x

@@ -183,3 +183,26 @@ def test_a_star_payload_decodes_to_its_list_of_tuples():
 def test_corrupt_star_payloads_raise_value_error(data):
     with pytest.raises(ValueError):
         core.decode(data)
+
+
+# ---- submit_map's chunk lists (one list reused from chunk to chunk) --
+
+@pytest.mark.parametrize("chunksize", [1, 3, 4])
+def test_chunks_of_every_size_carry_their_own_items(pool, chunksize):
+    items = list(range(1000, 1010))
+    assert pool.map(star_tasks.value_of, items, chunksize) == items
+    pairs = [(i, i) for i in items]
+    assert pool.starmap(star_tasks.args_of, pairs, chunksize) == pairs
+
+
+@pytest.mark.skipif(REFERENCE, reason="poolparty's submit_map")
+def test_a_chunk_that_pickling_kept_stays_whole(pool):
+    star_tasks.KEPT.clear()
+    items = [star_tasks.KeepsItsChunk(i) for i in range(6)]
+    assert pool.map(star_tasks.value_of, items, chunksize=2) == list(range(6))
+    kept = list({id(r): r for r in star_tasks.KEPT
+                 if r is not items}.values())  # each item found its chunk
+    # Each chunk the pickler was handed is still whole in its holder's
+    # hands (never emptied for the next chunk), and holds its own items.
+    assert [[x.value for x in r] for r in kept] == [[0, 1], [2, 3], [4, 5]]
+    star_tasks.KEPT.clear()
