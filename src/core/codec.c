@@ -699,14 +699,16 @@ encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
      * was a tenth of encoding 65,536 ints (perf). */
     size_t width = floats ? 8 : 4;
     /* The numbers go 3 bytes in, after the tag and count to come; room
-     * for at most RUN_STEP more at a time (8 bytes each), and never past
-     * the items there are. */
+     * for at most RUN_STEP more at a time, and never past the items there
+     * are: no more than the run will take, so that a list's room
+     * (encode_items) is not outgrown. */
+    Py_ssize_t end = 0; /* items there is room for, `width` bytes each */
     while (k < most) {
-        if (k % RUN_STEP == 0 &&
-            reserve(out, 3 + (size_t)(most - k < RUN_STEP ? most
-                                                           : k + RUN_STEP) *
-                                 8) < 0) {
-            return enc_nomem();
+        if (k == end) {
+            end = most - k < RUN_STEP ? most : k + RUN_STEP;
+            if (reserve(out, 3 + (size_t)end * width) < 0) {
+                return enc_nomem();
+            }
         }
         unsigned char *values = out->data + out->size + 3;
         PyObject *item = items[k];
@@ -727,6 +729,10 @@ encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
             }
             else {
                 if (width == 4) {
+                    if (reserve(out, 3 + (size_t)end * 8) < 0) {
+                        return enc_nomem();
+                    }
+                    values = out->data + out->size + 3;
                     widen(values, k);
                     width = 8;
                 }
@@ -749,6 +755,8 @@ encode_run(encoder *e, PyObject *const *items, Py_ssize_t n,
     return ENC_OK;
 }
 
+#define RESERVE_MIN 4096
+
 /* Items of a tuple or list: runs of unshared numbers as one run each
  * (encode_run), runs of one object as REPEAT.  An unshared item has
  * `alone` references: its container's, plus the copy's when the items
@@ -762,6 +770,19 @@ encode_items(encoder *e, PyObject *const *items, Py_ssize_t n,
              Py_ssize_t alone)
 {
     Py_ssize_t i = 0;
+    /* A long list of distinct values takes at least 4 bytes an item
+     * (the narrowest int of a run; a str of 2 characters or more; 8 if
+     * it starts with a float), and its runs' headers: room for them at
+     * once, instead of doubling from 256 bytes, each
+     * doubling a copy into fresh memory whose pages fault in again (as
+     * much of a worker's time as encoding 65,536 ints was, perf).  Not
+     * for a repeat ([x] * n: a few bytes) or shared items. */
+    if (n >= RESERVE_MIN && items[0] != items[1] &&
+        Py_REFCNT(items[0]) <= alone &&
+        reserve(e->out, (size_t)n * (PyFloat_CheckExact(items[0]) ? 8 : 4) +
+                            (size_t)(n / RUN_MAX + 1) * 3 + SMALL) < 0) {
+        return enc_nomem();
+    }
     while (i < n) {
         PyObject *item = items[i];
         int rc;
@@ -813,7 +834,7 @@ encode_blob(pp_buf *out, unsigned char tag, const void *data, size_t size)
 /* How a buffer may be pinned: not at all, or its bytes are immutable
  * (a bytes: whoever else holds it), or it is mutable and only its
  * container holds it (or the caller, for the top value; see `exclusive`
- * in encode_value), which out_of_reach must confirm. */
+ * in encode_other), which out_of_reach must confirm. */
 enum { PIN_NO, PIN_IMMUTABLE, PIN_EXCLUSIVE };
 
 /* Whether nobody can reach obj again, which one reference holds (its

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from data_tasks import echo
 from poolparty import SubinterpreterPool
 from poolparty import _poolparty as core
 
@@ -482,3 +483,21 @@ def _varint(n):
         n >>= 7
         if not n:
             return bytes(out)
+
+
+@pytest.mark.parametrize("n", [4_095, 4_096, 70_000])
+def test_long_lists_reserve_room_and_keep_only_what_they_wrote(n):
+    # A long list of distinct values reserves 4 bytes an item up front
+    # (encode_items); what is sent is still only what was written, for
+    # values smaller than that (a repeat after two distinct items) and
+    # larger (dicts), through encode() and through a pool's messages.
+    few = [_fresh("first"), _fresh("second")] + [None] * (n - 2)
+    assert len(core.encode(few)) < 40
+    records = [{"i": i, "s": _fresh("s")} for i in range(n)]
+    narrow = [chr(0x100 + i % 1000) + "" for i in range(n)]     # 4 bytes
+    values = (few, records, narrow, [i * 0.5 for i in range(n)])
+    for value in values:
+        assert same(core.decode(core.encode(value)), value)
+    with SubinterpreterPool(1) as pool:
+        for value in values:
+            assert same(pool.apply(echo, (value,)), value)
