@@ -302,8 +302,8 @@ report_task(pp_worker *w, uint64_t *job, uint64_t *index)
  * A parked worker goes on when the collector is no longer behind by
  * half that (it wakes them as it finishes a batch), when terminate()
  * opens the gate for good, or when the collector finished nothing for
- * PARK_STALL_NS (or four of its average batches, if longer): it may be
- * running a callback that blocks, perhaps on
+ * PARK_STALL_NS (or four times what the batch it holds should take,
+ * if longer): it may be running a callback that blocks, perhaps on
  * something only a later task does, so waiting longer could wait for
  * ever.  After such a stall no worker parks until the collector finishes
  * something again.  docs/design.md, "The collector first". */
@@ -399,8 +399,12 @@ park(pp_engine *e)
     atomic_fetch_sub(&e->running, 1);
     atomic_fetch_add(&e->parked, 1);
     atomic_fetch_add(&e->parks, 1);
-    /* A batch of large results can take longer than PARK_STALL_NS. */
-    int64_t stall_ns = (int64_t)atomic_load(&e->decode_ns) * 4;
+    /* A batch of large results (or slow callbacks) can take longer
+     * than PARK_STALL_NS, and the collector reports its progress once
+     * a batch: four times what the batch it holds should take. */
+    uint64_t batch = atomic_load(&e->undecoded);
+    batch = batch < LINGER_BATCH ? (batch > 0 ? batch : 1) : LINGER_BATCH;
+    int64_t stall_ns = (int64_t)(atomic_load(&e->decode_ns) * batch * 4);
     stall_ns = stall_ns > PARK_STALL_NS ? stall_ns : PARK_STALL_NS;
     struct timespec deadline = realtime_after(stall_ns);
     while (!e->gate_off && collector_behind_ns(e) >= PARK_MIN_NS / 2) {

@@ -87,7 +87,8 @@ def test_gate_only_on_oversubscribed_cores(make_pool, cores):
     assert gate(single)["run_limit"] == 1
     assert gate(found)["run_limit"] <= os.cpu_count()
     for pool in (oversubscribed, spare, single, found):
-        assert pool.map(tasks.square, range(100)) == [x * x for x in range(100)]
+        assert pool.map(tasks.square, range(100)) == [
+            x * x for x in range(100)]
 
 
 def test_results_whole_and_in_order_through_the_gate(make_pool, cores):
