@@ -127,6 +127,18 @@ pp__engine_decref(pp_engine *e)
     PyMem_RawFree(e);
 }
 
+/* An absolute CLOCK_REALTIME deadline `ns` from now. */
+static struct timespec
+realtime_after(int64_t ns)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    int64_t nsec = deadline.tv_nsec + ns % 1000000000;
+    deadline.tv_sec += (time_t)(ns / 1000000000 + nsec / 1000000000);
+    deadline.tv_nsec = (long)(nsec % 1000000000);
+    return deadline;
+}
+
 /* ---- abandoned workers, process-wide ------------------------------- */
 
 /* Workers that terminate() gave up waiting for (pp__engine_abandon):
@@ -153,14 +165,8 @@ abandoned_add(int delta)
 uint32_t
 pp__abandoned_wait(int64_t timeout_ns)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    if (timeout_ns > 0) {
-        int64_t nsec = deadline.tv_nsec + timeout_ns % 1000000000;
-        deadline.tv_sec += (time_t)(timeout_ns / 1000000000 +
-                                    nsec / 1000000000);
-        deadline.tv_nsec = (long)(nsec % 1000000000);
-    }
+    struct timespec deadline = realtime_after(timeout_ns > 0 ? timeout_ns
+                                                            : 0);
     pthread_mutex_lock(&abandoned_lock);
     while (abandoned_alive > 0 && timeout_ns != 0) {
         if (timeout_ns < 0) {
@@ -365,18 +371,6 @@ should_park(pp_engine *e)
     return e->run_limit < e->nworkers &&
            atomic_load(&e->running) > e->run_limit &&
            collector_behind_ns(e) >= PARK_MIN_NS;
-}
-
-/* An absolute CLOCK_REALTIME deadline `ns` from now. */
-static struct timespec
-realtime_after(int64_t ns)
-{
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    int64_t nsec = deadline.tv_nsec + ns % 1000000000;
-    deadline.tv_sec += (time_t)(ns / 1000000000 + nsec / 1000000000);
-    deadline.tv_nsec = (long)(nsec % 1000000000);
-    return deadline;
 }
 
 /* Park the calling worker while the collector is behind (see above).
@@ -1172,14 +1166,8 @@ int
 pp__engine_join(pp_engine *e, int64_t timeout_ns)
 {
     int rc = PP_OK;
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    if (timeout_ns >= 0) {
-        int64_t nsec = deadline.tv_nsec + timeout_ns % 1000000000;
-        deadline.tv_sec += (time_t)(timeout_ns / 1000000000 +
-                                    nsec / 1000000000);
-        deadline.tv_nsec = (long)(nsec % 1000000000);
-    }
+    struct timespec deadline = realtime_after(timeout_ns > 0 ? timeout_ns
+                                                            : 0);
     pthread_mutex_lock(&e->mutex);
     if (e->state == PP_ENGINE_RUNNING) {
         rc = PP_ESTATE;
