@@ -521,11 +521,11 @@ static int encode_blob(pp_buf *out, unsigned char tag, const void *data,
 static int encode_str(pp_buf *out, unsigned char flag, PyObject *obj);
 
 /* A value that a container holds with `alone` references when nobody
- * else does (see encode_items).  The common scalars -- unshared short
- * str, unshared floats and ints of one digit,
- * None and bools -- are written here, inline in the caller's loop; the
- * rest in encode_other, whose frame (every other type's locals) was a
- * third of encoding 65,536 short str (perf). */
+ * else does (see encode_items).  The common scalars -- unshared str,
+ * floats and ints of one digit, ints of -128..127, None and bools --
+ * are written here, inline in the caller's loop; the rest in
+ * encode_other, whose frame (every other type's locals) was a third of
+ * encoding 65,536 short str (perf). */
 static inline int
 encode_item(encoder *e, PyObject *obj, Py_ssize_t alone)
 {
@@ -538,6 +538,7 @@ encode_item(encoder *e, PyObject *obj, Py_ssize_t alone)
         PyUnstable_Long_IsCompact((PyLongObject *)obj)) {
         Py_ssize_t value = PyUnstable_Long_CompactValue((PyLongObject *)obj);
         if (value >= -128 && value <= 127) {
+            /* Not worth a memo lookup; -5..256 are singletons anyway. */
             emit_byte(out, T_INT8);
             emit_byte(out, (unsigned char)(signed char)value);
             return ENC_OK;
@@ -1176,19 +1177,8 @@ encode_other(encoder *e, PyObject *obj, Py_ssize_t alone)
     long long value = 0;
     int rc, overflow = 0;
     if (type == &PyLong_Type) {
+        /* Not -128..127, nor None or a bool: encode_item wrote those. */
         value = int_value(obj, &overflow);
-        if (!overflow && value >= -128 && value <= 127) {
-            /* Not worth a memo lookup; -5..256 are singletons anyway. */
-            emit_byte(out, T_INT8);
-            emit_byte(out, (unsigned char)(signed char)value);
-            return ENC_OK;
-        }
-    }
-    else if (obj == Py_None || obj == Py_True || obj == Py_False) {
-        emit_byte(out, obj == Py_None   ? T_NONE
-                       : obj == Py_True ? T_TRUE
-                                        : T_FALSE);
-        return ENC_OK;
     }
     /* One reference -- the container's, or the caller's for the top
      * value -- and it cannot be met again: no memo.  Nor reached by
