@@ -501,3 +501,17 @@ def test_long_lists_reserve_room_and_keep_only_what_they_wrote(n):
     with SubinterpreterPool(1) as pool:
         for value in values:
             assert same(pool.apply(echo, (value,)), value)
+
+
+@pytest.mark.parametrize("k", range(1, 12))
+def test_a_few_shared_objects_stay_shared_as_the_memo_grows(k):
+    # The memo's inline table fills to three quarters (6 of 8) before a
+    # table is allocated: every count around that must keep identity.
+    objs = [_fresh(f"s{i}") for i in range(k)]
+    value = (objs, [objs[::-1]], {"k": objs[0]})
+    back = core.decode(core.encode(value))
+    assert same(back, value)
+    assert back[0] is not back[1][0]
+    for i in range(k):
+        assert back[0][i] is back[1][0][k - 1 - i]
+    assert back[2]["k"] is back[0][0]
