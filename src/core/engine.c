@@ -486,6 +486,7 @@ pp__engine_gate_stats(pp_engine *e, pp_gate_stats *out)
     out->stalls = atomic_load(&e->stalls);
     out->parked = (uint32_t)atomic_load(&e->parked);
     out->undecoded = atomic_load(&e->undecoded);
+    out->queued = pp_queue_length(e->completions);
     out->decode_ns = atomic_load(&e->decode_ns);
 }
 

@@ -399,13 +399,15 @@ void pp__engine_collected(pp_engine *e, size_t count, int64_t spent_ns);
 
 /* The gate (engine.c): workers that may start a task while the
  * collector is behind, parks and stalls so far, workers parked now,
- * completions the collector holds, its average ns per completion. */
+ * completions the collector holds and those queued for it, its average
+ * ns per completion. */
 typedef struct {
     uint32_t run_limit;
     uint32_t parked;
     uint64_t parks;
     uint64_t stalls;
     uint64_t undecoded;
+    uint64_t queued;
     uint64_t decode_ns;
 } pp_gate_stats;
 void pp__engine_gate_stats(pp_engine *e, pp_gate_stats *out);

@@ -383,11 +383,12 @@ engine_get_gate(PyObject *self, void *Py_UNUSED(closure))
 {
     pp_gate_stats st;
     pp__engine_gate_stats(ENGINE(self), &st);
-    return Py_BuildValue("{sIsIsKsKsKsK}", "run_limit", st.run_limit,
+    return Py_BuildValue("{sIsIsKsKsKsKsK}", "run_limit", st.run_limit,
                          "parked", st.parked, "parks",
                          (unsigned long long)st.parks, "stalls",
                          (unsigned long long)st.stalls, "undecoded",
-                         (unsigned long long)st.undecoded, "decode_ns",
+                         (unsigned long long)st.undecoded, "queued",
+                         (unsigned long long)st.queued, "decode_ns",
                          (unsigned long long)st.decode_ns);
 }
 
@@ -468,8 +469,8 @@ static PyGetSetDef engine_getset[] = {
      "the collector-first gate: run_limit (workers that may start a task "
      "while the collector is behind; the pool's size when the cores are "
      "not oversubscribed), parked now, parks and stalls so far, "
-     "undecoded (completions the collector holds), decode_ns (its "
-     "average time per completion)", NULL},
+     "undecoded (completions the collector holds), queued (those waiting "
+     "for it), decode_ns (its average time per completion)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -45,12 +45,18 @@ def wait_until(predicate, what, timeout=WAIT_S):
         time.sleep(0.001)
 
 
-def teach_slow_collector(pool, seconds):
+def teach_slow_collector(pool, seconds, tmp_path):
     """Make the engine's average time per completion at least half of
     `seconds`: a pool result's callback runs inside the collector's
     batch, so a slow one is what the engine measures (its average
     weighs the batches before too: on 3.12, the workers' import
-    requests)."""
+    requests).  First every worker runs the file helpers the tests use:
+    on 3.12 a worker asks the collector to import each extension module
+    it loads first, and a collector stuck in a callback would never
+    answer."""
+    assert all(arrived for _, arrived, _ in pool.starmap(
+        tasks.rendezvous, [(str(tmp_path), me, 2) for me in range(2)],
+        chunksize=1))
     for _ in range(20):
         if gate(pool)["decode_ns"] >= seconds * 1e9 / 2:
             return
@@ -112,7 +118,7 @@ def test_parked_worker_goes_on_when_the_collector_waits_for_it(
     deadlock: the parked worker must give up on it and run that task."""
     cores(2)
     pool = make_pool(2)
-    teach_slow_collector(pool, 0.01)
+    teach_slow_collector(pool, 0.01, tmp_path)
     unblock, done = str(tmp_path / "unblock"), str(tmp_path / "done")
     blocked = block_collector(pool, lambda: os.path.exists(unblock))
     waiting = pool.apply_async(tasks.step, (("wait", done),))
@@ -128,17 +134,21 @@ def test_parked_worker_goes_on_when_the_collector_waits_for_it(
     assert pool.map(tasks.square, range(50)) == [x * x for x in range(50)]
 
 
-def test_terminate_wakes_a_parked_worker(make_pool, cores):
+def test_terminate_wakes_a_parked_worker(make_pool, cores, tmp_path):
     """A worker parked behind a collector stuck in a callback goes on at
     terminate(), long before it would give up on the collector (after
     four of the collector's 1 s batches)."""
     cores(2)
     pool = make_pool(2)
-    teach_slow_collector(pool, 1.0)
+    teach_slow_collector(pool, 1.0, tmp_path)
     released = threading.Event()
     blocked = block_collector(pool, released.is_set)
     parked = pool.apply_async(tasks.identity, ("parked",))
-    wait_until(lambda: gate(pool)["parked"] == 1, "a worker parked")
+    # A worker parked, and `parked` is done (its completion waits behind
+    # the stuck collector): the worker that parks may be the one that
+    # ran `blocked`, and terminate() must not find `parked` running.
+    wait_until(lambda: gate(pool)["parked"] == 1 and gate(pool)["queued"],
+               "a worker parked")
     # When it would give up on the collector by itself.
     stall_s = 4 * gate(pool)["decode_ns"] / 1e9
     stopper = threading.Thread(target=pool.terminate)
