@@ -146,11 +146,17 @@ pp_msg *pp_msg_resize(pp_msg *msg, size_t size);
 void pp_msg_release(pp_msg *msg);
 /* A thread's message cache keeps at most PP_MSG_CACHE_LOCAL free blocks
  * it freed itself and PP_MSG_CACHE_RETURNED that other threads gave
- * back (counted until the owner reuses them, msg.c); past them blocks
- * go back to malloc: at most PP_MSG_CACHE_SPARE_MAX spare blocks. */
+ * back (msg.c); past them blocks go back to malloc.  Its own list can
+ * hold more than PP_MSG_CACHE_LOCAL: when it runs dry the owner takes
+ * the whole given-back stack into it, and others may give back as many
+ * again meanwhile, so the spare blocks a cache can hold is
+ * PP_MSG_CACHE_SPARE_MAX. */
 #define PP_MSG_CACHE_LOCAL 256
 #define PP_MSG_CACHE_RETURNED 1024
-#define PP_MSG_CACHE_SPARE_MAX (PP_MSG_CACHE_LOCAL + PP_MSG_CACHE_RETURNED)
+#define PP_MSG_CACHE_SPARE_MAX                                                \
+    ((PP_MSG_CACHE_LOCAL > PP_MSG_CACHE_RETURNED ? PP_MSG_CACHE_LOCAL       \
+                                                 : PP_MSG_CACHE_RETURNED) + \
+     PP_MSG_CACHE_RETURNED)
 /* The blocks of the threads' message caches (spare or carrying a
  * message), and the caches alive, process-wide (snapshots, for tests). */
 void pp_msg_cache_stats(uint64_t *blocks, uint64_t *caches);

@@ -17,8 +17,7 @@
  *     no atomics) and allocates from it;
  *   - any other thread gives a block back by pushing it onto the
  *     owner's `returned` stack (one compare-and-swap, no lock), which
- *     the owner takes whole (`taken`) when it has no other spare block
- *     and allocates from before its own;
+ *     the owner takes whole when `local` runs dry;
  *   - both are bounded (LOCAL_MAX, RETURNED_MAX): past them a block
  *     goes back to malloc, so memory never grows past what was in
  *     flight at once plus those bounds per thread;
@@ -28,20 +27,7 @@
  *     with its last block (`refs`).
  * `returned` is only ever pushed onto one node at a time and taken
  * whole, never popped one node at a time, so a compare-and-swap cannot
- * be fooled by a node that left and came back (ABA): a push's new node
- * links to whatever the head is when its compare-and-swap succeeds,
- * and a giver reads nothing of the head node itself.  That is also why
- * the taken stack's length is not kept in its nodes (a running count,
- * the head's plus one): a giver would read the head's count after
- * loading the head, by when the owner may have taken that node, used
- * it and had it given back again, the head once more with another
- * count (the compare-and-swap then succeeds with the stale one), or
- * freed it (a read of freed memory).  The owner instead counts the
- * blocks as it allocates from `taken` and hands that count back to the
- * givers' budget (`nreturned`) every RELEASE_EVERY blocks and when
- * `taken` runs out: taking the stack is one exchange however long it
- * is (counting it by walking it was a cache miss per block).  Bigger
- * messages
+ * be fooled by a node that left and came back (ABA).  Bigger messages
  * have blocks of their own size (home NULL), malloc'd and freed as
  * before. */
 #include "poolparty/pp.h"
@@ -60,32 +46,21 @@
  * batch is 64; a map's chunks come back in thousands). */
 #define LOCAL_MAX PP_MSG_CACHE_LOCAL
 #define RETURNED_MAX PP_MSG_CACHE_RETURNED
-/* Blocks the owner allocates from `taken` between two hand-backs of
- * their count to `nreturned`: one atomic per so many, on the givers'
- * line, while the budget comes back to them as the owner uses it. */
-#define RELEASE_EVERY 64
 /* `returned` of a cache whose owner exited. */
 #define CLOSED ((pp_msg *)1)
 
 typedef struct pp_msg_cache {
     /* The owner's line. */
-    pp_msg *local;            /* owner thread only: free blocks it
-                                 freed itself */
-    size_t nlocal;            /* owner thread only: on `local` */
-    pp_msg *taken;            /* owner thread only: the rest of the
-                                 `returned` stack it took last */
-    size_t ntaken;            /* owner thread only: blocks allocated
-                                 from `taken` not yet off `nreturned` */
+    pp_msg *local;            /* owner thread only: free blocks */
+    size_t nlocal;            /* owner thread only */
     atomic_size_t refs;       /* the owner's (until it exits) + one per
                                  block allocated and not yet freed */
     struct pp_msg_cache *prev, *next; /* every cache (caches_lock) */
     /* The givers' line, apart so that their compare-and-swaps do not
      * keep taking the owner's fields away from its core. */
     _Alignas(64) _Atomic(pp_msg *) returned; /* given back, or CLOSED */
-    atomic_size_t nreturned;  /* >= the blocks on `returned` and
-                                 `taken` plus `ntaken`: each giver
-                                 counts before it pushes, the owner
-                                 uncounts after it allocates */
+    atomic_size_t nreturned;  /* >= the blocks on `returned`: each giver
+                                 counts before it pushes */
 } pp_msg_cache;
 
 /* This thread's cache, or NULL until it allocates a small message. */
@@ -140,6 +115,23 @@ block_free_chain(pp_msg *first)
     }
 }
 
+/* Take every block given back to c, leaving `returned` set to `rest`
+ * (NULL, or CLOSED at the owner's exit); their number in *n.  The
+ * owner's thread (or its exit). */
+static pp_msg *
+take_returned(pp_msg_cache *c, pp_msg *rest, size_t *n)
+{
+    pp_msg *given = atomic_exchange(&c->returned, rest);
+    size_t count = 0;
+    for (pp_msg *m = given; m != NULL; m = m->next) {
+        count++;
+    }
+    /* Each giver counted before it pushed: exactly these are off it. */
+    atomic_fetch_sub(&c->nreturned, count);
+    *n = count;
+    return given;
+}
+
 /* The pthread key's destructor: this thread is exiting.  Its spare
  * blocks go back to malloc; `returned` is closed in the same atomic
  * step that takes what it holds, so that a give-back racing this exit
@@ -150,11 +142,9 @@ cache_exit(void *arg)
 {
     pp_msg_cache *c = arg;
     my_cache = NULL;
-    block_free_chain(c->local); /* nobody reads these again */
-    block_free_chain(c->taken);
-    /* nreturned no longer matters: a giver that counts from here on
-     * sees CLOSED (or the bound) and frees its block either way. */
-    block_free_chain(atomic_exchange(&c->returned, CLOSED));
+    block_free_chain(c->local); /* nobody reads local again */
+    size_t n;
+    block_free_chain(take_returned(c, CLOSED, &n));
     cache_unref(c); /* the owner's */
 }
 
@@ -199,10 +189,8 @@ this_cache(void)
     return c;
 }
 
-/* A BLOCK-byte block from this thread's cache (what others gave back
- * first, their budget coming back to them as it is used; else its own
- * list; else what others gave back since; else malloc), or NULL.  Any
- * thread. */
+/* A BLOCK-byte block from this thread's cache (its own list, else what
+ * others gave back, else malloc), or NULL.  Any thread. */
 static pp_msg *
 block_alloc(void)
 {
@@ -210,23 +198,11 @@ block_alloc(void)
     if (c == NULL) {
         return NULL;
     }
-    pp_msg *block = c->taken;
-    if (block == NULL && c->local == NULL
-        && atomic_load_explicit(&c->returned, memory_order_relaxed)) {
-        /* Acquire: the givers' writes to the blocks come with them. */
-        block = c->taken = atomic_exchange(&c->returned, NULL);
+    if (c->local == NULL && atomic_load_explicit(&c->returned,
+                                                 memory_order_relaxed)) {
+        c->local = take_returned(c, NULL, &c->nlocal);
     }
-    if (block != NULL) {
-        c->taken = block->next;
-        if (++c->ntaken == RELEASE_EVERY || c->taken == NULL) {
-            /* Each giver counted before it pushed: exactly these are
-             * off the stack for good. */
-            atomic_fetch_sub(&c->nreturned, c->ntaken);
-            c->ntaken = 0;
-        }
-        return block;
-    }
-    block = c->local;
+    pp_msg *block = c->local;
     if (block != NULL) {
         c->local = block->next;
         c->nlocal--;

@@ -184,103 +184,6 @@ test_msg_cache_threads(void)
     ASSERT_EQ(blocks, blocks0);
 }
 
-/* The other side of test_msg_cache_bound: frees n messages of another
- * thread's, so that it gives their blocks back to that thread's cache. */
-typedef struct {
-    pp_msg **msgs;
-    int n;
-} give_back_job;
-
-static void *
-free_them(void *arg)
-{
-    give_back_job *job = arg;
-    for (int i = 0; i < job->n; i++) {
-        pp_msg_free(job->msgs[i]);
-    }
-    return NULL;
-}
-
-static void
-free_on_other_thread(pp_msg **msgs, int n)
-{
-    give_back_job job = {msgs, n};
-    pthread_t t;
-    ASSERT_EQ(pthread_create(&t, NULL, free_them, &job), 0);
-    pthread_join(t, NULL);
-}
-
-static void
-make_many(pp_msg **msgs, int n)
-{
-    for (int i = 0; i < n; i++) {
-        msgs[i] = msg(4, (uint64_t)i);
-    }
-}
-
-/* A cache keeps exactly PP_MSG_CACHE_RETURNED blocks given back and
- * PP_MSG_CACHE_LOCAL freed by its owner; the blocks the owner reuses
- * from the given-back stack (counted as it allocates, not when it takes
- * the stack) go back to the givers' budget, to the block. */
-static void
-test_msg_cache_bound(void)
-{
-    enum { N = 3 * PP_MSG_CACHE_RETURNED, R = PP_MSG_CACHE_RETURNED };
-    uint64_t blocks0, caches0, blocks, caches;
-    pp_msg_free(msg(0, 0));
-    cache_stats(&blocks0, &caches0);
-    pp_msg **many = malloc(N * sizeof(*many));
-    ASSERT(many != NULL);
-    /* The one spare block reused, then N - 1 from malloc; given back by
-     * another thread, R stay, the rest are freed. */
-    make_many(many, N);
-    cache_stats(&blocks, &caches);
-    ASSERT_EQ(blocks, blocks0 + N - 1);
-    free_on_other_thread(many, N);
-    cache_stats(&blocks, &caches);
-    ASSERT_EQ(blocks, blocks0 - 1 + R);
-    /* Rounds that use the given-back stack to its end (n >= spare):
-     * it is reused before malloc, and every block reused frees its
-     * place in the budget for the next give-back, to the block.  Rounds
-     * that use part of it (the owner hands the count back in batches)
-     * leave the rest of the stack and keep within the bound. */
-    static const int rounds[] = {R, R + 1, 100, R + 5, 1, 700, R, 3};
-    const uint64_t base = blocks0 - 1; /* no spare block */
-    uint64_t spare = R; /* the given-back blocks held now */
-    for (size_t i = 0; i < sizeof(rounds) / sizeof(rounds[0]); i++) {
-        uint64_t n = (uint64_t)rounds[i];
-        make_many(many, (int)n);
-        cache_stats(&blocks, &caches);
-        ASSERT_EQ(blocks, base + (n > spare ? n : spare));
-        free_on_other_thread(many, (int)n);
-        cache_stats(&blocks, &caches);
-        if (n >= spare) {
-            ASSERT_EQ(blocks, base + (n < R ? n : R));
-        }
-        else {
-            ASSERT(blocks >= base + spare - n && blocks <= base + R);
-        }
-        spare = blocks - base;
-    }
-    /* The owner's own frees on top: the cache is then full, at
-     * PP_MSG_CACHE_SPARE_MAX. */
-    make_many(many, N);
-    for (int i = 0; i < N; i++) {
-        pp_msg_free(many[i]);
-    }
-    cache_stats(&blocks, &caches);
-    ASSERT_EQ(blocks, base + PP_MSG_CACHE_LOCAL);
-    make_many(many, N);
-    free_on_other_thread(many, R);
-    for (int i = R; i < N; i++) {
-        pp_msg_free(many[i]);
-    }
-    cache_stats(&blocks, &caches);
-    ASSERT_EQ(blocks, base + PP_MSG_CACHE_SPARE_MAX);
-    ASSERT_EQ(caches, caches0);
-    free(many);
-}
-
 static void
 test_queue_fifo(void)
 {
@@ -801,7 +704,6 @@ static const struct {
     {"msg", test_msg},
     {"msg_cache", test_msg_cache},
     {"msg_cache_threads", test_msg_cache_threads},
-    {"msg_cache_bound", test_msg_cache_bound},
     {"queue_fifo", test_queue_fifo},
     {"queue_push_chain", test_queue_push_chain},
     {"queue_remove_job", test_queue_remove_job},
