@@ -5,7 +5,8 @@ Usage: .venv/3.13/bin/python tools/gate_ab.py [--bench data_ints,...]
 
 For each bench (a poolparty_bench workload), rounds of: the tasks run
 sequentially here, then a warm pool's map with the gate as this machine
-has it and with it off (`_poolparty.assume_cpus(64)`: cores to spare),
+has it (`_poolparty.assume_cpus(cores)`: the gate is opt-in) and with it
+off (`assume_cpus(0)`, the default),
 in alternating order.  Prints the median and best speedup over
 sequential of each, the process's CPU per task, and the gate's parks.
 The gate only acts when the workers and the collector are more threads
@@ -16,6 +17,7 @@ shared machine say little: run it on a quiet one.
 
 import argparse
 import gc
+import os
 import statistics
 import time
 
@@ -25,7 +27,8 @@ from poolparty_bench import workloads
 
 
 def run_map(gate, workload, inputs, workers):
-    _poolparty.assume_cpus(0 if gate == "on" else 64)
+    _poolparty.assume_cpus(len(os.sched_getaffinity(0)) if gate == "on"
+                           else 0)
     try:
         with poolparty.SubinterpreterPool(workers) as pool:
             pool.map(workload.task, inputs[:2 * workers])

@@ -20,10 +20,8 @@
 #include "pp_internal.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 typedef struct pp_worker {
     struct pp_engine *engine;
@@ -316,7 +314,13 @@ report_task(pp_worker *w, uint64_t *job, uint64_t *index)
 #define PARK_MIN_NS ((uint64_t)50 * 1000)
 #define PARK_STALL_NS ((int64_t)100 * 1000 * 1000)
 
-/* 0: find the cores (pp__engine_assume_cpus). */
+/* The cores the gate takes this process to have; 0, the default, leaves
+ * the gate off.  It is off because on this project's 2-core machine it
+ * measured as many losses as gains (docs/design.md, "The collector
+ * first": data_ints 0.56 -> 0.62x sequential, but an imap of 4,096
+ * floats a task 12 % slower and data_blob 5 %), so it is opt-in, through
+ * pp__engine_assume_cpus, until a rule for when to park wins on every
+ * shape measured. */
 static atomic_uint assumed_cpus;
 
 /* Any thread.  See pp_internal.h. */
@@ -324,26 +328,6 @@ uint32_t
 pp__engine_assume_cpus(uint32_t cpus)
 {
     return atomic_exchange(&assumed_cpus, cpus);
-}
-
-/* The cores this process's threads may run on: its CPU affinity's
- * count, else the online count (or what pp__engine_assume_cpus says).
- * Any thread. */
-static uint32_t
-cpu_count(void)
-{
-    uint32_t n = atomic_load(&assumed_cpus);
-    if (n > 0) {
-        return n;
-    }
-#ifdef CPU_COUNT
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) {
-        return (uint32_t)CPU_COUNT(&set);
-    }
-#endif
-    long online = sysconf(_SC_NPROCESSORS_ONLN);
-    return online > 0 ? (uint32_t)online : 1;
 }
 
 /* How far behind the collector is, in ns of its work: the completions it
@@ -876,8 +860,9 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
     pthread_cond_init(&e->started, NULL);
     pp__fn_store_init(&e->fns);
     /* The collector's own core: see "The gate". */
-    uint32_t cpus = cpu_count();
-    e->run_limit = nworkers < cpus ? nworkers : (cpus > 1 ? cpus - 1 : 1);
+    uint32_t cpus = atomic_load(&assumed_cpus);
+    e->run_limit = cpus == 0 || nworkers < cpus ? nworkers
+                                                : (cpus > 1 ? cpus - 1 : 1);
     atomic_init(&e->undecoded, 0);
     atomic_init(&e->released, 0);
     atomic_init(&e->decode_ns, 0);

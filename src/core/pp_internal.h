@@ -412,9 +412,9 @@ typedef struct {
 } pp_gate_stats;
 void pp__engine_gate_stats(pp_engine *e, pp_gate_stats *out);
 
-/* Cores that engines made from now on take the process to have (0: find
- * them: the CPU affinity's count); returns the previous setting.  For
- * tests and benchmarks.  Any thread. */
+/* Cores that engines made from now on take the process to have, for the
+ * gate (0, the default: the gate is off); returns the previous setting.
+ * Opt-in, for tests and benchmarks.  Any thread. */
 uint32_t pp__engine_assume_cpus(uint32_t cpus);
 
 /* Stop taking work; queued tasks still run, then workers exit. */

@@ -460,9 +460,9 @@ module_message_cache_stats(PyObject *Py_UNUSED(module),
 }
 
 /* assume_cpus(n) -> int: the cores engines made from now on take the
- * process to have (0: find them), for tests and benchmarks of the
- * collector-first gate; returns the previous setting.  Any
- * interpreter. */
+ * process to have, for the collector-first gate (0, the default: the gate
+ * is off); opt-in, for tests and benchmarks; returns the previous
+ * setting.  Any interpreter. */
 static PyObject *
 module_assume_cpus(PyObject *Py_UNUSED(module), PyObject *arg)
 {
@@ -486,8 +486,8 @@ static PyMethodDef module_methods[] = {
      "this process, and the most free blocks one cache keeps."},
     {"assume_cpus", module_assume_cpus, METH_O,
      "assume_cpus(n) -> int: the cores pools made from now on take this "
-     "process to have (0: its CPU affinity's count), for tests and "
-     "benchmarks of the collector-first gate; the previous setting."},
+     "process to have, for the collector-first gate (0, the default: the "
+     "gate is off), for tests and benchmarks; the previous setting."},
     {"buffer_stats", module_buffer_stats, METH_NOARGS,
      "buffer_stats() -> {'pinned', 'pins_live', 'out_of_band'}: large "
      "buffers that travelled by reference, those still held, and pickle "

@@ -223,14 +223,21 @@ def main(argv=None):
     print(header)
     for name in names:
         line = f"{name:32}"
-        base_ours = statistics.median(p[0] for p in raw[base][name])
+        # A build older than a shape does not run it: its columns are "-".
+        base_ours = (statistics.median(p[0] for p in raw[base][name])
+                     if raw[base][name] else None)
         for python in pythons:
+            if not raw[python][name]:
+                line += f" | {'-':>8} {'-':>8} {'-':>5}" + (
+                    f" {'-':>8}" if len(pythons) > 1 else "")
+                continue
             ours = statistics.median(p[0] for p in raw[python][name])
             theirs = statistics.median(p[1] for p in raw[python][name])
             line += f" | {ours * 1e3:8.1f} {theirs * 1e3:8.1f} " \
                     f"{ours / theirs:5.2f}"
             if len(pythons) > 1:
-                line += f" {ours / base_ours:8.2f}"
+                line += (f" {ours / base_ours:8.2f}" if base_ours
+                         else f" {'-':>8}")
         print(line)
     return 0
 

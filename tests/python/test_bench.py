@@ -748,6 +748,30 @@ def test_the_shapes_bench_compares_builds_pass_by_pass(capsys):
     assert float(cells[1].split()[3]) == 1.0  # the last build against itself
 
 
+def test_the_shapes_bench_shows_a_shape_an_older_build_lacks(monkeypatch,
+                                                              capsys):
+    # An older build runs only the shapes it knows: its cells are "-",
+    # and the newer build's row is still printed, not a crash.
+    from poolparty_bench import shapes
+
+    name = "map, 1 MB results, 256"
+    passes = {"new": {name: [0.2, 0.1]}, "old": {}}
+
+    def fake_run(command, **kwargs):
+        return subprocess.CompletedProcess(command, 0,
+                                           json.dumps(passes[command[0]]))
+
+    monkeypatch.setattr(subprocess, "run", fake_run)  # main() imports it
+    assert shapes.main(["--repeat", "1", "--only", "1 MB",
+                        "--python", "new", "--python", "old"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith(name)]
+    assert len(rows) == 1
+    new_cells, old_cells = (cell.split() for cell in rows[0].split("|")[1:])
+    assert new_cells == ["200.0", "100.0", "2.00", "-"]
+    assert old_cells == ["-", "-", "-", "-"]
+
+
 def test_the_shapes_bench_checks_every_result_arrived(monkeypatch):
     from poolparty_bench import shapes
 
