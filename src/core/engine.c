@@ -346,13 +346,20 @@ collector_behind_ns(pp_engine *e)
            atomic_load(&e->decode_ns);
 }
 
+/* Any GIL or none.  See pp_internal.h. */
+int
+pp__engine_gated(const pp_engine *e)
+{
+    return e->run_limit < e->nworkers;
+}
+
 /* Whether a worker between tasks should park (see above).  The cheap
  * checks first: with cores to spare this is one compare.  Any GIL or
  * none; no lock. */
 static int
 should_park(pp_engine *e)
 {
-    return e->run_limit < e->nworkers &&
+    return pp__engine_gated(e) &&
            atomic_load(&e->running) > e->run_limit &&
            collector_behind_ns(e) >= PARK_MIN_NS;
 }
@@ -432,7 +439,7 @@ pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
                    size_t *count)
 {
     int rc = pp_queue_pop_all(e->completions, timeout_ns, out, count);
-    if (rc == PP_OK) {
+    if (rc == PP_OK && pp__engine_gated(e)) {
         atomic_fetch_add(&e->undecoded, *count);
     }
     return rc;
@@ -442,8 +449,8 @@ pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
 void
 pp__engine_collected(pp_engine *e, size_t count, int64_t spent_ns)
 {
-    if (count == 0) {
-        return;
+    if (count == 0 || !pp__engine_gated(e)) {
+        return; /* ungated: nobody reads the collector's progress */
     }
     if (spent_ns >= 0) {
         /* An average over the last few batches (weight 1/4 each). */
@@ -487,8 +494,9 @@ complete(pp_engine *e, pp_worker *w, pp_msg *done, int lazy)
     done->worker = w->id;
     /* With workers parked the collector is behind: a lingering one is
      * woken now, not at its deadline, while they wait on it. */
-    lazy = lazy &&
-           atomic_load_explicit(&e->parked, memory_order_relaxed) == 0;
+    if (lazy && pp__engine_gated(e)) {
+        lazy = atomic_load_explicit(&e->parked, memory_order_relaxed) == 0;
+    }
     int rc = lazy ? pp_queue_push_lazy(e->completions, done)
                   : pp_queue_push(e->completions, done);
     if (rc != PP_OK) {
@@ -616,7 +624,7 @@ queue_worker_main(void *arg)
         while (e->maxtasks == 0 || served < e->maxtasks) {
             pp_msg *task = NULL;
             int popped = PP_ETIMEDOUT;
-            if (should_park(e)) {
+            if (!booting && should_park(e)) {
                 if (attached) {
                     ts = pp__ts_detach();
                     attached = 0;

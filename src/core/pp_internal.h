@@ -391,6 +391,11 @@ void pp__engine_function_stats(pp_engine *e, pp_fn_stats *out);
 int pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
                        size_t *count);
 
+/* Whether the gate can park this engine's workers (run_limit below
+ * nworkers: see pp__engine_assume_cpus); when not, the collector's
+ * progress is neither timed nor counted.  Any GIL or none. */
+int pp__engine_gated(const pp_engine *e);
+
 /* The collector finished with `count` of the completions it took
  * (handed them out, and freed them), in `spent_ns` (negative: not
  * timed): its progress, which parked workers wait for (the gate,

@@ -556,7 +556,8 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     }
     /* How long the batch takes is the engine's measure of how far behind
      * the collector is (the gate, engine.c). */
-    int64_t started = monotonic_ns();
+    int64_t started =
+        pp__engine_gated(PP_ENGINE(self)) ? monotonic_ns() : -1;
     PyObject *owner, *futures;
     bound_futures(self, &owner, &futures);
     Py_XDECREF(owner);
@@ -629,7 +630,7 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     }
     pp_msg_free_chain(first);
     pp__engine_collected(PP_ENGINE(self), handed,
-                         monotonic_ns() - started);
+                         started < 0 ? -1 : monotonic_ns() - started);
     return list;
 }
 
