@@ -1071,10 +1071,19 @@ encode_key(encoder *e, PyObject *key, Py_ssize_t position)
     key_number *kept = &e->keys[position];
     if (kept->key != key) {
         uint64_t *known = memo_get(&e->seen, key);
-        uint64_t number = known != NULL ? *known : e->numbered;
+        uint64_t before = e->numbered;
+        uint64_t number = known != NULL ? *known : before;
         int rc = encode_value(e, key); /* a REF, or numbered `number` */
         if (rc != ENC_OK) {
             return rc;
+        }
+        /* Kept only if the memo holds the key under `number`.  On a
+         * free-threaded build another thread can drop a reference between
+         * the check above and encode_item's, and the key is then written
+         * unnumbered: a later REF to `number` would name another object. */
+        if (known == NULL && e->numbered != before + 1) {
+            kept->key = NULL;
+            return ENC_OK;
         }
         kept->key = key;
         kept->number = number;
