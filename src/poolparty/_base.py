@@ -90,6 +90,7 @@ class PoolBase:
         )
         self._finalizer = _engine.register_finalizer(self, self._runner, on_exit)
         self._engine = self._runner.engine
+        _engine.after_start()
         return workers
 
     # -- errors --------------------------------------------------------

@@ -28,7 +28,11 @@ import weakref
 from . import _byvalue
 from . import _poolparty as _core
 from . import _worker
-from ._errors import BrokenInterpreterPool, decode_error
+
+# Not imported here: ._errors (concurrent.futures) and multiprocessing,
+# which a pool's start imports only once its workers are booting
+# (after_start), so that the two overlap; the functions below that
+# need ._errors import it where they use it.
 
 DESIGNS = {"queue": _core.PP_DESIGN_QUEUE, "call": _core.PP_DESIGN_CALL}
 
@@ -96,9 +100,31 @@ def refuse_in_worker():
     _watch_forks()
 
 
+def after_start():
+    """Called once a pool's engine exists and its workers are booting.
+
+    What a first pool in a process still has to import goes here, after
+    its workers began creating their interpreters, not before: each worker
+    spends milliseconds there (about 6.5 ms a creation, one after another,
+    then its boot and its first task's imports) during which this thread
+    would otherwise wait, and the imports -- multiprocessing's
+    (multiprocessing.pool's for SubinterpreterPool's results) and
+    concurrent.futures' -- are 10-20 ms of a first pool's start
+    (docs/design.md, "Starting a worker").
+    """
+    global _forkserver_pending
+    if _forkserver_pending:
+        _forkserver_pending = False
+        _default_to_forkserver()
+    from . import _errors  # noqa: F401  (for the collector's error paths)
+
+
 # Open poolparty.Interpreter objects (pools are in _unjoined, below).
 live_interpreters = weakref.WeakSet()
 _forks_watched = False
+# multiprocessing's default start method is still to be made 'forkserver'
+# (by after_start).
+_forkserver_pending = False
 
 
 def _watch_forks():
@@ -111,11 +137,11 @@ def _watch_forks():
     Linux), and an os.fork() child exits at once with a message.
     docs/reliability.md ("fork") says why this design.
     """
-    global _forks_watched
+    global _forks_watched, _forkserver_pending
     if _forks_watched or not hasattr(os, "register_at_fork"):
         return
     _forks_watched = True
-    _default_to_forkserver()
+    _forkserver_pending = True  # done by after_start
     os.register_at_fork(before=_before_fork, after_in_parent=_core.fork_guard_disarm)
 
 
@@ -380,6 +406,8 @@ def decode(kind, payload):
             return True, pickle.loads(payload)
         except BaseException as exc:
             return False, exc
+    from ._errors import decode_error
+
     return False, decode_error(payload)
 
 
@@ -558,6 +586,8 @@ def _collect(runner):
                     continue
                 if kind == INIT_FAILED:
                     if not broken:
+                        from ._errors import decode_error
+
                         broken = True
                         _break(runner, "a worker failed to start",
                                decode_error(payload),
@@ -611,6 +641,8 @@ def _break(runner, what, cause, fix):
     (multiprocessing restarts a worker that fails to start forever, and
     its callers hang.)
     """
+    from ._errors import BrokenInterpreterPool
+
     error = BrokenInterpreterPool(
         f"{what}, so the pool stopped: {type(cause).__name__}: {cause} "
         f"(that exception is the __cause__; {fix})"
@@ -623,7 +655,7 @@ def _break(runner, what, cause, fix):
 
 def broken_again(error):
     """A fresh copy of a pool's BrokenInterpreterPool, to raise once more."""
-    again = BrokenInterpreterPool(*error.args)
+    again = type(error)(*error.args)
     again.__cause__ = error.__cause__
     return again
 

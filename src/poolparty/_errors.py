@@ -2,7 +2,13 @@
 
 import pickle
 from concurrent.futures import BrokenExecutor
-from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
+
+# multiprocessing.pool's MaybeEncodingError and RemoteTraceback are
+# imported where a worker's error is rebuilt, not here: this module is
+# imported by every pool and executor, and multiprocessing.pool's import
+# (with multiprocessing's) is the largest part of a first pool's start,
+# which an executor would otherwise pay for nothing (docs/design.md,
+# "Starting a worker").
 
 __all__ = [
     "BrokenInterpreterPool",
@@ -46,6 +52,8 @@ class RemoteError(Exception):
 def _attach(exc, traceback_text):
     """Attach the worker's traceback the way multiprocessing does."""
     if traceback_text:
+        from multiprocessing.pool import RemoteTraceback
+
         exc.__cause__ = RemoteTraceback(
             f'\n"""\n{traceback_text}"""'
         )
@@ -68,6 +76,8 @@ def decode_error(payload):
     except Exception as exc:  # pragma: no cover - our own pickle
         return RemoteError("poolparty.DecodeError", repr(exc))
     if record[0] == "unpicklable":
+        from multiprocessing.pool import MaybeEncodingError
+
         _, value_repr, exc_repr = record
         # MaybeEncodingError repr()s what it is given; the worker already
         # sent reprs, so set them as multiprocessing would have.

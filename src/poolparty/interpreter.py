@@ -28,6 +28,7 @@ class Interpreter:
 
     def __init__(self):
         _engine.refuse_in_worker()
+        _engine.after_start()  # nothing to overlap: the creation waits
         try:
             self._core = _core.Interpreter(
                 _engine.sys_path_blob(), _engine.boot_payload(None, ())

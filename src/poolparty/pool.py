@@ -3,18 +3,10 @@
 import itertools
 import threading
 import warnings
-from multiprocessing import TimeoutError as _TimeoutError
-from multiprocessing.pool import (
-    ApplyResult,
-    IMapIterator,
-    IMapUnorderedIterator,
-    MapResult,
-)
 
 from . import _engine
 from . import _poolparty as _core
 from ._base import PoolBase, SinkBase, chunk_count
-from ._errors import TerminatedError
 
 __all__ = ["SubinterpreterPool"]
 
@@ -31,10 +23,41 @@ _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 # _MapResult(cache, job, chunksize, length, callback, error_callback),
 # _IMap/_IMapUnordered(cache, job, chunks=None); each registers itself
 # as cache[job] and leaves it when complete.
-_ApplyResult, _MapResult, _IMap, _IMapUnordered = _core.result_types(
-    ApplyResult, MapResult, IMapIterator, IMapUnorderedIterator,
-    _TimeoutError, _engine.report_callback_error,
-)
+#
+# They are made at the first pool's start, once its workers are booting,
+# not when this module is imported: multiprocessing.pool's import is the
+# largest part of a first pool's start, and the workers' creation of
+# their interpreters overlaps it so (see _engine.after_start).
+_RESULT_NAMES = ("_ApplyResult", "_MapResult", "_IMap", "_IMapUnordered")
+_result_types = None
+_result_types_lock = threading.Lock()
+
+
+def _load_result_types():
+    """The four result classes, made on the first call (any thread)."""
+    global _result_types
+    with _result_types_lock:
+        if _result_types is None:
+            from multiprocessing import TimeoutError
+            from multiprocessing.pool import (
+                ApplyResult,
+                IMapIterator,
+                IMapUnorderedIterator,
+                MapResult,
+            )
+
+            _result_types = _core.result_types(
+                ApplyResult, MapResult, IMapIterator, IMapUnorderedIterator,
+                TimeoutError, _engine.report_callback_error,
+            )
+    return _result_types
+
+
+def __getattr__(name):
+    """``_ApplyResult`` and co. as module attributes (made when first asked)."""
+    if name in _RESULT_NAMES:
+        return _load_result_types()[_RESULT_NAMES.index(name)]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Sink(SinkBase):
@@ -92,6 +115,8 @@ class SubinterpreterPool(PoolBase):
             sink, "terminate", "Number of processes must be at least 1",
         )
         # {job: result}, as multiprocessing's Pool._cache
+        (self._ApplyResult, self._MapResult, self._IMap,
+         self._IMapUnordered) = _load_result_types()
         sink.cache = self._cache = self._engine.bind_futures(owner=sink)
         # Job ids from the engine, which also numbers submit_apply's.
         self._next_job = self._engine.new_job
@@ -133,6 +158,8 @@ class SubinterpreterPool(PoolBase):
             self._fail(result._job, index, self._refused_error())
 
     def _stopped_error(self):
+        from ._errors import TerminatedError
+
         return TerminatedError("the pool stopped before this task was queued")
 
     def apply(self, func, args=(), kwds={}):
@@ -154,7 +181,7 @@ class SubinterpreterPool(PoolBase):
                                         error_callback)
             if result is not None:
                 return result
-        result = _ApplyResult(self._cache, self._next_job(), callback,
+        result = self._ApplyResult(self._cache, self._next_job(), callback,
                               error_callback)
         self._submit(result, 0, _engine.TASK_CALL, func,
                      (tuple(args), dict(kwds) or None))
@@ -193,7 +220,7 @@ class SubinterpreterPool(PoolBase):
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         if len(iterable) == 0:
             chunksize = 0
-        result = _MapResult(self._cache, self._next_job(), chunksize,
+        result = self._MapResult(self._cache, self._next_job(), chunksize,
                             len(iterable), callback, error_callback)
         if chunksize:
             self._submit_map(result._job, kind, func, iterable, chunksize)
@@ -206,11 +233,11 @@ class SubinterpreterPool(PoolBase):
         other iterable is consumed by a background thread, as in
         multiprocessing, so a slow or endless iterable does not block.
         """
-        return self._imap(_IMap, func, iterable, chunksize)
+        return self._imap(self._IMap, func, iterable, chunksize)
 
     def imap_unordered(self, func, iterable, chunksize=1):
         """Like :meth:`imap`, but results come in completion order."""
-        return self._imap(_IMapUnordered, func, iterable, chunksize)
+        return self._imap(self._IMapUnordered, func, iterable, chunksize)
 
     def _imap(self, iterator_class, func, iterable, chunksize):
         self._check_running()
