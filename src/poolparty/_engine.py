@@ -18,7 +18,6 @@ import importlib
 import os
 import pickle
 import sys
-import sysconfig
 import threading
 import time
 import traceback
@@ -61,7 +60,7 @@ _COLLECT_RETRY_S = 0.05
 # result is made on the collector, so without the slices a result the
 # caller dropped lived on for as long as its pool stayed idle (seen:
 # all 12 of an Executor.map's results, 0.3 s after they were dropped).
-_COLLECT_SLICE_S = 0.1 if sysconfig.get_config_var("Py_GIL_DISABLED") else None
+_COLLECT_SLICE_S = 0.1 if _core.FREE_THREADED else None
 
 # How long join() waits, after terminate(), for workers to end before it
 # abandons those still running: a task blocked inside C (time.sleep, a

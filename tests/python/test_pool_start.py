@@ -87,3 +87,23 @@ def test_pool_module_still_has_its_result_classes(tmp_path):
         print(issubclass(_ApplyResult, ApplyResult), _IMapUnordered.__name__)
     """)
     assert "True" in out
+
+
+def test_a_pool_start_does_not_load_sysconfig(tmp_path):
+    # sysconfig's import and first get_config_var() cost 5-9 ms; the core
+    # says whether the build is free-threaded instead.
+    out = _run(tmp_path, """
+        before = "sysconfig" in sys.modules  # a site hook may have
+        import poolparty
+        with poolparty.SubinterpreterPool(2) as pool:
+            pool.map(abs, [1])
+        with poolparty.SubinterpreterPoolExecutor(2) as ex:
+            list(ex.map(abs, [1]))
+        print("loaded:", "sysconfig" in sys.modules and not before)
+        import sysconfig
+        from poolparty import _poolparty
+        print("agrees:", _poolparty.FREE_THREADED
+              == bool(sysconfig.get_config_var("Py_GIL_DISABLED")))
+    """)
+    assert "loaded: False" in out
+    assert "agrees: True" in out
