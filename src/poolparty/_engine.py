@@ -28,10 +28,10 @@ from . import _byvalue
 from . import _poolparty as _core
 from . import _worker
 
-# Not imported here: ._errors (concurrent.futures) and multiprocessing,
-# which a pool's start imports only once its workers are booting
-# (after_start), so that the two overlap; the functions below that
-# need ._errors import it where they use it.
+# Not imported here: multiprocessing, which a pool's start imports only
+# once its workers are booting (after_start), so that the two overlap;
+# nor ._errors (concurrent.futures and logging, 3 ms), which only a
+# failure needs: the functions below import it where they use it.
 
 DESIGNS = {"queue": _core.PP_DESIGN_QUEUE, "call": _core.PP_DESIGN_CALL}
 
@@ -106,16 +106,15 @@ def after_start():
     its workers began creating their interpreters, not before: each worker
     spends milliseconds there (about 6.5 ms a creation, one after another,
     then its boot and its first task's imports) during which this thread
-    would otherwise wait, and the imports -- multiprocessing's
-    (multiprocessing.pool's for SubinterpreterPool's results) and
-    concurrent.futures' -- are 10-20 ms of a first pool's start
-    (docs/design.md, "Starting a worker").
+    would otherwise wait, and the imports -- multiprocessing's, and
+    multiprocessing.pool's for SubinterpreterPool's results (pool.py) --
+    are 10-20 ms of a first pool's start (docs/design.md, "Starting a
+    worker").
     """
     global _forkserver_pending
     if _forkserver_pending:
         _forkserver_pending = False
         _default_to_forkserver()
-    from . import _errors  # noqa: F401  (for the collector's error paths)
 
 
 # Open poolparty.Interpreter objects (pools are in _unjoined, below).

@@ -107,3 +107,32 @@ def test_a_pool_start_does_not_load_sysconfig(tmp_path):
     """)
     assert "loaded: False" in out
     assert "agrees: True" in out
+
+
+def test_pool_imports_its_exceptions_only_for_a_failure(tmp_path):
+    # poolparty._errors needs concurrent.futures (and logging): 3 ms of
+    # a first pool's start that only a failure needs.
+    out = _run(tmp_path, """
+        import poolparty
+        with poolparty.SubinterpreterPool(2) as pool:
+            print(pool.map(abs, [-1, -2]))
+            print("imported:", "concurrent.futures" in sys.modules)
+            try:
+                pool.apply(int, ("x",))
+            except ValueError as exc:
+                print("raised:", type(exc.__cause__).__name__)
+
+        # (A stdlib initializer: this script cannot run in a worker.)
+        with poolparty.SubinterpreterPool(1, initializer=int,
+                                          initargs=("x",)) as pool:
+            try:
+                pool.apply(abs, (1,))
+            except poolparty.BrokenInterpreterPool as exc:
+                import concurrent.futures
+                print("broken:", isinstance(exc, concurrent.futures.BrokenExecutor),
+                      type(exc.__cause__).__name__)
+    """)
+    assert "[1, 2]" in out
+    assert "imported: False" in out
+    assert "raised: RemoteTraceback" in out
+    assert "broken: True ValueError" in out
