@@ -556,11 +556,20 @@ retire_interp(pp_worker *w)
     pthread_mutex_unlock(&w->life);
 }
 
-/* Pop the next task for a worker.  PP_OK or PP_ECLOSED.  Needs: no
- * tstate (it blocks). */
+/* Pop the next task for a worker.  PP_OK or PP_ECLOSED.  A worker
+ * that waits PP_ARENA_IDLE_NS for one gives its cached arenas back
+ * first (arena.c), so an idle pool holds none.  Needs: no tstate (it
+ * blocks). */
 static int
 next_task(pp_engine *e, pp_msg **task)
 {
+    if (pp__arena_held()) {
+        int rc = pp_queue_pop(e->tasks, PP_ARENA_IDLE_NS, task);
+        if (rc != PP_ETIMEDOUT) {
+            return rc;
+        }
+        pp__arena_release();
+    }
     return pp_queue_pop(e->tasks, -1, task);
 }
 
@@ -607,6 +616,7 @@ queue_worker_main(void *arg)
     int booting = 1;
 
     current_worker = w;
+    pp__arena_worker_begin();
     while (!stopping) {
         pp_interp *it = NULL;
         pp_msg *failure = NULL;
@@ -663,6 +673,7 @@ queue_worker_main(void *arg)
         pp__interp_destroy_attached(it);
     }
     current_worker = NULL;
+    pp__arena_worker_end();
     leave_gate(e);
     worker_exited(e, w);
     pp__engine_decref(e);
@@ -682,6 +693,7 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
     PyThreadState *caller;
 
     current_worker = w;
+    pp__arena_worker_begin();
     while (!stopping) {
         pp_interp *it = NULL;
         pp_msg *failure = NULL;
@@ -742,6 +754,7 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
         pp__ts_attach(caller);
     }
     current_worker = NULL;
+    pp__arena_worker_end();
     leave_gate(e);
     worker_exited(e, w);
     return PP_OK;

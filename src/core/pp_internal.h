@@ -131,6 +131,46 @@ void pp__codec_stats(uint64_t *pinned, uint64_t *pins_live, uint64_t *oob);
 /* Release the objects of the pins whose messages are gone.  Needs: the
  * GIL of the interpreter that made the pins; no lock held. */
 void pp__pins_sweep(pp_pins *p);
+
+/* ---- the worker threads' arena cache (arena.c: why, at its top) ---- */
+
+/* Slots in each worker thread's cache, and the bound it starts with
+ * (pp__arena_set_limit changes it): 1 MiB arenas a worker keeps. */
+#define PP_ARENA_CACHE_SLOTS 64
+#define PP_ARENA_CACHE_DEFAULT 32
+/* How long a worker waits for a task before it gives its arenas back. */
+#define PP_ARENA_IDLE_NS (20 * 1000 * 1000)
+
+typedef struct {
+    uint64_t hits;     /* arenas a worker took from its cache */
+    uint64_t kept;     /* freed arenas a worker kept */
+    uint64_t passed;   /* freed by a worker whose cache was full */
+    uint64_t returned; /* given back: idle workers, exiting ones */
+    uint64_t held;     /* in the caches now */
+    unsigned limit;    /* the bound now */
+    size_t arena_bytes;
+    int installed;     /* 0 on free-threaded builds */
+} pp_arena_stats;
+
+/* Wrap the process's arena allocator (once; later calls do nothing).
+ * Needs: any GIL (module exec). */
+void pp__arena_install(void);
+/* This thread is a pool worker from now on: the arenas it frees are
+ * kept for it, up to the bound.  No tstate or any GIL. */
+void pp__arena_worker_begin(void);
+/* Whether this thread's cache holds an arena.  No tstate or any GIL. */
+int pp__arena_held(void);
+/* Give this thread's kept arenas back to the wrapped allocator.  No
+ * tstate or any GIL (CPython's arena allocators need none). */
+void pp__arena_release(void);
+/* As pp__arena_release, and this thread caches no more.  Call after
+ * the thread's last interpreter is ended.  No tstate or any GIL. */
+void pp__arena_worker_end(void);
+/* Set the bound (at most PP_ARENA_CACHE_SLOTS); returns the old one.
+ * Any GIL or none. */
+unsigned pp__arena_set_limit(unsigned n);
+/* The process's counts.  Any GIL or none. */
+void pp__arena_stats(pp_arena_stats *out);
 /* Let go of every pin: data still in a message is copied out first.
  * Needs: the GIL of the interpreter that made the pins, which is about
  * to end or to drop the owner. */

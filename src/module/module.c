@@ -477,6 +477,41 @@ module_assume_cpus(PyObject *Py_UNUSED(module), PyObject *arg)
     return PyLong_FromUnsignedLong(pp__engine_assume_cpus((uint32_t)n));
 }
 
+/* arena_stats() -> dict: the worker threads' arena caches (see
+ * arena.c), for tests and benchmarks.  Any interpreter. */
+static PyObject *
+module_arena_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    pp_arena_stats a;
+    pp__arena_stats(&a);
+    return Py_BuildValue(
+        "{sKsKsKsKsKsIsnsO}", "hits", (unsigned long long)a.hits, "kept",
+        (unsigned long long)a.kept, "passed", (unsigned long long)a.passed,
+        "returned", (unsigned long long)a.returned, "held",
+        (unsigned long long)a.held, "limit", a.limit, "arena_bytes",
+        (Py_ssize_t)a.arena_bytes, "installed",
+        a.installed ? Py_True : Py_False);
+}
+
+/* arena_limit(n) -> int: the most arenas each pool worker keeps from now
+ * on (0: none; at most the slots there are); returns the previous bound.
+ * For tests and benchmarks.  Any interpreter. */
+static PyObject *
+module_arena_limit(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    unsigned long n = PyLong_AsUnsignedLong(arg);
+    if (n == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n > PP_ARENA_CACHE_SLOTS) {
+        PyErr_Format(PyExc_ValueError,
+                     "arena_limit(n): n must be at most %d, got %lu",
+                     PP_ARENA_CACHE_SLOTS, n);
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(pp__arena_set_limit((unsigned)n));
+}
+
 static PyMethodDef module_methods[] = {
     {"message_cache_stats", module_message_cache_stats, METH_NOARGS,
      "message_cache_stats() -> {'blocks', 'caches', 'spare_max'}: the "
@@ -488,6 +523,16 @@ static PyMethodDef module_methods[] = {
      "assume_cpus(n) -> int: the cores pools made from now on take this "
      "process to have, for the collector-first gate (0, the default: the "
      "gate is off), for tests and benchmarks; the previous setting."},
+    {"arena_stats", module_arena_stats, METH_NOARGS,
+     "arena_stats() -> {'hits', 'kept', 'passed', 'returned', 'held', "
+     "'limit', 'arena_bytes', 'installed'}: the pool workers' caches of "
+     "obmalloc arenas in this process: arenas taken from a cache, kept in "
+     "one, freed past the bound, given back (idle or exiting workers), "
+     "held now; the bound per worker."},
+    {"arena_limit", module_arena_limit, METH_O,
+     "arena_limit(n) -> int: the most obmalloc arenas each pool worker "
+     "keeps from now on (0: none), for tests and benchmarks; the previous "
+     "bound."},
     {"buffer_stats", module_buffer_stats, METH_NOARGS,
      "buffer_stats() -> {'pinned', 'pins_live', 'out_of_band'}: large "
      "buffers that travelled by reference, those still held, and pickle "
@@ -546,6 +591,11 @@ static int
 module_exec(PyObject *module)
 {
     pp_module_state *st = PyModule_GetState(module);
+    /* The first exec is the main interpreter's import, before any pool
+     * exists, so no worker thread is inside obmalloc's arena code yet
+     * (arena.c says why a thread of another interpreter would be
+     * harmless anyway); later execs find it done. */
+    pp__arena_install();
     st->core_error = PyErr_NewExceptionWithDoc(
         "_poolparty.CoreError",
         "An error inside poolparty's native core (a subinterpreter or a "
