@@ -322,3 +322,33 @@ def test_workloads_run_in_isolated_subinterpreter():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_importing_the_workloads_loads_no_pickle():
+    # A worker resolving any workload's task imports the whole package:
+    # `pickle` there (9 ms in a fresh interpreter) would land on every
+    # worker's first task, a cost the seed's one-module workloads lack.
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {SRC!r})
+        import poolparty_bench.workloads
+        print(sorted(m for m in ("pickle", "re", "enum") if m in sys.modules))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_a_frame_still_pickles_out_of_band():
+    from poolparty_bench.workloads import _realdata
+
+    frame = _realdata.frame(1 << 16)
+    buffers = []
+    data = pickle.dumps(frame, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 1
+    back = pickle.loads(data, buffers=buffers)
+    assert type(back) is _realdata.Frame
+    assert bytes(back.data) == frame.data

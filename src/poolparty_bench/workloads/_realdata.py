@@ -7,8 +7,6 @@ values: each data_* workload's task builds its value from its argument
 rebuilds the expected value in the main interpreter.
 """
 
-import pickle
-
 BASE_TASKS = 128
 MIN_TASKS = 4
 # The cell maps two tasks per worker first and times the map after them
@@ -60,6 +58,13 @@ class Frame:
 
     def __reduce_ex__(self, protocol):
         if protocol >= 5:
+            # Imported here, not at the top: every workload module is
+            # imported with this one (the package imports them all), and
+            # `pickle` (re, enum, functools, collections: 9 ms in a fresh
+            # interpreter) would land on each worker's first task of any
+            # workload, a cost the seed's workloads do not have.
+            import pickle
+
             return self.rebuild, (pickle.PickleBuffer(self.data),)
         return self.rebuild, (bytes(self.data),)
 
