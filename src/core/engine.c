@@ -22,6 +22,9 @@
 #include <errno.h>
 #include <string.h>
 #include <time.h>
+#ifdef __linux__
+#include <sys/resource.h>
+#endif
 
 typedef struct pp_worker {
     struct pp_engine *engine;
@@ -90,6 +93,7 @@ struct pp_engine {
     int gate_off;                   /* gate_lock: terminate() opened it */
     uint64_t stalled_at;            /* gate_lock: `released` when the
                                        collector stalled, else UINT64_MAX */
+    int nice;                   /* immutable: see yield_to_collector */
     uint32_t nworkers;          /* immutable */
     pp_worker workers[];
 };
@@ -433,6 +437,32 @@ leave_gate(pp_engine *e)
     open_gate(e, 0);
 }
 
+/* Lower the calling worker thread's scheduling priority by e->nice
+ * (0: leave it), once, as it starts: the pool asks for it when its
+ * workers and the collector are more threads than the process has cores
+ * (docs/design.md, "The collector first").  Then the scheduler runs the
+ * collector -- the serial part -- as soon as it has work, and the workers
+ * get every cycle it leaves: unlike parking, no core idles.  Linux only,
+ * where PRIO_PROCESS 0 names the calling thread (elsewhere it would
+ * renice the whole process, the caller's thread with it); a refusal
+ * leaves the thread as it was.  The thread keeps the priority until it
+ * exits, which it does when the engine stops.  Needs: nothing. */
+static void
+yield_to_collector(const pp_engine *e)
+{
+#ifdef __linux__
+    if (e->nice > 0) {
+        errno = 0;
+        int now = getpriority(PRIO_PROCESS, 0);
+        if (now != -1 || errno == 0) {
+            (void)setpriority(PRIO_PROCESS, 0, now + e->nice);
+        }
+    }
+#else
+    (void)e;
+#endif
+}
+
 /* Needs: no tstate.  See pp_internal.h. */
 int
 pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
@@ -615,6 +645,7 @@ queue_worker_main(void *arg)
 
     int booting = 1;
 
+    yield_to_collector(e);
     current_worker = w;
     pp__arena_worker_begin();
     while (!stopping) {
@@ -692,6 +723,7 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
     int stopping = 0, booting = 1;
     PyThreadState *caller;
 
+    yield_to_collector(e);
     current_worker = w;
     pp__arena_worker_begin();
     while (!stopping) {
@@ -859,9 +891,10 @@ start_queue_workers(pp_engine *e)
 int
 pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
                const char *sys_path, size_t sys_path_size,
-               const void *payload, size_t payload_size, pp_engine **out)
+               const void *payload, size_t payload_size, int nice,
+               pp_engine **out)
 {
-    if (nworkers == 0) {
+    if (nworkers == 0 || nice < 0) {
         return PP_EINVAL;
     }
     pp_engine *e = PyMem_RawCalloc(
@@ -873,6 +906,7 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
     e->design = design;
     e->maxtasks = maxtasks;
     e->nworkers = nworkers;
+    e->nice = nice;
     e->live_workers = nworkers;
     e->booting = nworkers;
     e->state = PP_ENGINE_RUNNING;

@@ -391,12 +391,14 @@ typedef struct pp_engine pp_engine;
 /* A new engine with `nworkers` worker slots.  For PP_DESIGN_QUEUE the
  * native worker threads start at once, each creating its interpreter
  * in parallel; for PP_DESIGN_CALL the caller runs pp_engine_serve_calls
- * on threads of its own.  `maxtasks` 0 means unlimited.  Takes
+ * on threads of its own.  `maxtasks` 0 means unlimited.  `nice` > 0:
+ * each worker thread lowers its scheduling priority by that much as it
+ * starts (engine.c, yield_to_collector).  Takes
  * ownership of nothing; copies `boot`'s buffers.  Needs: any (no GIL
  * is waited for). */
 int pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
                    const char *sys_path, size_t sys_path_size,
-                   const void *payload, size_t payload_size,
+                   const void *payload, size_t payload_size, int nice,
                    pp_engine **out);
 void pp__engine_incref(pp_engine *e);
 /* Drop a reference; the last one frees the engine, which must then be

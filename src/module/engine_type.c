@@ -21,26 +21,31 @@ pp__engine_from_object(pp_module_state *st, PyObject *obj)
     return ENGINE(obj);
 }
 
-/* Engine(design, nworkers, maxtasks, sys_path, payload) */
+/* Engine(design, nworkers, maxtasks, sys_path, payload, nice=0) */
 static PyObject *
 engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"design", "nworkers", "maxtasks", "sys_path",
-                             "payload", NULL};
+                             "payload", "nice", NULL};
     int design;
     unsigned int nworkers;
     unsigned long long maxtasks;
+    int nice = 0;
     Py_buffer sys_path = {0}, payload = {0};
     PyObject *self = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iIKy*y*", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iIKy*y*|i", kwlist,
                                      &design, &nworkers, &maxtasks,
-                                     &sys_path, &payload)) {
+                                     &sys_path, &payload, &nice)) {
         return NULL;
     }
     pp_module_state *st = pp__state_from_type(type);
     if (design != PP_DESIGN_QUEUE && design != PP_DESIGN_CALL) {
         PyErr_SetString(PyExc_ValueError, "unknown dispatch design");
+        goto done;
+    }
+    if (nice < 0) {
+        PyErr_SetString(PyExc_ValueError, "nice must be 0 or more");
         goto done;
     }
     self = type->tp_alloc(type, 0);
@@ -56,7 +61,7 @@ engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     Py_BEGIN_ALLOW_THREADS
     rc = pp__engine_new((pp_design)design, nworkers, maxtasks,
                         sys_path.buf, (size_t)sys_path.len, payload.buf,
-                        (size_t)payload.len, &engine);
+                        (size_t)payload.len, nice, &engine);
     Py_END_ALLOW_THREADS
     ENGINE(self) = engine;
     if (rc != PP_OK) {
@@ -481,8 +486,9 @@ static PyType_Slot engine_slots[] = {
     {Py_tp_clear, engine_clear},
     {Py_tp_methods, engine_methods},
     {Py_tp_getset, engine_getset},
-    {Py_tp_doc, "Engine(design, nworkers, maxtasks, sys_path, payload): a "
-                "pool's native queues and workers."},
+    {Py_tp_doc, "Engine(design, nworkers, maxtasks, sys_path, payload, nice=0): "
+                "a pool's native queues and workers; nice > 0: each worker "
+                "thread lowers its scheduling priority by that much."},
     {0, NULL},
 };
 

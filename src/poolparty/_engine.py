@@ -81,6 +81,31 @@ def usable_cpus():
         return os.cpu_count() or 1
 
 
+# How far pool worker threads lower their scheduling priority (nice)
+# when the workers and the collector thread are more threads than the
+# CPUs: the collector, the serial part, then runs whenever it has work
+# (docs/design.md, "The collector first").  POOLPARTY_WORKER_NICE
+# overrides it; 0 turns it off.
+WORKER_NICE = 0
+WORKER_NICE_ENV = "POOLPARTY_WORKER_NICE"
+
+
+def worker_nice(nworkers):
+    """The nice increment for the worker threads of a pool of nworkers."""
+    value = os.environ.get(WORKER_NICE_ENV)
+    nice = WORKER_NICE
+    if value is not None:
+        try:
+            nice = int(value)
+        except ValueError:
+            nice = -1
+        if not 0 <= nice <= 19:
+            raise ValueError(
+                f"{WORKER_NICE_ENV} must be a whole number from 0 (workers "
+                f"keep the caller's priority) to 19, not {value!r}")
+    return nice if nworkers + 1 > usable_cpus() else 0
+
+
 def check_dispatch(dispatch):
     if dispatch not in DESIGNS:
         raise ValueError(
@@ -445,7 +470,8 @@ class Runner:
         # terminate(), which takes it again on the same thread.
         self.lock = threading.RLock()
         self.engine = _core.Engine(
-            design, nworkers, maxtasks or 0, sys_path_blob(), payload
+            design, nworkers, maxtasks or 0, sys_path_blob(), payload,
+            nice=worker_nice(nworkers),
         )
         _unjoined.add(self)
         # Set by terminate(): from then on a task that ends in SystemExit

@@ -236,6 +236,17 @@ def rendezvous(directory, me, count, timeout=DEFAULT_WAIT):
     return (me, _wait_exists(others, timeout), worker_token())
 
 
+def thread_priority(directory, me, count):
+    """After rendezvous(): whether everyone arrived, this thread's native
+    id and its nice value (on Linux, os.getpriority(PRIO_PROCESS, 0) is
+    the calling thread's own)."""
+    import threading
+
+    arrived = rendezvous(directory, me, count)[1]
+    return arrived, threading.get_native_id(), os.getpriority(
+        os.PRIO_PROCESS, 0)
+
+
 def record_and_return(directory, value):
     """Leave evidence that this task ran, then return value."""
     touch(os.path.join(directory, "ran-%r" % (value,)))
