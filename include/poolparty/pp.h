@@ -90,6 +90,12 @@ typedef enum {
                                  interpreter to import the module named by
                                  the payload first, and waits for the
                                  answer (CPython 3.12, see engine.c) */
+    PP_DONE_PART = 22,        /* payload: the codec's list of some of a map
+                                 chunk's results, from position `first`
+                                 on; more of the chunk follows, its last
+                                 message an ordinary completion.  Engine
+                                 .collect merges them: no one else sees
+                                 one (docs/design.md, "A chunk in parts") */
 } pp_done_kind;
 
 /* One task or one completion.  Owned by exactly one party at a time:
@@ -103,6 +109,10 @@ typedef struct pp_msg {
     uint32_t worker;     /* worker that produced a completion */
     size_t size;         /* bytes in data */
     size_t func_size;    /* tasks: the function pickle's share of data */
+    uint64_t first;      /* completions: the chunk position of the first
+                            result carried; 0 but for the later parts of
+                            a chunk sent in parts (PP_DONE_PART) and its
+                            last message */
     /* Large buffers the data refers to instead of carrying them (the
      * codec's pinned buffers, see codec.c), or NULL; pp_msg_free hands
      * them to the pin dropper (pp_msg_set_pin_dropper). */

@@ -1471,6 +1471,7 @@ encode_into_msg(encode_body body, PyObject *a, PyObject *b,
     msg->func_size = prefix_size;
     msg->pins = NULL;
     msg->fn_held = NULL;
+    msg->first = 0;
     encoder_fini(&e, msg);
     *out = msg;
     return ENC_OK;

@@ -999,6 +999,45 @@ pp__engine_function_bytes(const pp_msg *task, const unsigned char **data,
     return pp__fn_store_find(&w->engine->fns, task, data, size);
 }
 
+/* Any GIL.  See pp_internal.h. */
+int
+pp__engine_runs(const pp_msg *task)
+{
+    pp_worker *w = current_worker;
+    if (w == NULL) {
+        return 0;
+    }
+    /* Only the worker's own thread writes these: no race.  A task run
+     * by other means on a worker's thread (an Interpreter call from
+     * inside a task) is not the one the worker began. */
+    uint_fast64_t state = atomic_load_explicit(&w->task_state,
+                                               memory_order_relaxed);
+    return (state & TASK_MASK) != TASK_IDLE &&
+           atomic_load_explicit(&w->task_job, memory_order_relaxed) ==
+               task->job &&
+           atomic_load_explicit(&w->task_index, memory_order_relaxed) ==
+               task->index;
+}
+
+/* Any GIL or none.  See pp_internal.h. */
+void
+pp__engine_send_part(pp_msg *part)
+{
+    pp_worker *w = current_worker;
+    pp_engine *e = w->engine;
+    /* A part of a task that abandoning the worker failed already would
+     * only wait in the collector for a last message that never comes.
+     * (Abandoning it between this look and the push leaves such a part
+     * there until the engine goes: a leak of one part, on terminate().) */
+    uint_fast64_t state = atomic_load_explicit(&w->task_state,
+                                               memory_order_acquire);
+    if ((state & TASK_MASK) != TASK_RUNNING) {
+        pp_msg_free(part);
+        return;
+    }
+    complete(e, w, part, more_queued(e));
+}
+
 void
 pp__engine_function_stats(pp_engine *e, pp_fn_stats *out)
 {

@@ -44,9 +44,7 @@ struct pp_gil_sampler {
 static int64_t
 now_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    return pp__clock_ns(CLOCK_MONOTONIC);
 }
 
 /* Take and release `interp`'s GIL once; returns the nanoseconds spent

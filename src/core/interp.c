@@ -877,10 +877,165 @@ run_call(pp_interp *it, PyObject *func, PyObject *spec)
     return PyObject_Call(func, args, kwargs == Py_None ? NULL : kwargs);
 }
 
-/* [func(x) for x in items] or [func(*x) for x in items].  New reference
- * or NULL with an exception.  Needs: sub GIL. */
+/* ---- a chunk in parts ------------------------------------------------ */
+
+/* A worker running a map chunk sends the results it has made so far
+ * ahead, as a PP_DONE_PART, once it has spent PART_NS of CPU on them
+ * since the chunk began or its last part went: the collector decodes
+ * them while the rest are made, instead of waiting for the whole chunk
+ * and decoding the last one alone after the workers are done
+ * (docs/design.md, "A chunk in parts").  A chunk that takes less --
+ * 1,000 no-op tasks -- stays one message.  CPU time, not the wall
+ * clock: a worker that the system preempts has made nothing more. */
+#define PART_NS ((int64_t)2 * 1000 * 1000)
+/* The clock (a system call, ~0.25 us) is read after every result while
+ * results come slowly; while they come fast the stride between reads
+ * doubles, up to this many results, so that a no-op task pays a few ns
+ * for it. */
+#define PART_STRIDE_MAX 256
+
+typedef struct {
+    const pp_msg *task;
+    pp_pins *pins;
+    int on;              /* parts may go: a pool worker's own map chunk
+                            whose results the codec takes */
+    Py_ssize_t sent;     /* results sent ahead: the next part's first */
+    Py_ssize_t check_at; /* results made when the clock is read next */
+    Py_ssize_t stride;
+    int64_t since;       /* CPU ns: the chunk began or its last part went */
+    int64_t looked;      /* CPU ns: the clock was read last */
+} parts_t;
+
+/* This thread's CPU time, in ns. */
+static int64_t
+cpu_ns(void)
+{
+    return pp__clock_ns(CLOCK_THREAD_CPUTIME_ID);
+}
+
+/* Parts for `task`, if it is a chunk this thread runs as a pool worker
+ * (not an Interpreter's call).  Needs: sub GIL. */
+static void
+parts_init(parts_t *p, pp_interp *it, const pp_msg *task)
+{
+    uint32_t kind = task->kind & PP_TASK_KIND_MASK;
+    p->task = task;
+    p->pins = &it->pins;
+    p->on = (kind == PP_TASK_MAP || kind == PP_TASK_STARMAP) &&
+            pp__engine_runs(task);
+    p->sent = 0;
+    p->check_at = 1;
+    p->stride = 1;
+    p->since = p->looked = 0;
+}
+
+/* The chunk's `n` results are about to be made: its clock starts (not
+ * read for a chunk of one, which never sends a part).  Needs: sub GIL. */
+static void
+parts_start(parts_t *p, Py_ssize_t n)
+{
+    if (p->on && n > 1) {
+        p->since = p->looked = cpu_ns();
+    }
+}
+
+/* A new list of results[start:end], moved out of `results` (their slots
+ * hold None after): so that the codec sees each with its one reference
+ * (it numbers only shared objects), and so that a part's results go as
+ * soon as it is sent, their memory reused for the results still to come
+ * (kept until the chunk ended, a chunk of large results took fresh
+ * memory for each).  New reference or NULL with an exception.  Needs:
+ * sub GIL. */
 static PyObject *
-run_map(pp_interp *it, PyObject *func, PyObject *items, int star)
+take_results(PyObject *results, Py_ssize_t start, Py_ssize_t end)
+{
+    PyObject *taken = PyList_New(end - start);
+    if (taken == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = start; i < end; i++) {
+        PyList_SET_ITEM(taken, i - start, PyList_GET_ITEM(results, i));
+        PyList_SET_ITEM(results, i, Py_None); /* immortal */
+    }
+    return taken;
+}
+
+/* Send results[sent:made] ahead if their time has come.  0, or -1 with
+ * an exception (which fails the chunk, as a failed encoding of the
+ * whole did).  Needs: sub GIL. */
+static int
+parts_send(parts_t *p, PyObject *results, Py_ssize_t made)
+{
+    int64_t now = cpu_ns();
+    if (now - p->since < PART_NS) {
+        /* Aim at a read every PART_NS / 16 to PART_NS / 4. */
+        if (now - p->looked < PART_NS / 16) {
+            p->stride = Py_MIN(p->stride * 2, PART_STRIDE_MAX);
+        }
+        else if (now - p->looked > PART_NS / 4) {
+            p->stride = Py_MAX(p->stride / 2, 1);
+        }
+        p->looked = now;
+        p->check_at = made + p->stride;
+        return 0;
+    }
+    PyObject *part = take_results(results, p->sent, made);
+    if (part == NULL) {
+        return -1;
+    }
+    pp_msg *msg = NULL;
+    int rc = pp__codec_encode_msg(part, NULL, 0, p->pins, &msg);
+    if (rc > 0) {
+        /* Not plain data: they and the rest go with the chunk's last
+         * message, through pickle. */
+        for (Py_ssize_t i = p->sent; i < made; i++) {
+            PyList_SET_ITEM(results, i, PyList_GET_ITEM(part, i - p->sent));
+            PyList_SET_ITEM(part, i - p->sent, Py_None); /* immortal */
+        }
+        p->on = 0;
+    }
+    Py_DECREF(part);
+    if (rc != 0) {
+        return rc < 0 ? -1 : 0;
+    }
+    msg->job = p->task->job;
+    msg->index = p->task->index;
+    msg->kind = PP_DONE_PART;
+    msg->first = (uint64_t)p->sent;
+    pp__engine_send_part(msg);
+    p->sent = made;
+    p->since = p->looked = cpu_ns();
+    p->check_at = made + p->stride;
+    return 0;
+}
+
+/* After the first `made` of a chunk's `n` results are in `results`:
+ * send them ahead if they are due (never the last: that goes as the
+ * chunk's completion).  0, or -1 with an exception.  Needs: sub GIL. */
+static inline int
+parts_after(parts_t *p, PyObject *results, Py_ssize_t made, Py_ssize_t n)
+{
+    if (!p->on || made < p->check_at || made >= n) {
+        return 0;
+    }
+    return parts_send(p, results, made);
+}
+
+/* The results a chunk in parts still has to send, those after the
+ * parts (moved out of `results`).  New reference or NULL with an
+ * exception.  Needs: sub GIL. */
+static PyObject *
+parts_rest(const parts_t *p, PyObject *results)
+{
+    return take_results(results, p->sent, PyList_GET_SIZE(results));
+}
+
+/* [func(x) for x in items] or [func(*x) for x in items], some of it sent
+ * ahead in parts.  New reference or NULL with an exception.  Needs: sub
+ * GIL. */
+static PyObject *
+run_map(pp_interp *it, PyObject *func, PyObject *items, int star,
+        parts_t *parts)
 {
     if (!PyList_Check(items)) {
         PyErr_SetString(PyExc_TypeError,
@@ -898,6 +1053,7 @@ run_map(pp_interp *it, PyObject *func, PyObject *items, int star)
     if (results == NULL) {
         return NULL;
     }
+    parts_start(parts, n);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(items, i);
         PyObject *value;
@@ -918,6 +1074,10 @@ run_map(pp_interp *it, PyObject *func, PyObject *items, int star)
             return NULL;
         }
         PyList_SET_ITEM(results, i, value);
+        if (parts_after(parts, results, i + 1, n) < 0) {
+            Py_DECREF(results);
+            return NULL;
+        }
     }
     return results;
 }
@@ -926,6 +1086,7 @@ run_map(pp_interp *it, PyObject *func, PyObject *items, int star)
 typedef struct {
     PyObject *func;
     PyObject *results; /* NULL until the first call */
+    parts_t *parts;
 } star_run;
 
 static int
@@ -933,8 +1094,11 @@ star_call(void *ctx, Py_ssize_t n, Py_ssize_t i, PyObject *const *args,
           Py_ssize_t nargs)
 {
     star_run *run = ctx;
-    if (run->results == NULL && (run->results = PyList_New(n)) == NULL) {
-        return -1;
+    if (run->results == NULL) {
+        if ((run->results = PyList_New(n)) == NULL) {
+            return -1;
+        }
+        parts_start(run->parts, n);
     }
     PyObject *value = PyObject_Vectorcall(run->func, args, (size_t)nargs,
                                           NULL);
@@ -942,7 +1106,7 @@ star_call(void *ctx, Py_ssize_t n, Py_ssize_t i, PyObject *const *args,
         return -1;
     }
     PyList_SET_ITEM(run->results, i, value);
-    return 0;
+    return parts_after(run->parts, run->results, i + 1, n);
 }
 
 /* A starmap task whose chunk the codec wrote as T_STARS: each tuple's
@@ -951,14 +1115,15 @@ star_call(void *ctx, Py_ssize_t n, Py_ssize_t i, PyObject *const *args,
  * tuples instead).  *result the list of results; 0, -1 with an
  * exception, or 1 (not such a task: nothing done).  Needs: sub GIL. */
 static int
-run_star(PyObject *func, const pp_msg *task, PyObject **result)
+run_star(PyObject *func, const pp_msg *task, parts_t *parts,
+         PyObject **result)
 {
     *result = NULL;
     if ((task->kind & PP_TASK_KIND_MASK) != PP_TASK_STARMAP ||
         PyCFunction_Check(func)) {
         return 1;
     }
-    star_run run = {.func = func};
+    star_run run = {.func = func, .parts = parts};
     int rc = pp__codec_decode_star_msg(task, task->func_size, star_call,
                                        &run);
     if (rc == 0 && run.results == NULL) {
@@ -1064,7 +1229,9 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
 {
     PyObject *func = NULL, *spec = NULL, *result = NULL, *pickled = NULL;
     pp_msg *done = NULL;
+    parts_t parts;
 
+    parts_init(&parts, it, task);
     /* The pinned results of earlier tasks that the main interpreter has
      * read since: their objects go now, under this interpreter's GIL. */
     pp__pins_sweep(&it->pins);
@@ -1072,7 +1239,7 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
     if (func == NULL) {
         goto error;
     }
-    int star = run_star(func, task, &result);
+    int star = run_star(func, task, &parts, &result);
     if (star < 0) {
         goto error;
     }
@@ -1093,10 +1260,10 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
         result = run_call(it, func, spec);
         break;
     case PP_TASK_MAP:
-        result = run_map(it, func, spec, 0);
+        result = run_map(it, func, spec, 0, &parts);
         break;
     case PP_TASK_STARMAP:
-        result = run_map(it, func, spec, 1);
+        result = run_map(it, func, spec, 1, &parts);
         break;
     default:
         PyErr_Format(PyExc_ValueError, "poolparty: unknown task kind %u",
@@ -1105,7 +1272,16 @@ pp__interp_run(pp_interp *it, const pp_msg *task)
     if (result == NULL) {
         goto error;
     }
-encode:;
+encode:
+    /* A chunk in parts: what they did not carry.  (If it cannot be
+     * sent, the collector puts the parts' reprs in front of its repr, as
+     * if the chunk had failed whole.) */
+    if (parts.sent > 0) {
+        Py_SETREF(result, parts_rest(&parts, result));
+        if (result == NULL) {
+            goto error;
+        }
+    }
     /* Plain data goes through the codec, which keeps shared references
      * shared; anything else through pickle. */
     int encoded = pp__codec_encode_msg(result, NULL, 0, &it->pins, &done);
@@ -1161,6 +1337,9 @@ error:
     done = error_message(it->encode_error, task->job, task->index,
                          PP_DONE_ERROR, NULL);
 done:
+    if (done != NULL) {
+        done->first = (uint64_t)parts.sent;
+    }
     Py_XDECREF(pickled);
     Py_XDECREF(result);
     Py_XDECREF(spec);

@@ -349,6 +349,7 @@ pp_msg_new(uint64_t job, uint64_t index, uint32_t kind, const void *data,
     msg->func_size = 0;
     msg->pins = NULL;
     msg->fn_held = NULL;
+    msg->first = 0;
     if (data != NULL && size > 0) {
         memcpy(msg->data, data, size);
     }

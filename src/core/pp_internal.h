@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <time.h>
 
 #include "poolparty/pp.h"
 
@@ -229,6 +230,16 @@ typedef int (*pp_star_sink)(void *ctx, Py_ssize_t n, Py_ssize_t i,
 int pp__codec_decode_star_msg(const pp_msg *msg, size_t offset,
                               pp_star_sink sink, void *ctx);
 
+/* `clock` (CLOCK_MONOTONIC, CLOCK_THREAD_CPUTIME_ID...) now, in ns.
+ * Any thread, no GIL. */
+static inline int64_t
+pp__clock_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 /* 1 if data starts with PP_CODEC_MAGIC. */
 static inline int
 pp__codec_is(const unsigned char *data, size_t size)
@@ -425,6 +436,17 @@ int pp__engine_submit_fn(pp_engine *e, pp_msg *first, size_t count,
 int pp__engine_function_bytes(const pp_msg *task, const unsigned char **data,
                               size_t *size);
 void pp__engine_function_stats(pp_engine *e, pp_fn_stats *out);
+
+/* A chunk in parts (docs/design.md, "A chunk in parts"): 1 if this
+ * thread is a pool worker running `task` now, so that it may send some
+ * of the task's results ahead with pp__engine_send_part; else 0.  Any
+ * GIL. */
+int pp__engine_runs(const pp_msg *task);
+/* Push `part`, a PP_DONE_PART of the task this worker runs, to the
+ * collector; or free it if terminate() gave that task up already.  Only
+ * on a worker thread for which pp__engine_runs said 1; any GIL or none.
+ * Takes ownership of part. */
+void pp__engine_send_part(pp_msg *part);
 
 /* Wait up to timeout_ns for completions and take all that are ready;
  * the caller reports those it finishes with to pp__engine_collected.

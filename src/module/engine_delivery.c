@@ -360,12 +360,14 @@ result_value(PyObject *pickle_loads, const pp_msg *msg, int *unpickled)
  * unpickling raised, and one unpickled for a future that gained a
  * waiter meanwhile, each as *handout, the loop's tuple of an
  * undecodable or a decoded completion, so that nothing is unpickled
- * twice.  `recent` is the pool result of the previous call,
- * updated here.  1 if done here, 0 if not, -1 with an exception.
+ * twice.  `given`, when not NULL, is the value, decoded already (a
+ * chunk that came in parts; borrowed).  `recent` is the pool result of
+ * the previous call, updated here.  1 if done here, 0 if not, -1 with
+ * an exception.
  * Needs: main GIL. */
 static int
 finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg,
-            recent_result *recent, PyObject **handout)
+            PyObject *given, recent_result *recent, PyObject **handout)
 {
     *handout = NULL;
     if (msg->kind != PP_DONE_OK) {
@@ -400,7 +402,8 @@ finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg,
             recent->job = msg->job;
         }
     }
-    value = result_value(st->pickle_loads, msg, &unpickled);
+    value = given != NULL ? Py_NewRef(given)
+                          : result_value(st->pickle_loads, msg, &unpickled);
     if (value == NULL) {
         if (unpickled) {
             *handout = pp__completion_tuple_of(msg, PP_DONE_UNDECODABLE,
@@ -427,8 +430,9 @@ finish_here(pp_module_state *st, PyObject *futures, const pp_msg *msg,
         }
         done = 1;
     }
-    else if (unpickled) {
-        /* Not decoded again: unpickling can have side effects. */
+    else if (unpickled || given != NULL) {
+        /* Not decoded again: unpickling can have side effects (and
+         * parts are gone). */
         *handout = pp__completion_tuple_of(msg, PP_DONE_DECODED,
                                            Py_NewRef(value));
         done = *handout == NULL ? -1 : 0;
@@ -438,6 +442,171 @@ out:
     Py_XDECREF(target);
     Py_XDECREF(key);
     return done;
+}
+
+/* ---- a chunk in parts (docs/design.md, "A chunk in parts") ---------- */
+
+/* The key of msg's chunk in eo->parts.  New reference or NULL. */
+static PyObject *
+part_key(const pp_msg *msg)
+{
+    return Py_BuildValue("(KK)", (unsigned long long)msg->job,
+                         (unsigned long long)msg->index);
+}
+
+/* Take a PP_DONE_PART: decode it and add its results to its chunk's so
+ * far.  A part that fails to decode fails its chunk, as a whole chunk
+ * that failed to decode would (the rest of its parts are dropped, its
+ * last message delivers the exception).  0, or -1 with an exception
+ * and nothing changed (out of memory: the part is taken again by the
+ * next call).  Needs: main GIL. */
+static int
+take_part(pp_engine_object *eo, const pp_msg *msg)
+{
+    int rc = -1;
+    PyObject *sofar = NULL, *value = NULL;
+    PyObject *key = part_key(msg);
+    if (key == NULL ||
+        (eo->parts == NULL && (eo->parts = PyDict_New()) == NULL)) {
+        goto done;
+    }
+    sofar = dict_get_ref(eo->parts, key);
+    if (sofar == NULL && PyErr_Occurred()) {
+        goto done;
+    }
+    if (sofar != NULL && !PyList_CheckExact(sofar)) {
+        rc = 0; /* failed already */
+        goto done;
+    }
+    value = pp__codec_decode_msg(msg, 0);
+    if (value != NULL && !PyList_CheckExact(value)) {
+        Py_SETREF(value, NULL);
+        PyErr_SetString(PyExc_TypeError,
+                        "poolparty: a chunk's part is not a list");
+    }
+    if (value == NULL) {
+        value = PyErr_GetRaisedException();
+        rc = PyDict_SetItem(eo->parts, key, value);
+    }
+    else if (sofar == NULL) {
+        rc = PyDict_SetItem(eo->parts, key, value);
+    }
+    else {
+        Py_ssize_t n = PyList_GET_SIZE(sofar);
+        rc = PyList_SetSlice(sofar, n, n, value);
+    }
+done:
+    Py_XDECREF(value);
+    Py_XDECREF(sofar);
+    Py_XDECREF(key);
+    return rc;
+}
+
+/* The last message of msg's chunk, if parts of it came before: if msg
+ * carries the rest of the results, *merged is all of them, in order
+ * (*kind PP_DONE_DECODED), or the exception that decoding a part or msg
+ * raised (PP_DONE_UNDECODABLE); if the rest could not be sent, the pair
+ * (the parts' results, msg's payload) (PP_DONE_UNPICKLABLE_PARTS); a
+ * task that raised fails the chunk as it is (*merged NULL).
+ * *key is the chunk's key in eo->parts, for parts_delivered, or NULL
+ * when no parts came.  The entry stays, as the pair (kind, merged),
+ * until the chunk is delivered: a delivery that fails (out of memory)
+ * keeps msg for the next call, which finds that pair instead of
+ * decoding msg again.  0, or -1 with an exception.  Needs: main GIL. */
+static int
+end_parts(pp_engine_object *eo, PyObject *pickle_loads, const pp_msg *msg,
+          PyObject **key, PyObject **merged, unsigned *kind)
+{
+    *key = *merged = NULL;
+    *kind = msg->kind;
+    /* Nothing in parts (every no-op map): no lookup. */
+    if (eo->parts == NULL || PyDict_GET_SIZE(eo->parts) == 0) {
+        return 0;
+    }
+    int rc = -1;
+    PyObject *value = NULL, *sofar = NULL, *entry = NULL;
+    *key = part_key(msg);
+    if (*key == NULL) {
+        goto done;
+    }
+    sofar = dict_get_ref(eo->parts, *key);
+    if (sofar == NULL) {
+        rc = PyErr_Occurred() ? -1 : 0;
+        Py_CLEAR(*key);
+        goto done;
+    }
+    if (PyTuple_CheckExact(sofar)) {
+        /* Merged by a call whose delivery failed. */
+        *kind = (unsigned)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(sofar, 0));
+        *merged = Py_NewRef(PyTuple_GET_ITEM(sofar, 1));
+        rc = 0;
+        goto done;
+    }
+    if (msg->kind == PP_DONE_UNPICKLABLE && PyList_CheckExact(sofar)) {
+        /* The rest could not be sent: the collector's Python loop makes
+         * the error with the parts' reprs in front of the rest's, as the
+         * whole chunk's repr would have been (decode(), _engine.py). */
+        *merged = Py_BuildValue("(Oy#)", sofar, (const char *)msg->data,
+                                (Py_ssize_t)msg->size);
+        *kind = PP_DONE_UNPICKLABLE_PARTS;
+    }
+    else if (msg->kind != PP_DONE_OK) {
+        rc = 0; /* the task raised: the chunk fails as it is */
+        goto done;
+    }
+    else if (!PyList_CheckExact(sofar)) {
+        *merged = Py_NewRef(sofar); /* a part's exception */
+        *kind = PP_DONE_UNDECODABLE;
+    }
+    else {
+        int unpickled;
+        value = result_value(pickle_loads, msg, &unpickled);
+        if (value == NULL && !unpickled) {
+            /* result_value dropped the codec's exception: make it again. */
+            value = pp__codec_decode_msg(msg, 0);
+        }
+        if (value != NULL && !PyList_Check(value)) {
+            Py_SETREF(value, NULL);
+            PyErr_SetString(PyExc_TypeError,
+                            "poolparty: a chunk's last part is not a list");
+        }
+        *merged = value != NULL ? Py_NewRef(sofar)
+                                : PyErr_GetRaisedException();
+        *kind = value != NULL ? PP_DONE_DECODED : PP_DONE_UNDECODABLE;
+    }
+    entry = *merged != NULL ? Py_BuildValue("(IO)", *kind, *merged) : NULL;
+    if (entry == NULL) {
+        goto done;
+    }
+    /* Last, so that nothing is changed when something fails before. */
+    if (value != NULL) {
+        Py_ssize_t n = PyList_GET_SIZE(sofar);
+        if (PyList_SetSlice(sofar, n, n, value) < 0) {
+            goto done;
+        }
+    }
+    /* Replaces the value of a key that is there: cannot fail. */
+    rc = PyDict_SetItem(eo->parts, *key, entry);
+done:
+    if (rc < 0) {
+        Py_CLEAR(*merged);
+        Py_CLEAR(*key);
+    }
+    Py_XDECREF(entry);
+    Py_XDECREF(value);
+    Py_XDECREF(sofar);
+    return rc;
+}
+
+/* The chunk of `key` (end_parts) is delivered: its entry goes.  Takes
+ * the reference to key (NULL is fine).  Needs: main GIL. */
+static void
+parts_delivered(pp_engine_object *eo, PyObject *key)
+{
+    if (key != NULL && PyDict_DelItem(eo->parts, key) < 0) {
+        PyErr_WriteUnraisable(key); /* cannot be: the key is there */
+    }
+    Py_XDECREF(key);
 }
 
 /* Start fetching a completion's header and the start of its data into
@@ -584,27 +753,48 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         prefetch_msg(msg->next);
         bytes += pp__codec_msg_bytes(msg);
         taken++;
-        PyObject *item = NULL;
-        if (futures != NULL) {
-            /* The executor's Futures, or the pool's results. */
-            int done = finish_here(st, futures, msg, &recent, &item);
-            if (done < 0) {
+        if (msg->kind == PP_DONE_PART) {
+            if (take_part(eo, msg) < 0) {
                 failed = msg;
                 break;
             }
-            if (done) {
+            eo->parts_taken++;
+            continue;
+        }
+        PyObject *item = NULL, *key = NULL, *merged = NULL;
+        unsigned kind;
+        if (end_parts(eo, st->pickle_loads, msg, &key, &merged, &kind) < 0) {
+            failed = msg;
+            break;
+        }
+        if (futures != NULL && (merged == NULL || kind == PP_DONE_DECODED)) {
+            /* The executor's Futures, or the pool's results. */
+            int done = finish_here(st, futures, msg, merged, &recent, &item);
+            if (done != 0) {
+                Py_XDECREF(merged);
+                if (done < 0) {
+                    Py_XDECREF(key);
+                    failed = msg;
+                    break;
+                }
+                parts_delivered(eo, key);
                 continue;
             }
         }
         if (item == NULL) {
-            item = pp__completion_tuple(msg);
+            item = merged != NULL
+                       ? pp__completion_tuple_of(msg, kind, Py_NewRef(merged))
+                       : pp__completion_tuple(msg);
         }
+        Py_XDECREF(merged);
         if (item == NULL || PyList_Append(list, item) < 0) {
             Py_XDECREF(item);
+            Py_XDECREF(key);
             failed = msg;
             break;
         }
         Py_DECREF(item);
+        parts_delivered(eo, key);
     }
     Py_XDECREF(recent.result);
     Py_XDECREF(futures);
@@ -634,6 +824,14 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     return list;
 }
 
+/* See module.h.  Needs: main GIL. */
+PyObject *
+pp__engine_type_get_parts(PyObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(
+        (unsigned long long)((pp_engine_object *)self)->parts_taken);
+}
+
 /* ---- the Engine's GC, this file's part --------------------------- */
 
 int
@@ -642,6 +840,7 @@ pp__engine_delivery_traverse(PyObject *self, visitproc visit, void *arg)
     pp_engine_object *eo = (pp_engine_object *)self;
     Py_VISIT(eo->future_owner);
     Py_VISIT(eo->futures);
+    Py_VISIT(eo->parts);
     return 0;
 }
 
@@ -651,6 +850,7 @@ pp__engine_delivery_clear(PyObject *self)
     pp_engine_object *eo = (pp_engine_object *)self;
     Py_CLEAR(eo->future_owner);
     Py_CLEAR(eo->futures);
+    Py_CLEAR(eo->parts);
 }
 
 void

@@ -470,6 +470,9 @@ static PyGetSetDef engine_getset[] = {
      "the by-value function store: entries and bytes kept now (for queued "
      "or running tasks, plus idle ones up to idle_limit bytes); copies and "
      "copied_bytes stored so far; fetches by workers so far", NULL},
+    {"parts", pp__engine_type_get_parts, NULL,
+     "chunk parts collected so far (docs/design.md, \"A chunk in parts\")",
+     NULL},
     {"gate", engine_get_gate, NULL,
      "the collector-first gate: run_limit (workers that may start a task "
      "while the collector is behind; the pool's size when the cores are "

@@ -165,6 +165,9 @@ pp_msg *pp__task_from_pickle(const void *func, size_t func_size,
  * or one that failed to decode (the payload is the exception). */
 #define PP_DONE_DECODED 64
 #define PP_DONE_UNDECODABLE 65
+/* A chunk in parts whose last results could not be sent: payload the
+ * pair (the parts' results, the PP_DONE_UNPICKLABLE payload). */
+#define PP_DONE_UNPICKLABLE_PARTS 66
 
 /* A completion's payload bytes, with its kind in *kind, or for a codec
  * result the value, with PP_DONE_DECODED (PP_DONE_UNDECODABLE and the
@@ -204,6 +207,13 @@ typedef struct {
      * Future fast path's contract, see "Completion delivery" below. */
     PyObject *future_owner;
     PyObject *futures;
+    /* engine_delivery.c: the chunks that came in part so far (see "A
+     * chunk in parts" in docs/design.md), {(job, index): their results
+     * so far, a list, or the exception that decoding a part raised};
+     * NULL until the first part.  collect()'s alone, as is the count
+     * of parts it took, ever (Engine.parts, for the tests). */
+    PyObject *parts;
+    uint64_t parts_taken;
     /* The arguments' pinned buffers (codec.c): tasks refer to the
      * caller's large bytes instead of copying them; collect() releases
      * those whose task is done, dealloc copies out the rest. */
@@ -245,6 +255,8 @@ PyObject *pp__engine_type_bind_futures(PyObject *self, PyObject *args,
                                        PyObject *kwargs);
 PyObject *pp__engine_type_submit_apply(PyObject *self, PyObject *const *args,
                                        Py_ssize_t nargs);
+/* Engine.parts: how many chunk parts collect() took. */
+PyObject *pp__engine_type_get_parts(PyObject *self, void *closure);
 /* engine_delivery.c's part of the Engine's GC and dealloc: visit, clear
  * (references only) and free (also the held completions). */
 int pp__engine_delivery_traverse(PyObject *self, visitproc visit, void *arg);

@@ -38,6 +38,8 @@ DESIGNS = {"queue": _core.PP_DESIGN_QUEUE, "call": _core.PP_DESIGN_CALL}
 DONE_OK = _core.PP_DONE_OK
 DONE_DECODED = _core.PP_DONE_DECODED  # collect() decoded it: payload is the value
 DONE_UNDECODABLE = _core.PP_DONE_UNDECODABLE  # decoding raised: payload is that
+# a chunk in parts whose rest could not be sent: (the parts' results, payload)
+DONE_UNPICKLABLE_PARTS = _core.PP_DONE_UNPICKLABLE_PARTS
 INIT_FAILED = _core.PP_DONE_INIT_FAILED
 MAIN_IMPORT = _core.PP_DONE_MAIN_IMPORT
 TASK_CALL = _core.PP_TASK_CALL
@@ -431,6 +433,13 @@ def decode(kind, payload):
             return False, exc
     from ._errors import decode_error
 
+    if kind == DONE_UNPICKLABLE_PARTS:
+        sent, payload = payload
+        error = decode_error(payload)
+        # The repr of the whole chunk's results, as one message gave it.
+        error.value = _worker.joined_repr(sent, error.value)
+        error.args = (error.exc, error.value)
+        return False, error
     return False, decode_error(payload)
 
 

@@ -341,6 +341,24 @@ def encode_error(exc, unpicklable_value=_MISSING):
     return pickle.dumps(("error", name, message, text, exc_pickle), 5)
 
 
+def joined_repr(sent, rest_repr, limit=500):
+    """_safe_repr(sent + rest), from the list `sent` and _safe_repr(rest)
+    of a list `rest`: the repr of a chunk in parts whose last results
+    could not be sent (the parts went; their values are decoded in the
+    main interpreter, and plain data's repr is the same there).  Exact:
+    when the rest's repr was cut, so is the whole's, within what is kept
+    of the rest's."""
+    if not sent or not rest_repr.startswith("["):
+        return rest_repr
+    text = "["
+    for value in sent:
+        text += _safe_repr(value, limit) + ", "
+        if len(text) > limit:
+            break
+    text += rest_repr[1:]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _safe_repr(value, limit=500):
     try:
         text = repr(value)

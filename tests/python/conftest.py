@@ -34,6 +34,9 @@ REFERENCE = os.environ.get("POOLPARTY_TEST_REFERENCE") == "1"
 # A free-threaded CPython (3.13t): the main interpreter has no GIL.
 FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 DISPATCHES = ("reference",) if REFERENCE else ("queue", "call")
+# scripts/sanitize.sh runs the suite with a sanitizer preloaded.
+UNDER_SANITIZER = any(lib in os.environ.get("LD_PRELOAD", "")
+                      for lib in ("libasan", "libtsan"))
 
 # Default per-test timeout for tests that don't set one explicitly, so that a
 # hanging pool fails one test instead of stalling the suite.
