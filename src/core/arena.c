@@ -78,11 +78,14 @@ arena_alloc(void *ctx, size_t size)
 
 /* The arena allocator's free: a pool worker keeps the arena while it
  * holds fewer than `limit`, else (and every other thread) the wrapped
- * allocator frees it.  Same GIL and lock as arena_alloc. */
+ * allocator frees it.  NULL is never kept: 3.13's free_obmalloc_arenas,
+ * at an interpreter's end, frees its unused arena slots too, with
+ * address 0, and a kept NULL handed out would read as out of memory.
+ * Same GIL and lock as arena_alloc. */
 static void
 arena_free(void *ctx, void *ptr, size_t size)
 {
-    if (my.on && size == ARENA_BYTES) {
+    if (my.on && size == ARENA_BYTES && ptr != NULL) {
         unsigned bound = atomic_load_explicit(&limit, memory_order_relaxed);
         if (my.count < bound) {
             my.slot[my.count++] = ptr;

@@ -169,3 +169,19 @@ def test_pools_made_and_closed_many_times_hold_no_growing_memory(dispatch):
     # would grow it by far more than 8 MiB.
     grew = [run["rss"][-1] - run["rss"][3] for run in (cached, plain)]
     assert grew[0] - grew[1] < 8 * 2**20, grew
+
+
+@needs_obmalloc
+def test_workers_that_replace_their_interpreter_reuse_its_arenas(dispatch):
+    """maxtasksperchild: a worker thread ends its interpreter (which frees
+    the interpreter's arenas, on 3.13 its unused arena slots as NULL too)
+    and makes the next one from the same cache."""
+    before = settled()
+    with build_pool(dispatch, 2, maxtasksperchild=1) as pool:
+        assert pool.map(arena_tasks.churn, [MIB] * 6, chunksize=1) == [
+            MIB * 32768] * 6
+        pool.close()
+        pool.join()
+    after = core.arena_stats()
+    assert after["hits"] > before["hits"]
+    assert after["held"] == 0
