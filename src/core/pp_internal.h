@@ -138,7 +138,7 @@ void pp__pins_sweep(pp_pins *p);
 /* Slots in each worker thread's cache, and the bound it starts with
  * (pp__arena_set_limit changes it): 1 MiB arenas a worker keeps. */
 #define PP_ARENA_CACHE_SLOTS 64
-#define PP_ARENA_CACHE_DEFAULT 32
+#define PP_ARENA_CACHE_DEFAULT 8
 /* How long a worker waits for a task before it gives its arenas back. */
 #define PP_ARENA_IDLE_NS (20 * 1000 * 1000)
 
