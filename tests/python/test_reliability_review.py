@@ -88,7 +88,8 @@ def failing_collect(monkeypatch):
     real_engine = _engine._core.Engine
     monkeypatch.setattr(
         _engine._core, "Engine",
-        lambda *args: _EngineFailingOnce(real_engine(*args), fail))
+        lambda *args, **kwargs: _EngineFailingOnce(
+            real_engine(*args, **kwargs), fail))
     return fail
 
 
