@@ -107,7 +107,9 @@ static pthread_once_t installed = PTHREAD_ONCE_INIT;
  * install can pair the old function with the new ctx or the reverse;
  * with one ctx either pair is right (and each pointer is written
  * whole).  Blocks cross freely between the two functions: ours hands
- * out only blocks the wrapped one made, and frees through it. */
+ * out only blocks the wrapped one made, and frees through it.
+ * Needs: the GIL of the interpreter importing us (pthread_once runs it
+ * once per process). */
 static void
 install_once(void)
 {

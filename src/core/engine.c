@@ -894,7 +894,10 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
                const void *payload, size_t payload_size, int nice,
                pp_engine **out)
 {
-    if (nworkers == 0 || nice < 0) {
+    /* Nice values span 40 steps (-20..19): a larger step would overflow
+     * yield_to_collector's sum, and wrapped negative could raise the
+     * workers' priority where the process is allowed to. */
+    if (nworkers == 0 || nice < 0 || nice > 39) {
         return PP_EINVAL;
     }
     pp_engine *e = PyMem_RawCalloc(

@@ -906,7 +906,7 @@ typedef struct {
     int64_t looked;      /* CPU ns: the clock was read last */
 } parts_t;
 
-/* This thread's CPU time, in ns. */
+/* This thread's CPU time, in ns.  Any thread, any GIL or none. */
 static int64_t
 cpu_ns(void)
 {

@@ -446,7 +446,8 @@ out:
 
 /* ---- a chunk in parts (docs/design.md, "A chunk in parts") ---------- */
 
-/* The key of msg's chunk in eo->parts.  New reference or NULL. */
+/* The key of msg's chunk in eo->parts.  New reference or NULL.
+ * Needs: main GIL. */
 static PyObject *
 part_key(const pp_msg *msg)
 {
@@ -478,7 +479,19 @@ take_part(pp_engine_object *eo, const pp_msg *msg)
         rc = 0; /* failed already */
         goto done;
     }
-    value = pp__codec_decode_msg(msg, 0);
+    Py_ssize_t have = sofar != NULL ? PyList_GET_SIZE(sofar) : 0;
+    if (msg->first != (uint64_t)have) {
+        /* A chunk's parts come from one worker through one FIFO queue,
+         * in order: a gap means a part was lost, and the results after
+         * it would land in the wrong places.  Fail the chunk instead. */
+        PyErr_Format(PyExc_RuntimeError,
+                     "poolparty: a chunk's part starts at its result %llu, "
+                     "after %zd (please report this)",
+                     (unsigned long long)msg->first, have);
+    }
+    else {
+        value = pp__codec_decode_msg(msg, 0);
+    }
     if (value != NULL && !PyList_CheckExact(value)) {
         Py_SETREF(value, NULL);
         PyErr_SetString(PyExc_TypeError,
@@ -717,6 +730,11 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         rc = pp__engine_collect(PP_ENGINE(self), timeout_ns, &first, &count);
         Py_END_ALLOW_THREADS
         if (rc == PP_ECLOSED) {
+            /* Nothing comes any more: parts of chunks that terminate()
+             * abandoned (their failure went by another path) wait for a
+             * last message that never comes.  Their results go now, not
+             * with the Engine. */
+            Py_CLEAR(eo->parts);
             Py_RETURN_NONE;
         }
         if (rc == PP_ETIMEDOUT) {

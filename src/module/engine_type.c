@@ -44,8 +44,8 @@ engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "unknown dispatch design");
         goto done;
     }
-    if (nice < 0) {
-        PyErr_SetString(PyExc_ValueError, "nice must be 0 or more");
+    if (nice < 0 || nice > 39) {
+        PyErr_SetString(PyExc_ValueError, "nice must be 0 to 39");
         goto done;
     }
     self = type->tp_alloc(type, 0);

@@ -437,8 +437,13 @@ def decode(kind, payload):
         sent, payload = payload
         error = decode_error(payload)
         # The repr of the whole chunk's results, as one message gave it.
-        error.value = _worker.joined_repr(sent, error.value)
-        error.args = (error.exc, error.value)
+        # A worker that could not even encode the MaybeEncodingError (out
+        # of memory) sent the C core's plain text, a RemoteError here with
+        # no `value`: it goes as it is (joining would raise, and kill the
+        # collector thread with every later result waiting for it).
+        if isinstance(getattr(error, "value", None), str):
+            error.value = _worker.joined_repr(sent, error.value)
+            error.args = (error.exc, error.value)
         return False, error
     return False, decode_error(payload)
 

@@ -7,7 +7,6 @@ Each behaviour is checked against the same call with tasks too short to
 send parts (ms=0), the chunk-whole path that multiprocessing's semantics
 were first matched on; Engine.parts says that parts really went."""
 
-import os
 import re
 import time
 
@@ -181,4 +180,31 @@ def test_terminate_while_a_chunk_is_half_sent(make_pool, tmp_path):
     pool.join()
     with pytest.raises(poolparty.TerminatedError):
         result.get(30)
-    assert not os.path.exists(release)
+
+
+@pytest.mark.parametrize("payload", [b"MemoryError: ", b"RuntimeError: no"])
+def test_a_plain_text_failure_after_parts_is_delivered_as_it_is(payload):
+    # A worker out of memory while encoding the MaybeEncodingError of a
+    # chunk whose parts went sends the C core's plain text: decode() must
+    # hand that on, not raise (raising killed the collector thread, and
+    # every later result waited for ever).
+    from poolparty import _engine
+
+    ok, error = _engine.decode(_engine.DONE_UNPICKLABLE_PARTS,
+                               ([1, 2], payload))
+    assert not ok
+    assert type(error).__name__ == "RemoteError"
+    assert payload.split(b":")[0].decode() in str(error)
+
+
+def test_an_unpicklable_rest_after_parts_joins_the_reprs():
+    from multiprocessing.pool import MaybeEncodingError
+
+    from poolparty import _engine, _worker
+
+    payload = _worker.encode_error(TypeError("no"), [object])
+    ok, error = _engine.decode(_engine.DONE_UNPICKLABLE_PARTS,
+                               ([1, 2], payload))
+    assert not ok and isinstance(error, MaybeEncodingError)
+    assert error.value == "[1, 2, " + repr(object) + "]"
+    assert error.args == (error.exc, error.value)

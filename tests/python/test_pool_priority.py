@@ -194,3 +194,15 @@ def test_terminate_stops_busy_low_priority_workers(make_pool, cpus, knob,
     pool.join()
     assert not any(os.path.exists(ended) for _, ended in items)
     del running
+
+
+@pytest.mark.parametrize("nice", [-1, 40, 2**31 - 1])
+def test_the_engine_refuses_a_step_outside_the_nice_range(nice):
+    # 40 steps span every nice value; a larger one overflowed the sum in
+    # yield_to_collector, and wrapped negative could raise the workers.
+    from poolparty import _engine
+    from poolparty import _poolparty as core
+
+    with pytest.raises(ValueError, match="nice"):
+        core.Engine(core.PP_DESIGN_QUEUE, 1, 0, _engine.sys_path_blob(),
+                    _engine.boot_payload(None, ()), nice=nice)
