@@ -631,7 +631,13 @@ def _collect(runner):
                                decode_error(payload),
                                "fix the initializer and create a new pool")
                     continue
-                ok, value = decode(kind, payload)
+                try:
+                    ok, value = decode(kind, payload)
+                except BaseException as exc:
+                    # decode() promises not to raise; should a bug of
+                    # ours break that, this one task fails, instead of
+                    # the collector thread and every result after it.
+                    ok, value = False, exc
                 if not ok and runner.terminating and isinstance(value, SystemExit):
                     interrupted = runner.reason()
                     if interrupted.__cause__ is None:  # else it names why

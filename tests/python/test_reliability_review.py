@@ -124,6 +124,31 @@ def test_a_failing_collect_breaks_the_pool_instead_of_hanging(
         pool.join()
 
 
+def test_a_completion_whose_decode_raises_fails_alone(dispatch, monkeypatch):
+    # decode() promises not to raise; when it did (a chunk in parts whose
+    # rest came as plain text), the collector thread died and every later
+    # result hung.  Now that one task fails and the pool goes on.
+    import poolparty
+    import tasks
+    from poolparty import _engine
+
+    real_decode = _engine.decode
+
+    def decode(kind, payload):
+        if kind == _engine.DONE_UNDECODABLE:
+            raise RuntimeError("decode broke")
+        return real_decode(kind, payload)
+
+    monkeypatch.setattr(_engine, "decode", decode)
+    with poolparty.SubinterpreterPool(1, dispatch=dispatch) as pool:
+        # Its value fails to unpickle in the caller: an undecodable
+        # completion, which only the collector's Python loop decodes.
+        broken = pool.apply_async(tasks.return_fails_when_unpickled, ("x",))
+        with pytest.raises(RuntimeError, match="decode broke"):
+            broken.get(30)
+        assert pool.apply(tasks.square, (7,)) == 49
+
+
 # --- free-threaded builds: the codec against other threads ---------------------
 
 
