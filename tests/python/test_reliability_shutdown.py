@@ -22,6 +22,7 @@ from conftest import (
     FREE_THREADED,
     REFERENCE,
     SUBPROCESS_TIMEOUT,
+    UNDER_SANITIZER,
     recording_warnings,
     wait_until_exists,
 )
@@ -32,10 +33,9 @@ pytestmark = [
 ]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Under ASan (scripts/sanitize.sh) the sys._current_frames() crash below is
-# not certain: with PYTHONMALLOC=malloc the freed frames may survive.
-UNDER_SANITIZER = any(lib in os.environ.get("LD_PRELOAD", "")
-                      for lib in ("libasan", "libtsan"))
+# Under ASan (scripts/sanitize.sh, UNDER_SANITIZER) the
+# sys._current_frames() crash below is not certain: with
+# PYTHONMALLOC=malloc the freed frames may survive.
 HEADER = f"""\
 import os, sys, time
 sys.path[:0] = [{HERE!r}]

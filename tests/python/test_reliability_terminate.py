@@ -25,7 +25,7 @@ import time
 import pytest
 
 import reliability_tasks as rt
-from conftest import REFERENCE, build_pool, wait_until_exists
+from conftest import REFERENCE, UNDER_SANITIZER, build_pool, wait_until_exists
 
 pytestmark = [
     pytest.mark.skipif(REFERENCE, reason="poolparty's own terminate()"),
@@ -37,9 +37,6 @@ BOUND = 30  # seconds: "promptly" means well within this on any machine
 # Under ASan/TSan (scripts/sanitize.sh) the workers fall behind the
 # submitting thread and the imap race below is (almost) never hit.
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-UNDER_SANITIZER = any(lib in os.environ.get("LD_PRELOAD", "")
-                      for lib in ("libasan", "libtsan"))
 
 
 def _terminated_error():
