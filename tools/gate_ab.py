@@ -5,9 +5,9 @@ Usage: .venv/3.13/bin/python tools/gate_ab.py [--bench data_ints,...]
            [--competitor same|other]
 
 The ways (docs/design.md, "The collector first"):
-  off     workers run at the caller's priority and nobody parks;
-  gate    a worker parks while the collector is behind
-          (`_poolparty.assume_cpus(cores)`);
+  off     workers run at the caller's priority and nobody parks
+          (POOLPARTY_GATE=0);
+  gate    a worker parks while the collector is behind (the default);
   niceN   each worker thread lowers its priority by N
           (POOLPARTY_WORKER_NICE=N).
 Both act only when the workers and the collector are more threads than
@@ -47,7 +47,7 @@ import sys
 import time
 
 import poolparty
-from poolparty import _engine, _poolparty
+from poolparty import _engine
 from poolparty_bench import workloads
 from poolparty_bench.shapes import floats
 
@@ -85,8 +85,7 @@ def cpu_ns_of(pid):
 
 def set_way(way):
     """Make pools made next use `way`; returns how to undo it."""
-    cores = len(os.sched_getaffinity(0))
-    _poolparty.assume_cpus(cores if way == "gate" else 0)
+    os.environ[_engine.GATE_ENV] = "1" if way == "gate" else "0"
     os.environ[_engine.WORKER_NICE_ENV] = (
         way[len("nice"):] if way.startswith("nice") else "0")
 
@@ -116,7 +115,7 @@ def run_once(way, name, workload, inputs, workers):
             parks = pool._runner.engine.gate["parks"]
             del results
     finally:
-        _poolparty.assume_cpus(0)
+        os.environ.pop(_engine.GATE_ENV, None)
         os.environ.pop(_engine.WORKER_NICE_ENV, None)
     return wall, cpu, rq, parks, tasks
 

@@ -82,11 +82,19 @@ struct pp_engine {
     uint32_t run_limit;
     atomic_uint_fast64_t undecoded; /* completions the collector took and
                                        has not finished with */
+    atomic_int collector_busy;      /* from pp__engine_decoding to its
+                                       next pp__engine_collect */
     atomic_uint_fast64_t released;  /* completions it finished, ever */
     atomic_uint_fast64_t decode_ns; /* its time per completion, averaged */
+    /* A map chunk's part (see interp.c), averaged: the CPU time a worker
+     * spent making it, and the collector decoding it.  0 until parts
+     * came: only then does the gate know whether the collector keeps up. */
+    atomic_uint_fast64_t part_make_ns;
+    atomic_uint_fast64_t part_decode_ns;
     atomic_uint_fast32_t running;   /* workers not parked (gate_lock) */
     atomic_uint_fast32_t parked;    /* workers parked (gate_lock) */
     atomic_uint_fast64_t parks;     /* parks so far, for the stats */
+    atomic_uint_fast64_t part_parks; /* those inside a chunk, at a part */
     atomic_uint_fast64_t stalls;    /* parks the collector left hanging */
     pthread_mutex_t gate_lock;
     pthread_cond_t gate_open;       /* broadcast under gate_lock */
@@ -307,6 +315,18 @@ report_task(pp_worker *w, uint64_t *job, uint64_t *index)
  * to PARK_MIN_NS or more at its measured time per completion
  * (`decode_ns`): tiny results are not worth a sleep and a wake-up.
  *
+ * And only when the collector cannot keep up anyway.  With the cores
+ * shared fairly among the workers and the collector, it keeps up as long
+ * as it takes no longer to decode a result than one worker takes to make
+ * it over nworkers: then a backlog is a passing one, and a parked worker
+ * would only be missing at the map's end (data_floats: its decode a
+ * third of its task, 1.18x the wall time parked at every backlog).  The
+ * two are measured on a map chunk's parts, whose making is timed anyway
+ * (interp.c): `part_make_ns` and `part_decode_ns`.  Without parts -- one
+ * message a task, or chunks too short to split -- nothing is measured
+ * and nobody parks (an imap of 4,096 floats a task, chunksize 1, lost
+ * 8 % to parks).
+ *
  * A parked worker goes on when the collector is no longer behind by
  * half that (it wakes them as it finishes a batch), when terminate()
  * opens the gate for good, or when the collector finished nothing for
@@ -318,13 +338,9 @@ report_task(pp_worker *w, uint64_t *job, uint64_t *index)
 #define PARK_MIN_NS ((uint64_t)50 * 1000)
 #define PARK_STALL_NS ((int64_t)100 * 1000 * 1000)
 
-/* The cores the gate takes this process to have; 0, the default, leaves
- * the gate off.  It is off because on this project's 2-core machine it
- * measured as many losses as gains (docs/design.md, "The collector
- * first": data_ints 0.56 -> 0.62x sequential, but an imap of 4,096
- * floats a task 12 % slower and data_blob 5 %), so it is opt-in, through
- * pp__engine_assume_cpus, until a rule for when to park wins on every
- * shape measured. */
+/* The cores the gate takes this process to have, whatever an engine was
+ * made with; 0, the default, leaves each engine's own.  For tests and
+ * benchmarks. */
 static atomic_uint assumed_cpus;
 
 /* Any thread.  See pp_internal.h. */
@@ -336,18 +352,56 @@ pp__engine_assume_cpus(uint32_t cpus)
 
 /* How far behind the collector is, in ns of its work: the completions it
  * took and has not finished, plus the queued ones, at its average time
- * per completion; 0 when it is not awake on any (idle, or lingering for
- * more: see queue.c).  Any GIL or none; no lock (snapshots: a parked
- * worker looks again when woken, and its wait is bounded). */
+ * per completion; 0 when it is not busy -- idle, lingering for more
+ * (see queue.c) or waiting for the main GIL.  Busy includes what it does
+ * between batches (delivering, and the main interpreter's garbage
+ * collector, which the objects it made set off: a third of its time for
+ * data_records).  Any GIL or none; no lock (snapshots: a parked worker
+ * looks again when woken, and its wait is bounded). */
 static uint64_t
 collector_behind_ns(pp_engine *e)
 {
-    uint64_t undecoded = atomic_load(&e->undecoded);
-    if (undecoded == 0) {
+    if (!atomic_load(&e->collector_busy)) {
         return 0;
     }
-    return (undecoded + pp_queue_length(e->completions)) *
+    return (atomic_load(&e->undecoded) + pp_queue_length(e->completions)) *
            atomic_load(&e->decode_ns);
+}
+
+/* Whether the workers make results faster than the collector, with its
+ * fair share of the cores, decodes them (see above): measured on parts,
+ * so 0 until some came.  Any GIL or none; no lock. */
+static int
+collector_outpaced(pp_engine *e)
+{
+    uint64_t decode = atomic_load_explicit(&e->part_decode_ns,
+                                           memory_order_relaxed);
+    uint64_t make = atomic_load_explicit(&e->part_make_ns,
+                                         memory_order_relaxed);
+    return decode > 0 && make > 0 && decode * e->nworkers > make;
+}
+
+/* An average over the last few samples (weight 1/4 each).  Two threads
+ * may race to store: one sample is lost, which an average can afford.
+ * Any GIL or none. */
+static void
+average_into(atomic_uint_fast64_t *avg, int64_t sample)
+{
+    if (sample <= 0) {
+        return;
+    }
+    uint64_t was = atomic_load_explicit(avg, memory_order_relaxed);
+    atomic_store_explicit(avg,
+                          was == 0 ? (uint64_t)sample
+                                   : (was * 3 + (uint64_t)sample) / 4,
+                          memory_order_relaxed);
+}
+
+/* Any GIL or none.  See pp_internal.h. */
+void
+pp__engine_part_decoded(pp_engine *e, int64_t ns)
+{
+    average_into(&e->part_decode_ns, ns);
 }
 
 /* Any GIL or none.  See pp_internal.h. */
@@ -365,12 +419,13 @@ should_park(pp_engine *e)
 {
     return pp__engine_gated(e) &&
            atomic_load(&e->running) > e->run_limit &&
-           collector_behind_ns(e) >= PARK_MIN_NS;
+           collector_outpaced(e) && collector_behind_ns(e) >= PARK_MIN_NS;
 }
 
-/* Park the calling worker while the collector is behind (see above).
- * Needs: no tstate (it blocks); takes gate_lock. */
-static void
+/* Park the calling worker while the collector is behind (see above);
+ * 1 if it did, 0 if it found it need not after all.  Needs: no tstate
+ * (it blocks); takes gate_lock. */
+static int
 park(pp_engine *e)
 {
     pthread_mutex_lock(&e->gate_lock);
@@ -380,7 +435,7 @@ park(pp_engine *e)
     if (e->gate_off || seen == e->stalled_at ||
         atomic_load(&e->running) <= e->run_limit) {
         pthread_mutex_unlock(&e->gate_lock);
-        return;
+        return 0;
     }
     /* Counted before `behind` is read: the collector reads `parked`
      * after it changed `undecoded`, so either it sees this worker and
@@ -414,6 +469,7 @@ park(pp_engine *e)
     atomic_fetch_sub(&e->parked, 1);
     atomic_fetch_add(&e->running, 1);
     pthread_mutex_unlock(&e->gate_lock);
+    return 1;
 }
 
 /* Wake every parked worker.  Any GIL or none; takes gate_lock. */
@@ -468,11 +524,29 @@ int
 pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
                    size_t *count)
 {
-    int rc = pp_queue_pop_all(e->completions, timeout_ns, out, count);
-    if (rc == PP_OK && pp__engine_gated(e)) {
-        atomic_fetch_add(&e->undecoded, *count);
+    if (pp__engine_gated(e)) {
+        /* Not busy until it starts on what it takes (see
+         * collector_behind_ns).  With nothing queued it is about to wait
+         * or linger for more: a parked worker goes on now.  (With some
+         * queued it takes them at once and starts on them as soon as it
+         * has the main GIL.) */
+        atomic_store(&e->collector_busy, 0);
+        if (atomic_load(&e->parked) > 0 &&
+            pp_queue_length(e->completions) == 0) {
+            open_gate(e, 0);
+        }
     }
-    return rc;
+    return pp_queue_pop_all(e->completions, timeout_ns, out, count);
+}
+
+/* Any GIL or none.  See pp_internal.h. */
+void
+pp__engine_decoding(pp_engine *e, size_t count)
+{
+    if (pp__engine_gated(e)) {
+        atomic_fetch_add(&e->undecoded, count);
+        atomic_store(&e->collector_busy, 1);
+    }
 }
 
 /* Any GIL or none.  See pp_internal.h. */
@@ -483,13 +557,7 @@ pp__engine_collected(pp_engine *e, size_t count, int64_t spent_ns)
         return; /* ungated: nobody reads the collector's progress */
     }
     if (spent_ns >= 0) {
-        /* An average over the last few batches (weight 1/4 each). */
-        uint64_t per = (uint64_t)spent_ns / count;
-        uint64_t avg = atomic_load_explicit(&e->decode_ns,
-                                            memory_order_relaxed);
-        atomic_store_explicit(&e->decode_ns, avg == 0 ? per
-                                                      : (avg * 3 + per) / 4,
-                              memory_order_relaxed);
+        average_into(&e->decode_ns, spent_ns / (int64_t)count);
     }
     atomic_fetch_sub(&e->undecoded, count);
     atomic_fetch_add(&e->released, count);
@@ -504,11 +572,14 @@ pp__engine_gate_stats(pp_engine *e, pp_gate_stats *out)
 {
     out->run_limit = e->run_limit;
     out->parks = atomic_load(&e->parks);
+    out->part_parks = atomic_load(&e->part_parks);
     out->stalls = atomic_load(&e->stalls);
     out->parked = (uint32_t)atomic_load(&e->parked);
     out->undecoded = atomic_load(&e->undecoded);
     out->queued = pp_queue_length(e->completions);
     out->decode_ns = atomic_load(&e->decode_ns);
+    out->part_make_ns = atomic_load(&e->part_make_ns);
+    out->part_decode_ns = atomic_load(&e->part_decode_ns);
 }
 
 /* Push a completion; if the collector is gone (queue closed, which only
@@ -892,7 +963,7 @@ int
 pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
                const char *sys_path, size_t sys_path_size,
                const void *payload, size_t payload_size, int nice,
-               pp_engine **out)
+               uint32_t cpus, pp_engine **out)
 {
     /* Nice values span 40 steps (-20..19): a larger step would overflow
      * yield_to_collector's sum, and wrapped negative could raise the
@@ -918,15 +989,20 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
     pthread_cond_init(&e->started, NULL);
     pp__fn_store_init(&e->fns);
     /* The collector's own core: see "The gate". */
-    uint32_t cpus = atomic_load(&assumed_cpus);
+    uint32_t assumed = atomic_load(&assumed_cpus);
+    cpus = assumed != 0 ? assumed : cpus;
     e->run_limit = cpus == 0 || nworkers < cpus ? nworkers
                                                 : (cpus > 1 ? cpus - 1 : 1);
     atomic_init(&e->undecoded, 0);
+    atomic_init(&e->collector_busy, 0);
     atomic_init(&e->released, 0);
     atomic_init(&e->decode_ns, 0);
+    atomic_init(&e->part_make_ns, 0);
+    atomic_init(&e->part_decode_ns, 0);
     atomic_init(&e->running, nworkers);
     atomic_init(&e->parked, 0);
     atomic_init(&e->parks, 0);
+    atomic_init(&e->part_parks, 0);
     atomic_init(&e->stalls, 0);
     pthread_mutex_init(&e->gate_lock, NULL);
     pthread_cond_init(&e->gate_open, NULL);
@@ -1022,9 +1098,9 @@ pp__engine_runs(const pp_msg *task)
                task->index;
 }
 
-/* Any GIL or none.  See pp_internal.h. */
+/* Needs: the worker's sub GIL.  See pp_internal.h. */
 void
-pp__engine_send_part(pp_msg *part)
+pp__engine_send_part(pp_msg *part, int64_t made_ns)
 {
     pp_worker *w = current_worker;
     pp_engine *e = w->engine;
@@ -1038,7 +1114,21 @@ pp__engine_send_part(pp_msg *part)
         pp_msg_free(part);
         return;
     }
+    if (pp__engine_gated(e)) {
+        average_into(&e->part_make_ns, made_ns);
+    }
     complete(e, w, part, more_queued(e));
+    /* A map chunk is one task but many parts: parking only between
+     * tasks would leave a worker making a whole chunk's results (tens of
+     * ms) while the collector is behind on them.  Its interpreter's GIL
+     * is let go while it waits (nothing else of this worker needs it). */
+    if (should_park(e)) {
+        PyThreadState *ts = pp__ts_detach();
+        if (park(e)) {
+            atomic_fetch_add(&e->part_parks, 1);
+        }
+        pp__ts_attach(ts);
+    }
 }
 
 void

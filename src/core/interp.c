@@ -1002,9 +1002,12 @@ parts_send(parts_t *p, PyObject *results, Py_ssize_t made)
     msg->index = p->task->index;
     msg->kind = PP_DONE_PART;
     msg->first = (uint64_t)p->sent;
-    pp__engine_send_part(msg);
+    /* What the part cost this worker, making and encoding it: the gate
+     * weighs it against what it costs the collector to decode. */
+    now = cpu_ns();
+    pp__engine_send_part(msg, now - p->since);
     p->sent = made;
-    p->since = p->looked = cpu_ns();
+    p->since = p->looked = now;
     p->check_at = made + p->stride;
     return 0;
 }

@@ -404,13 +404,15 @@ typedef struct pp_engine pp_engine;
  * in parallel; for PP_DESIGN_CALL the caller runs pp_engine_serve_calls
  * on threads of its own.  `maxtasks` 0 means unlimited.  `nice` > 0:
  * each worker thread lowers its scheduling priority by that much as it
- * starts (engine.c, yield_to_collector).  Takes
+ * starts (engine.c, yield_to_collector).  `cpus`: the cores the
+ * process may run on, for the gate (engine.c); 0 leaves the gate off
+ * (pp__engine_assume_cpus overrides both).  Takes
  * ownership of nothing; copies `boot`'s buffers.  Needs: any (no GIL
  * is waited for). */
 int pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
                    const char *sys_path, size_t sys_path_size,
                    const void *payload, size_t payload_size, int nice,
-                   pp_engine **out);
+                   uint32_t cpus, pp_engine **out);
 void pp__engine_incref(pp_engine *e);
 /* Drop a reference; the last one frees the engine, which must then be
  * stopped (or never started). */
@@ -443,20 +445,34 @@ void pp__engine_function_stats(pp_engine *e, pp_fn_stats *out);
  * GIL. */
 int pp__engine_runs(const pp_msg *task);
 /* Push `part`, a PP_DONE_PART of the task this worker runs, to the
- * collector; or free it if terminate() gave that task up already.  Only
- * on a worker thread for which pp__engine_runs said 1; any GIL or none.
- * Takes ownership of part. */
-void pp__engine_send_part(pp_msg *part);
+ * collector; or free it if terminate() gave that task up already.
+ * `made_ns`: the worker's CPU time making and encoding it.  Then, if the
+ * collector is behind (the gate), park until it is not.  Only on a
+ * worker thread for which pp__engine_runs said 1, with the worker's
+ * interpreter attached (its GIL held; released while parked).  Takes
+ * ownership of part. */
+void pp__engine_send_part(pp_msg *part, int64_t made_ns);
+/* The collector spent `ns` of its CPU time decoding one part: the gate's
+ * other measure (see pp__engine_send_part).  Any GIL or none. */
+void pp__engine_part_decoded(pp_engine *e, int64_t ns);
 
 /* Wait up to timeout_ns for completions and take all that are ready;
- * the caller reports those it finishes with to pp__engine_collected.
+ * the caller reports starting on them to pp__engine_decoding, and those
+ * it finishes with to pp__engine_collected.
  * PP_OK, PP_ETIMEDOUT, or PP_ECLOSED once every worker has exited and
  * everything was collected.  Needs: no tstate (it blocks). */
 int pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
                        size_t *count);
+/* The collector has the main GIL again and starts on the `count`
+ * completions pp__engine_collect gave it: from now on they count as
+ * undecoded, which parked workers wait on (the gate).  Not before: a
+ * collector waiting for the main GIL -- the caller's thread running
+ * Python -- is not behind on work a parked worker would make room for.
+ * Any GIL or none. */
+void pp__engine_decoding(pp_engine *e, size_t count);
 
 /* Whether the gate can park this engine's workers (run_limit below
- * nworkers: see pp__engine_assume_cpus); when not, the collector's
+ * nworkers: see pp__engine_new's `cpus`); when not, the collector's
  * progress is neither timed nor counted.  Any GIL or none. */
 int pp__engine_gated(const pp_engine *e);
 
@@ -474,16 +490,20 @@ typedef struct {
     uint32_t run_limit;
     uint32_t parked;
     uint64_t parks;
+    uint64_t part_parks;
     uint64_t stalls;
     uint64_t undecoded;
     uint64_t queued;
     uint64_t decode_ns;
+    uint64_t part_make_ns;
+    uint64_t part_decode_ns;
 } pp_gate_stats;
 void pp__engine_gate_stats(pp_engine *e, pp_gate_stats *out);
 
 /* Cores that engines made from now on take the process to have, for the
- * gate (0, the default: the gate is off); returns the previous setting.
- * Opt-in, for tests and benchmarks.  Any thread. */
+ * gate, instead of the `cpus` they are made with (0, the default: their
+ * own); returns the previous setting.  For tests and benchmarks.  Any
+ * thread. */
 uint32_t pp__engine_assume_cpus(uint32_t cpus);
 
 /* Stop taking work; queued tasks still run, then workers exit. */

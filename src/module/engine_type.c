@@ -21,22 +21,23 @@ pp__engine_from_object(pp_module_state *st, PyObject *obj)
     return ENGINE(obj);
 }
 
-/* Engine(design, nworkers, maxtasks, sys_path, payload, nice=0) */
+/* Engine(design, nworkers, maxtasks, sys_path, payload, nice=0, cpus=0) */
 static PyObject *
 engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"design", "nworkers", "maxtasks", "sys_path",
-                             "payload", "nice", NULL};
+                             "payload", "nice", "cpus", NULL};
     int design;
     unsigned int nworkers;
     unsigned long long maxtasks;
     int nice = 0;
+    unsigned int cpus = 0;
     Py_buffer sys_path = {0}, payload = {0};
     PyObject *self = NULL;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iIKy*y*|i", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iIKy*y*|iI", kwlist,
                                      &design, &nworkers, &maxtasks,
-                                     &sys_path, &payload, &nice)) {
+                                     &sys_path, &payload, &nice, &cpus)) {
         return NULL;
     }
     pp_module_state *st = pp__state_from_type(type);
@@ -61,7 +62,7 @@ engine_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     Py_BEGIN_ALLOW_THREADS
     rc = pp__engine_new((pp_design)design, nworkers, maxtasks,
                         sys_path.buf, (size_t)sys_path.len, payload.buf,
-                        (size_t)payload.len, nice, &engine);
+                        (size_t)payload.len, nice, cpus, &engine);
     Py_END_ALLOW_THREADS
     ENGINE(self) = engine;
     if (rc != PP_OK) {
@@ -388,13 +389,16 @@ engine_get_gate(PyObject *self, void *Py_UNUSED(closure))
 {
     pp_gate_stats st;
     pp__engine_gate_stats(ENGINE(self), &st);
-    return Py_BuildValue("{sIsIsKsKsKsKsK}", "run_limit", st.run_limit,
-                         "parked", st.parked, "parks",
-                         (unsigned long long)st.parks, "stalls",
-                         (unsigned long long)st.stalls, "undecoded",
-                         (unsigned long long)st.undecoded, "queued",
-                         (unsigned long long)st.queued, "decode_ns",
-                         (unsigned long long)st.decode_ns);
+    return Py_BuildValue(
+        "{sIsIsKsKsKsKsKsKsKsK}", "run_limit", st.run_limit, "parked",
+        st.parked, "parks", (unsigned long long)st.parks, "part_parks",
+        (unsigned long long)st.part_parks, "stalls",
+        (unsigned long long)st.stalls, "undecoded",
+        (unsigned long long)st.undecoded, "queued",
+        (unsigned long long)st.queued, "decode_ns",
+        (unsigned long long)st.decode_ns, "part_make_ns",
+        (unsigned long long)st.part_make_ns, "part_decode_ns",
+        (unsigned long long)st.part_decode_ns);
 }
 
 static PyMethodDef engine_methods[] = {
@@ -476,9 +480,12 @@ static PyGetSetDef engine_getset[] = {
     {"gate", engine_get_gate, NULL,
      "the collector-first gate: run_limit (workers that may start a task "
      "while the collector is behind; the pool's size when the cores are "
-     "not oversubscribed), parked now, parks and stalls so far, "
+     "not oversubscribed), parked now, parks so far (part_parks: those "
+     "inside a map chunk, at a part) and stalls so far, "
      "undecoded (completions the collector holds), queued (those waiting "
-     "for it), decode_ns (its average time per completion)", NULL},
+     "for it), decode_ns (its average time per completion), "
+     "part_make_ns and part_decode_ns (a map chunk's part: a worker's CPU "
+     "time making it, the collector's decoding it; averages)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -489,9 +496,11 @@ static PyType_Slot engine_slots[] = {
     {Py_tp_clear, engine_clear},
     {Py_tp_methods, engine_methods},
     {Py_tp_getset, engine_getset},
-    {Py_tp_doc, "Engine(design, nworkers, maxtasks, sys_path, payload, nice=0): "
-                "a pool's native queues and workers; nice > 0: each worker "
-                "thread lowers its scheduling priority by that much."},
+    {Py_tp_doc, "Engine(design, nworkers, maxtasks, sys_path, payload, nice=0, "
+                "cpus=0): a pool's native queues and workers; nice > 0: each "
+                "worker thread lowers its scheduling priority by that much; "
+                "cpus > 0: the cores the process may use, for the "
+                "collector-first gate (0: the gate is off)."},
     {0, NULL},
 };
 

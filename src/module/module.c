@@ -460,9 +460,9 @@ module_message_cache_stats(PyObject *Py_UNUSED(module),
 }
 
 /* assume_cpus(n) -> int: the cores engines made from now on take the
- * process to have, for the collector-first gate (0, the default: the gate
- * is off); opt-in, for tests and benchmarks; returns the previous
- * setting.  Any interpreter. */
+ * process to have, for the collector-first gate, whatever their pool
+ * asked for (0, the default: what it asked for); for tests and
+ * benchmarks; returns the previous setting.  Any interpreter. */
 static PyObject *
 module_assume_cpus(PyObject *Py_UNUSED(module), PyObject *arg)
 {
@@ -521,8 +521,9 @@ static PyMethodDef module_methods[] = {
      "this process, and the most free blocks one cache keeps."},
     {"assume_cpus", module_assume_cpus, METH_O,
      "assume_cpus(n) -> int: the cores pools made from now on take this "
-     "process to have, for the collector-first gate (0, the default: the "
-     "gate is off), for tests and benchmarks; the previous setting."},
+     "process to have, for the collector-first gate, whatever they asked "
+     "for (0, the default: what they asked for), for tests and "
+     "benchmarks; the previous setting."},
     {"arena_stats", module_arena_stats, METH_NOARGS,
      "arena_stats() -> {'hits', 'kept', 'passed', 'returned', 'held', "
      "'limit', 'arena_bytes', 'installed'}: the pool workers' caches of "

@@ -108,6 +108,25 @@ def worker_nice(nworkers):
     return nice if nworkers + 1 > usable_cpus() else 0
 
 
+# The collector first, by parking workers (docs/design.md, "The
+# collector first"): on by default, where the workers and the collector
+# thread are more threads than the CPUs.  POOLPARTY_GATE=0 turns it off.
+GATE_ENV = "POOLPARTY_GATE"
+
+
+def gate_cpus():
+    """The cores a new pool's gate counts on; 0 turns the gate off."""
+    value = os.environ.get(GATE_ENV)
+    if value is None or value == "1":
+        return usable_cpus()
+    if value == "0":
+        return 0
+    raise ValueError(
+        f"{GATE_ENV} must be 1 (workers park while the collector is behind "
+        f"on their results: the default) or 0 (they never park), "
+        f"not {value!r}")
+
+
 def check_dispatch(dispatch):
     if dispatch not in DESIGNS:
         raise ValueError(
@@ -485,7 +504,7 @@ class Runner:
         self.lock = threading.RLock()
         self.engine = _core.Engine(
             design, nworkers, maxtasks or 0, sys_path_blob(), payload,
-            nice=worker_nice(nworkers),
+            nice=worker_nice(nworkers), cpus=gate_cpus(),
         )
         _unjoined.add(self)
         # Set by terminate(): from then on a task that ends in SystemExit

@@ -33,6 +33,14 @@ def ramp(start, n):
     return list(range(start, start + n))
 
 
+def spin(n):
+    """n turns of a Python loop: CPU time, and a small result."""
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
 def ramp_of(pair):
     return ramp(*pair)
 

@@ -1,15 +1,17 @@
 """The collector first (src/core/engine.c, "the gate"; docs/design.md).
 
 When a pool's workers and its collector thread are more threads than
-the process has cores, a worker that finishes a task while the collector
-is behind parks before taking the next one, so that the collector keeps
-a core.  These tests hold it to what must not change: every result
-arrives, nothing hangs -- not when the collector is stuck in a callback
-that waits for a later task, not when terminate() comes while a worker
-is parked -- and the gate is only there on oversubscribed cores.  Each
-runs with both dispatch designs; `_poolparty.assume_cpus` makes the
-process's core count what the test needs.  No timing is asserted: the
-waits below are deadlines for things that must happen.
+the process has cores, and the collector decodes results slower than
+the workers make them (measured on map chunks sent in parts), a worker
+that finishes a task or a part while the collector is behind parks
+before going on, so that the collector keeps a core.  These tests hold
+it to what must not change: every result arrives, nothing hangs -- not
+when the collector is stuck in a callback that waits for a later task,
+not when terminate() comes while a worker is parked -- the gate is only
+there on oversubscribed cores, and nobody parks where the collector
+keeps up.  Each runs with both dispatch designs; `_poolparty.assume_cpus`
+makes the process's core count what the test needs.  No timing is
+asserted: the waits below are deadlines for things that must happen.
 """
 
 import os
@@ -19,6 +21,7 @@ import time
 import pytest
 
 import tasks
+from poolparty import _engine
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.poolparty_only]
 
@@ -45,18 +48,39 @@ def wait_until(predicate, what, timeout=WAIT_S):
         time.sleep(0.001)
 
 
+def outpaced(stats):
+    """The engine measured its collector decoding parts slower than its
+    workers (2 here) make them, with a core each: the gate's condition."""
+    return (stats["part_make_ns"] > 0 and
+            stats["part_decode_ns"] * 2 > stats["part_make_ns"])
+
+
+def teach_outpaced(pool):
+    """A map whose chunks go in parts (each chunk more than 2 ms of a
+    worker's CPU) of results that take longer to rebuild as objects than
+    to make: lists of distinct ints."""
+    items = [(i, 100_000) for i in range(16)]
+    for _ in range(5):
+        assert pool.starmap(tasks.ramp, items, chunksize=4) == [
+            list(range(i, i + n)) for i, n in items]
+        if outpaced(gate(pool)):
+            return
+    raise AssertionError(f"the engine never measured it: {gate(pool)}")
+
+
 def teach_slow_collector(pool, seconds, tmp_path):
     """Make the engine's average time per completion at least half of
     `seconds`: a pool result's callback runs inside the collector's
     batch, so a slow one is what the engine measures (its average
     weighs the batches before too: on 3.12, the workers' import
-    requests).  First every worker runs the file helpers the tests use:
-    on 3.12 a worker asks the collector to import each extension module
-    it loads first, and a collector stuck in a callback would never
-    answer."""
+    requests); and make it know its collector outpaced (above).  First
+    every worker runs the file helpers the tests use: on 3.12 a worker
+    asks the collector to import each extension module it loads first,
+    and a collector stuck in a callback would never answer."""
     assert all(arrived for _, arrived, _ in pool.starmap(
         tasks.rendezvous, [(str(tmp_path), me, 2) for me in range(2)],
         chunksize=1))
+    teach_outpaced(pool)
     for _ in range(20):
         if gate(pool)["decode_ns"] >= seconds * 1e9 / 2:
             return
@@ -79,7 +103,7 @@ def block_collector(pool, release):
     return result
 
 
-def test_gate_only_on_oversubscribed_cores(make_pool, cores):
+def test_gate_only_on_oversubscribed_cores(make_pool, cores, monkeypatch):
     cores(2)
     oversubscribed = make_pool(2)  # 2 workers + the collector > 2 cores
     cores(3)
@@ -87,14 +111,69 @@ def test_gate_only_on_oversubscribed_cores(make_pool, cores):
     cores(1)
     single = make_pool(3)
     cores(0)
-    default = make_pool(os.cpu_count() + 1)  # the gate is off by default
+    usable = _engine.usable_cpus()
+    default = make_pool(usable + 1)  # on by default: the process's cores
+    monkeypatch.setenv(_engine.GATE_ENV, "0")
+    off = make_pool(usable + 1)
     assert gate(oversubscribed)["run_limit"] == 1
     assert gate(spare)["run_limit"] == 2
     assert gate(single)["run_limit"] == 1
-    assert gate(default)["run_limit"] == os.cpu_count() + 1
-    for pool in (oversubscribed, spare, single, default):
+    assert gate(default)["run_limit"] == max(usable - 1, 1)
+    assert gate(off)["run_limit"] == usable + 1
+    for pool in (oversubscribed, spare, single, default, off):
         assert pool.map(tasks.square, range(100)) == [
             x * x for x in range(100)]
+
+
+@pytest.mark.parametrize("value", ["2", "yes", "", " 1"])
+def test_a_bad_gate_setting_is_refused_and_says_what_to_write(
+        make_pool, monkeypatch, value):
+    monkeypatch.setenv(_engine.GATE_ENV, value)
+    with pytest.raises(ValueError, match=r"POOLPARTY_GATE must be 1 .* or 0"):
+        make_pool(2)
+    monkeypatch.delenv(_engine.GATE_ENV)
+    assert make_pool(2).map(tasks.square, range(10)) == [
+        x * x for x in range(10)]
+
+
+def test_nobody_parks_where_the_collector_keeps_up(make_pool, cores):
+    """Results that take the collector far less time to rebuild than the
+    workers to make (a float a task of 50 ms) never park a worker, however
+    far behind the collector's queue looks at times; nor do results that
+    never went in parts (no measure: chunksize 1)."""
+    cores(2)
+    pool = make_pool(2)
+    assert pool.map(tasks.spin, [200_000] * 32, chunksize=4) == [
+        sum(range(200_000))] * 32
+    # The chunks went in parts, and the engine measured them.
+    stats = gate(pool)
+    assert pool._runner.engine.parts > 0 and stats["part_make_ns"] > 0
+    assert not outpaced(stats), stats
+    assert gate(pool)["parks"] == 0, stats
+    # Large results a task, never in parts: nothing measured, no parks.
+    fresh = make_pool(2)
+    items = [(i, 100_000) for i in range(16)]
+    assert list(fresh.imap(tasks.ramp_of, items, chunksize=1)) == [
+        list(range(i, i + n)) for i, n in items]
+    assert gate(fresh)["parks"] == 0 and fresh._runner.engine.parts == 0
+    assert gate(fresh)["part_make_ns"] == 0, gate(fresh)
+
+
+def test_workers_park_between_parts_where_the_collector_is_outpaced(
+        make_pool, cores):
+    """Lists of distinct ints take longer to rebuild than to make: with 2
+    workers on (as the gate is told) 2 cores, the engine finds its
+    collector outpaced, and workers park inside their chunks, at parts,
+    while it is behind; every result arrives whole and in order."""
+    cores(2)
+    pool = make_pool(2)
+    teach_outpaced(pool)
+    items = [(i, 100_000) for i in range(64)]
+    expected = [list(range(i, i + n)) for i, n in items]
+    for _ in range(3):
+        assert pool.starmap(tasks.ramp, items, chunksize=8) == expected
+    stats = gate(pool)
+    assert stats["part_parks"] >= 1 and stats["undecoded"] == 0, stats
 
 
 def test_results_whole_and_in_order_through_the_gate(make_pool, cores):
