@@ -213,6 +213,37 @@ def test_parked_worker_goes_on_when_the_collector_waits_for_it(
     assert pool.map(tasks.square, range(50)) == [x * x for x in range(50)]
 
 
+def test_a_map_made_in_parts_goes_on_while_the_collector_is_stuck(
+        make_pool, cores, tmp_path):
+    """The collector is stuck in a callback while a map's chunks are made
+    in parts, with the engine knowing its collector outpaced: a worker
+    that parks (between tasks or at a part: the same wait) gives up on
+    the collector after the stall time, and every chunk is made; once the
+    collector is free, the map's results arrive whole."""
+    cores(2)
+    pool = make_pool(2)
+    teach_slow_collector(pool, 0.01, tmp_path)
+    released = threading.Event()
+    try:
+        blocked = block_collector(pool, released.is_set)
+        items = [(i, 100_000) for i in range(16)]
+        result = pool.starmap_async(tasks.ramp, items, chunksize=8)
+        # Parts made after a park that ended in a stall (the workers went
+        # on), nothing delivered: the collector is still in the callback.
+        try:
+            wait_until(lambda: gate(pool)["queued"] >= 4 and
+                       gate(pool)["parked"] == 0 and
+                       gate(pool)["stalls"] >= 1, "the chunks were made")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {gate(pool)}") from None
+        assert not result.ready()
+    finally:
+        released.set()
+    assert blocked.get(WAIT_S) == "blocked"
+    assert result.get(WAIT_S) == [list(range(i, i + n)) for i, n in items]
+    assert pool._runner.engine.parts > 0
+
+
 def test_terminate_wakes_a_parked_worker(make_pool, cores, tmp_path):
     """A worker parked behind a collector stuck in a callback goes on at
     terminate(), long before it would give up on the collector (after
