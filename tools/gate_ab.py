@@ -19,7 +19,10 @@ here, then a warm pool's map), or one of the shapes below (a warm pool,
 no sequential run):
   imap_floats  an imap of 500 tasks returning 4,096 floats each,
                chunksize 1, the items dropped as they come;
-  imap_slow    the same with a consumer that spends 1 ms on each item.
+  imap_slow    the same with a consumer that spends 1 ms on each item;
+  imap_ints, imap_records
+               an imap of data_ints' or data_records' 128 tasks,
+               chunksize 1: large results, one a task, no parts.
 Each round runs every way once, the order rotating from round to round.
 Printed per bench and way: the median (and best) speedup over
 sequential, or the median wall time for a shape; the median over the
@@ -63,9 +66,20 @@ def imap_floats(pool, consume_s=0.0):
     return 500
 
 
+def imap_of(workload):
+    """An imap of a data workload's 128 tasks, one a chunk (no parts):
+    the results timed one task at a time, if large enough."""
+    def run(pool):
+        return sum(1 for _ in pool.imap(workload.task, range(128),
+                                        chunksize=1))
+    return run
+
+
 SHAPES = {
     "imap_floats": lambda pool: imap_floats(pool),
     "imap_slow": lambda pool: imap_floats(pool, SLOW_CONSUMER_S),
+    "imap_ints": imap_of(workloads.WORKLOADS["data_ints"]),
+    "imap_records": imap_of(workloads.WORKLOADS["data_records"]),
 }
 
 

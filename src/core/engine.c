@@ -38,6 +38,9 @@ typedef struct pp_worker {
     int import_answered;        /* life */
     int imports_cut;            /* life: terminate() stopped the waiting */
     int exited;                 /* engine->mutex: left its loop */
+    /* The worker thread's own (the gate's measures, see timed_task): */
+    int time_tasks;             /* its last result was a large one */
+    int sent_part;              /* the task it runs sent a part */
     int abandoned;              /* engine->mutex: see pp__engine_abandon */
     /* The task this worker runs, so that abandoning the worker can fail
      * that task's result at once.  No lock (a pair of lock rounds per
@@ -86,11 +89,13 @@ struct pp_engine {
                                        next pp__engine_collect */
     atomic_uint_fast64_t released;  /* completions it finished, ever */
     atomic_uint_fast64_t decode_ns; /* its time per completion, averaged */
-    /* A map chunk's part (see interp.c), averaged: the CPU time a worker
-     * spent making it, and the collector decoding it.  0 until parts
-     * came: only then does the gate know whether the collector keeps up. */
-    atomic_uint_fast64_t part_make_ns;
-    atomic_uint_fast64_t part_decode_ns;
+    /* A large result (a map chunk's part, or a task's result of
+     * PP_TIMED_RESULT_BYTES or more), averaged: the CPU time a worker
+     * spent making it, and the collector decoding it.  0 until some
+     * came: only then does the gate know whether the collector keeps
+     * up. */
+    atomic_uint_fast64_t make_ns;
+    atomic_uint_fast64_t decode_cpu_ns;
     atomic_uint_fast32_t running;   /* workers not parked (gate_lock) */
     atomic_uint_fast32_t parked;    /* workers parked (gate_lock) */
     atomic_uint_fast64_t parks;     /* parks so far, for the stats */
@@ -321,11 +326,12 @@ report_task(pp_worker *w, uint64_t *job, uint64_t *index)
  * it over nworkers: then a backlog is a passing one, and a parked worker
  * would only be missing at the map's end (data_floats: its decode a
  * third of its task, 1.18x the wall time parked at every backlog).  The
- * two are measured on a map chunk's parts, whose making is timed anyway
- * (interp.c): `part_make_ns` and `part_decode_ns`.  Without parts -- one
- * message a task, or chunks too short to split -- nothing is measured
- * and nobody parks (an imap of 4,096 floats a task, chunksize 1, lost
- * 8 % to parks).
+ * two are measured on large results only -- a map chunk's parts, whose
+ * making is timed anyway (interp.c), and a task's result of
+ * PP_TIMED_RESULT_BYTES or more (timed_task) -- as `make_ns` and
+ * `decode_cpu_ns`.  Where no result is that large nothing is measured
+ * and nobody parks (an imap of 4,096 floats a task, 32 KB each, lost 8 %
+ * to parks).
  *
  * A parked worker goes on when the collector is no longer behind by
  * half that (it wakes them as it finishes a batch), when terminate()
@@ -374,9 +380,9 @@ collector_behind_ns(pp_engine *e)
 static int
 collector_outpaced(pp_engine *e)
 {
-    uint64_t decode = atomic_load_explicit(&e->part_decode_ns,
+    uint64_t decode = atomic_load_explicit(&e->decode_cpu_ns,
                                            memory_order_relaxed);
-    uint64_t make = atomic_load_explicit(&e->part_make_ns,
+    uint64_t make = atomic_load_explicit(&e->make_ns,
                                          memory_order_relaxed);
     return decode > 0 && make > 0 && decode * e->nworkers > make;
 }
@@ -399,9 +405,34 @@ average_into(atomic_uint_fast64_t *avg, int64_t sample)
 
 /* Any GIL or none.  See pp_internal.h. */
 void
-pp__engine_part_decoded(pp_engine *e, int64_t ns)
+pp__engine_decoded_cpu(pp_engine *e, int64_t ns)
 {
-    average_into(&e->part_decode_ns, ns);
+    average_into(&e->decode_cpu_ns, ns);
+}
+
+/* Run `task` (run_task: the design's way) and say what making its result
+ * cost, for the gate: the worker reads its CPU clock around a task only
+ * while its last result was large (PP_TIMED_RESULT_BYTES or more), so
+ * that a stream of small results pays nothing (a clock read is a system
+ * call, a fifth of a no-op task), and not for a task that sent parts
+ * (those were timed one by one).  Needs: what run_task needs. */
+static pp_msg *
+timed_task(pp_engine *e, pp_worker *w, pp_interp *it, const pp_msg *task,
+           pp_msg *(*run_task)(pp_interp *, const pp_msg *))
+{
+    if (!pp__engine_gated(e)) {
+        return run_task(it, task);
+    }
+    int64_t began = w->time_tasks
+                        ? pp__clock_ns(CLOCK_THREAD_CPUTIME_ID) : -1;
+    w->sent_part = 0;
+    pp_msg *done = run_task(it, task);
+    if (began >= 0 && done != NULL && !w->sent_part) {
+        average_into(&e->make_ns,
+                     pp__clock_ns(CLOCK_THREAD_CPUTIME_ID) - began);
+    }
+    w->time_tasks = done != NULL && done->size >= PP_TIMED_RESULT_BYTES;
+    return done;
 }
 
 /* Any GIL or none.  See pp_internal.h. */
@@ -578,8 +609,8 @@ pp__engine_gate_stats(pp_engine *e, pp_gate_stats *out)
     out->undecoded = atomic_load(&e->undecoded);
     out->queued = pp_queue_length(e->completions);
     out->decode_ns = atomic_load(&e->decode_ns);
-    out->part_make_ns = atomic_load(&e->part_make_ns);
-    out->part_decode_ns = atomic_load(&e->part_decode_ns);
+    out->make_ns = atomic_load(&e->make_ns);
+    out->decode_cpu_ns = atomic_load(&e->decode_cpu_ns);
 }
 
 /* Push a completion; if the collector is gone (queue closed, which only
@@ -764,7 +795,8 @@ queue_worker_main(void *arg)
                 pp__ts_attach(ts);
                 attached = 1;
             }
-            finish_task(e, w, task, pp__interp_run(it, task));
+            finish_task(e, w, task,
+                        timed_task(e, w, it, task, pp__interp_run));
             served++;
         }
         if (attached) {
@@ -848,7 +880,8 @@ pp__engine_serve_calls(pp_engine *e, uint32_t worker)
             }
             /* Here this thread holds the main GIL: the design's cost is
              * this hop through the main interpreter for every task. */
-            finish_task(e, w, task, pp__interp_call(it, task));
+            finish_task(e, w, task,
+                        timed_task(e, w, it, task, pp__interp_call));
             served++;
         }
         caller = pp__ts_detach();
@@ -997,8 +1030,8 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
     atomic_init(&e->collector_busy, 0);
     atomic_init(&e->released, 0);
     atomic_init(&e->decode_ns, 0);
-    atomic_init(&e->part_make_ns, 0);
-    atomic_init(&e->part_decode_ns, 0);
+    atomic_init(&e->make_ns, 0);
+    atomic_init(&e->decode_cpu_ns, 0);
     atomic_init(&e->running, nworkers);
     atomic_init(&e->parked, 0);
     atomic_init(&e->parks, 0);
@@ -1115,7 +1148,8 @@ pp__engine_send_part(pp_msg *part, int64_t made_ns)
         return;
     }
     if (pp__engine_gated(e)) {
-        average_into(&e->part_make_ns, made_ns);
+        average_into(&e->make_ns, made_ns);
+        w->sent_part = 1;
     }
     complete(e, w, part, more_queued(e));
     /* A map chunk is one task but many parts: parking only between

@@ -452,9 +452,15 @@ int pp__engine_runs(const pp_msg *task);
  * interpreter attached (its GIL held; released while parked).  Takes
  * ownership of part. */
 void pp__engine_send_part(pp_msg *part, int64_t made_ns);
-/* The collector spent `ns` of its CPU time decoding one part: the gate's
- * other measure (see pp__engine_send_part).  Any GIL or none. */
-void pp__engine_part_decoded(pp_engine *e, int64_t ns);
+/* The gate measures what a result costs to make and to decode only on
+ * results this large (encoded) and on a map chunk's parts: where results
+ * are smaller, parking is not worth its sleep and wake-up, and the clock
+ * reads are not worth their system calls (engine.c, "the gate"). */
+#define PP_TIMED_RESULT_BYTES ((size_t)64 * 1024)
+/* The collector spent `ns` of its CPU time decoding one part, or one
+ * completion of PP_TIMED_RESULT_BYTES or more: the gate's other measure
+ * (see pp__engine_send_part).  Any GIL or none. */
+void pp__engine_decoded_cpu(pp_engine *e, int64_t ns);
 
 /* Wait up to timeout_ns for completions and take all that are ready;
  * the caller reports starting on them to pp__engine_decoding, and those
@@ -495,8 +501,8 @@ typedef struct {
     uint64_t undecoded;
     uint64_t queued;
     uint64_t decode_ns;
-    uint64_t part_make_ns;
-    uint64_t part_decode_ns;
+    uint64_t make_ns;
+    uint64_t decode_cpu_ns;
 } pp_gate_stats;
 void pp__engine_gate_stats(pp_engine *e, pp_gate_stats *out);
 

@@ -766,6 +766,13 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     pp_msg *msg = first;
     size_t taken = 0, bytes = 0;
     recent_result recent = {0, NULL};
+    /* The collector's CPU time when it began on a part or a large
+     * completion, which the gate weighs against the worker's time to make
+     * it (engine.c); -1 for any other.  CPU time, not the wall clock: the
+     * gate asks how much of a core decoding takes, whatever share of one
+     * it is given.  Reported when the next one begins, or the batch ends
+     * well. */
+    int64_t timed_from = -1;
     /* At most PP_COLLECT_BATCH, or fewer that carry PP_COLLECT_BYTES
      * (at least one); the rest stay held for the next calls. */
     for (; failed == NULL && msg != NULL; before = msg, msg = msg->next) {
@@ -781,19 +788,21 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         prefetch_msg(msg->next);
         bytes += pp__codec_msg_bytes(msg);
         taken++;
+        if (timed_from >= 0) {
+            pp__engine_decoded_cpu(PP_ENGINE(self),
+                                   thread_cpu_ns() - timed_from);
+            timed_from = -1;
+        }
+        if (started >= 0 && (msg->kind == PP_DONE_PART ||
+                             msg->size >= PP_TIMED_RESULT_BYTES)) {
+            /* 2 ms of a worker's CPU, or a result of 64 KB or more: two
+             * clock reads are nothing to it. */
+            timed_from = thread_cpu_ns();
+        }
         if (msg->kind == PP_DONE_PART) {
-            /* CPU time, not the wall clock: the gate asks how much of a
-             * core decoding takes, whatever share of one it is given.
-             * A part is 2 ms of a worker's CPU: two clock reads are
-             * nothing to it. */
-            int64_t part_began = started < 0 ? -1 : thread_cpu_ns();
             if (take_part(eo, msg) < 0) {
                 failed = msg;
                 break;
-            }
-            if (part_began >= 0) {
-                pp__engine_part_decoded(PP_ENGINE(self),
-                                        thread_cpu_ns() - part_began);
             }
             eo->parts_taken++;
             continue;
@@ -832,6 +841,9 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         }
         Py_DECREF(item);
         parts_delivered(eo, key);
+    }
+    if (timed_from >= 0 && failed == NULL) {
+        pp__engine_decoded_cpu(PP_ENGINE(self), thread_cpu_ns() - timed_from);
     }
     Py_XDECREF(recent.result);
     Py_XDECREF(futures);

@@ -396,9 +396,9 @@ engine_get_gate(PyObject *self, void *Py_UNUSED(closure))
         (unsigned long long)st.stalls, "undecoded",
         (unsigned long long)st.undecoded, "queued",
         (unsigned long long)st.queued, "decode_ns",
-        (unsigned long long)st.decode_ns, "part_make_ns",
-        (unsigned long long)st.part_make_ns, "part_decode_ns",
-        (unsigned long long)st.part_decode_ns);
+        (unsigned long long)st.decode_ns, "make_ns",
+        (unsigned long long)st.make_ns, "decode_cpu_ns",
+        (unsigned long long)st.decode_cpu_ns);
 }
 
 static PyMethodDef engine_methods[] = {
@@ -484,8 +484,9 @@ static PyGetSetDef engine_getset[] = {
      "inside a map chunk, at a part) and stalls so far, "
      "undecoded (completions the collector holds), queued (those waiting "
      "for it), decode_ns (its average time per completion), "
-     "part_make_ns and part_decode_ns (a map chunk's part: a worker's CPU "
-     "time making it, the collector's decoding it; averages)", NULL},
+     "make_ns and decode_cpu_ns (a large result or a map chunk's part: "
+     "a worker's CPU time making it, the collector's decoding it; "
+     "averages)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

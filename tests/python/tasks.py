@@ -41,6 +41,11 @@ def spin(n):
     return total
 
 
+def floats_of(seed):
+    """4,096 distinct floats (32 KB encoded): a mid-sized result."""
+    return [seed + i / 4096 for i in range(4096)]
+
+
 def ramp_of(pair):
     return ramp(*pair)
 

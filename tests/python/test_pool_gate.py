@@ -51,8 +51,8 @@ def wait_until(predicate, what, timeout=WAIT_S):
 def outpaced(stats):
     """The engine measured its collector decoding parts slower than its
     workers (2 here) make them, with a core each: the gate's condition."""
-    return (stats["part_make_ns"] > 0 and
-            stats["part_decode_ns"] * 2 > stats["part_make_ns"])
+    return (stats["make_ns"] > 0 and
+            stats["decode_cpu_ns"] * 2 > stats["make_ns"])
 
 
 def teach_outpaced(pool):
@@ -147,16 +147,35 @@ def test_nobody_parks_where_the_collector_keeps_up(make_pool, cores):
         sum(range(200_000))] * 32
     # The chunks went in parts, and the engine measured them.
     stats = gate(pool)
-    assert pool._runner.engine.parts > 0 and stats["part_make_ns"] > 0
+    assert pool._runner.engine.parts > 0 and stats["make_ns"] > 0
     assert not outpaced(stats), stats
     assert gate(pool)["parks"] == 0, stats
-    # Large results a task, never in parts: nothing measured, no parks.
+    # Results under 64 KB a task, never in parts (4,096 floats, 32 KB):
+    # nothing measured, no parks.
     fresh = make_pool(2)
-    items = [(i, 100_000) for i in range(16)]
-    assert list(fresh.imap(tasks.ramp_of, items, chunksize=1)) == [
-        list(range(i, i + n)) for i, n in items]
+    assert list(fresh.imap(tasks.floats_of, range(64), chunksize=1)) == [
+        tasks.floats_of(i) for i in range(64)]
     assert gate(fresh)["parks"] == 0 and fresh._runner.engine.parts == 0
-    assert gate(fresh)["part_make_ns"] == 0, gate(fresh)
+    assert gate(fresh)["make_ns"] == 0, gate(fresh)
+
+
+def test_workers_park_between_tasks_for_large_results(make_pool, cores):
+    """Results of 64 KB or more a task (lists of 100,000 distinct ints,
+    one a task: no parts) are timed too: the engine finds its collector
+    outpaced, and workers park between tasks while it is behind; every
+    result arrives, in order."""
+    cores(2)
+    pool = make_pool(2)
+    items = [(i, 100_000) for i in range(32)]
+    expected = [list(range(i, i + n)) for i, n in items]
+    for _ in range(5):
+        assert list(pool.imap(tasks.ramp_of, items, chunksize=1)) == expected
+        if gate(pool)["parks"] >= 1:
+            break
+    stats = gate(pool)
+    assert pool._runner.engine.parts == 0 and stats["make_ns"] > 0, stats
+    assert outpaced(stats) and stats["parks"] >= 1, stats
+    assert stats["part_parks"] == 0 and stats["undecoded"] == 0, stats
 
 
 def test_workers_park_between_parts_where_the_collector_is_outpaced(
