@@ -555,37 +555,46 @@ int
 pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
                    size_t *count)
 {
-    if (pp__engine_gated(e)) {
-        /* Not busy until it starts on what it takes (see
-         * collector_behind_ns).  With nothing queued it is about to wait
-         * or linger for more: a parked worker goes on now.  (With some
-         * queued it takes them at once and starts on them as soon as it
-         * has the main GIL.) */
-        atomic_store(&e->collector_busy, 0);
-        if (atomic_load(&e->parked) > 0 &&
-            pp_queue_length(e->completions) == 0) {
-            open_gate(e, 0);
-        }
-    }
     return pp_queue_pop_all(e->completions, timeout_ns, out, count);
+}
+
+/* Any GIL or none.  See pp_internal.h. */
+int
+pp__engine_gate_armed(const pp_engine *e)
+{
+    return pp__engine_gated(e) &&
+           atomic_load_explicit(&e->make_ns, memory_order_relaxed) != 0;
+}
+
+/* Any GIL or none.  See pp_internal.h. */
+void
+pp__engine_waiting(pp_engine *e)
+{
+    /* Not busy until it starts on what it takes (see
+     * collector_behind_ns).  With nothing queued it is about to wait or
+     * linger for more: a parked worker goes on now.  (With some queued it
+     * takes them at once and starts on them as soon as it has the main
+     * GIL.) */
+    atomic_store(&e->collector_busy, 0);
+    if (atomic_load(&e->parked) > 0 && pp_queue_length(e->completions) == 0) {
+        open_gate(e, 0);
+    }
 }
 
 /* Any GIL or none.  See pp_internal.h. */
 void
 pp__engine_decoding(pp_engine *e, size_t count)
 {
-    if (pp__engine_gated(e)) {
-        atomic_fetch_add(&e->undecoded, count);
-        atomic_store(&e->collector_busy, 1);
-    }
+    atomic_fetch_add(&e->undecoded, count);
+    atomic_store(&e->collector_busy, 1);
 }
 
 /* Any GIL or none.  See pp_internal.h. */
 void
 pp__engine_collected(pp_engine *e, size_t count, int64_t spent_ns)
 {
-    if (count == 0 || !pp__engine_gated(e)) {
-        return; /* ungated: nobody reads the collector's progress */
+    if (count == 0) {
+        return;
     }
     if (spent_ns >= 0) {
         average_into(&e->decode_ns, spent_ns / (int64_t)count);

@@ -469,12 +469,22 @@ void pp__engine_decoded_cpu(pp_engine *e, int64_t ns);
  * everything was collected.  Needs: no tstate (it blocks). */
 int pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
                        size_t *count);
+/* The gate's account of the collector (engine.c, "the gate"): kept only
+ * once the gate is armed -- the engine is gated and has timed a large
+ * result (a worker parks only then) -- so that a pool of small results
+ * pays nothing for it; and once kept, kept for good, every completion
+ * counted from pp__engine_decoding to pp__engine_collected.  So the
+ * collector starts keeping it at a batch it takes fresh from the core,
+ * none held from before.  All: any GIL or none. */
+int pp__engine_gate_armed(const pp_engine *e);
+/* The collector is about to wait (pp__engine_collect) for completions:
+ * it is not busy. */
+void pp__engine_waiting(pp_engine *e);
 /* The collector has the main GIL again and starts on the `count`
  * completions pp__engine_collect gave it: from now on they count as
- * undecoded, which parked workers wait on (the gate).  Not before: a
- * collector waiting for the main GIL -- the caller's thread running
- * Python -- is not behind on work a parked worker would make room for.
- * Any GIL or none. */
+ * undecoded, which parked workers wait on.  Not before: a collector
+ * waiting for the main GIL -- the caller's thread running Python -- is
+ * not behind on work a parked worker would make room for. */
 void pp__engine_decoding(pp_engine *e, size_t count);
 
 /* Whether the gate can park this engine's workers (run_limit below
@@ -483,9 +493,9 @@ void pp__engine_decoding(pp_engine *e, size_t count);
 int pp__engine_gated(const pp_engine *e);
 
 /* The collector finished with `count` of the completions it took
- * (handed them out, and freed them), in `spent_ns` (negative: not
- * timed): its progress, which parked workers wait for (the gate,
- * engine.c).  Any GIL or none. */
+ * (handed them out, and freed them), in `spent_ns`: its progress, which
+ * parked workers wait for (the gate, engine.c; see
+ * pp__engine_gate_armed).  Any GIL or none. */
 void pp__engine_collected(pp_engine *e, size_t count, int64_t spent_ns);
 
 /* The gate (engine.c): workers that may start a task while the

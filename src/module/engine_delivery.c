@@ -726,15 +726,24 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     /* The caller's buffers that finished tasks referred to go here, under
      * the main GIL (see codec.c's pins). */
     pp__pins_sweep(&eo->pins);
+    int counting; /* the gate's account: see pp__engine_gate_armed */
     PP_LOCK_OBJECT(self);
     first = eo->held;
     tail = eo->held_tail;
     count = eo->held_count;
     eo->held = eo->held_tail = NULL;
     eo->held_count = 0;
+    if (first == NULL && !eo->gate_counting &&
+        pp__engine_gate_armed(PP_ENGINE(self))) {
+        eo->gate_counting = 1;
+    }
+    counting = eo->gate_counting;
     PP_UNLOCK_OBJECT();
     if (first == NULL) {
         int rc;
+        if (counting) {
+            pp__engine_waiting(PP_ENGINE(self));
+        }
         Py_BEGIN_ALLOW_THREADS
         rc = pp__engine_collect(PP_ENGINE(self), timeout_ns, &first, &count);
         Py_END_ALLOW_THREADS
@@ -749,12 +758,16 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         if (rc == PP_ETIMEDOUT) {
             return PyList_New(0);
         }
-        pp__engine_decoding(PP_ENGINE(self), count);
+        if (counting) {
+            pp__engine_decoding(PP_ENGINE(self), count);
+        }
     }
     /* How long the batch takes is the engine's measure of how far behind
      * the collector is (the gate, engine.c). */
-    int64_t started =
-        pp__engine_gated(PP_ENGINE(self)) ? monotonic_ns() : -1;
+    int64_t started = counting ? monotonic_ns() : -1;
+    /* Parts and large completions are timed whenever the engine is gated:
+     * that is what arms it. */
+    int timing = pp__engine_gated(PP_ENGINE(self));
     PyObject *owner, *futures;
     bound_futures(self, &owner, &futures);
     Py_XDECREF(owner);
@@ -793,8 +806,8 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
                                    thread_cpu_ns() - timed_from);
             timed_from = -1;
         }
-        if (started >= 0 && (msg->kind == PP_DONE_PART ||
-                             msg->size >= PP_TIMED_RESULT_BYTES)) {
+        if (timing && (msg->kind == PP_DONE_PART ||
+                       msg->size >= PP_TIMED_RESULT_BYTES)) {
             /* 2 ms of a worker's CPU, or a result of 64 KB or more: two
              * clock reads are nothing to it. */
             timed_from = thread_cpu_ns();
@@ -868,8 +881,10 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         hold_front(self, msg, tail, count - taken);
     }
     pp_msg_free_chain(first);
-    pp__engine_collected(PP_ENGINE(self), handed,
-                         started < 0 ? -1 : monotonic_ns() - started);
+    if (counting) {
+        pp__engine_collected(PP_ENGINE(self), handed,
+                             monotonic_ns() - started);
+    }
     return list;
 }
 

@@ -203,6 +203,10 @@ typedef struct {
     pp_msg *held_tail; /* the last of them when known: NULL when none,
                         * or not looked for (see hold_front) */
     size_t held_count;
+    /* engine_delivery.c: the collector keeps the gate's account of its
+     * completions (pp__engine_gate_armed); set once, under the object's
+     * lock, with nothing held. */
+    int gate_counting;
     /* engine_delivery.c: set once by bind_futures(), NULL before.  The
      * Future fast path's contract, see "Completion delivery" below. */
     PyObject *future_owner;
