@@ -83,11 +83,13 @@ struct pp_engine {
      * immutable: the workers that may start a task while the collector
      * is behind; nworkers when the cores are not oversubscribed. */
     uint32_t run_limit;
-    atomic_uint_fast64_t undecoded; /* completions the collector took and
-                                       has not finished with */
+    /* The collector's account, kept once the gate is armed (see
+     * pp__engine_gate_armed): */
+    atomic_uint_fast64_t undecoded; /* completions it took and has not
+                                       finished with */
     atomic_int collector_busy;      /* from pp__engine_decoding to its
-                                       next pp__engine_collect */
-    atomic_uint_fast64_t released;  /* completions it finished, ever */
+                                       next pp__engine_waiting */
+    atomic_uint_fast64_t released;  /* completions it finished since */
     atomic_uint_fast64_t decode_ns; /* its time per completion, averaged */
     /* A large result (a map chunk's part, or a task's result of
      * PP_TIMED_RESULT_BYTES or more), averaged: the CPU time a worker
@@ -315,10 +317,12 @@ report_task(pp_worker *w, uint64_t *job, uint64_t *index)
  * only (run_limit < nworkers: nworkers + 1 > cores), a worker that has
  * finished a task while the collector is behind parks before taking the
  * next, as long as run_limit (cores - 1) other workers are not parked:
- * the collector keeps a core.  "Behind": the collector is awake on
- * completions it took (`undecoded`), and those plus the queued ones come
- * to PARK_MIN_NS or more at its measured time per completion
- * (`decode_ns`): tiny results are not worth a sleep and a wake-up.
+ * the collector keeps a core.  "Behind": the collector is busy (from
+ * the moment it has the main GIL and starts on a batch to its next wait
+ * for completions), and the completions it took and has not finished
+ * (`undecoded`) plus the queued ones come to PARK_MIN_NS or more at its
+ * measured time per completion (`decode_ns`): tiny results are not worth
+ * a sleep and a wake-up.
  *
  * And only when the collector cannot keep up anyway.  With the cores
  * shared fairly among the workers and the collector, it keeps up as long
@@ -375,8 +379,8 @@ collector_behind_ns(pp_engine *e)
 }
 
 /* Whether the workers make results faster than the collector, with its
- * fair share of the cores, decodes them (see above): measured on parts,
- * so 0 until some came.  Any GIL or none; no lock. */
+ * fair share of the cores, decodes them (see above): measured on large
+ * results, so 0 until some came.  Any GIL or none; no lock. */
 static int
 collector_outpaced(pp_engine *e)
 {
@@ -408,6 +412,20 @@ void
 pp__engine_decoded_cpu(pp_engine *e, int64_t ns)
 {
     average_into(&e->decode_cpu_ns, ns);
+}
+
+/* Any GIL or none.  See pp_internal.h. */
+void
+pp__engine_untimed_batch(pp_engine *e)
+{
+    /* A quarter off, as a sample of 0 would take: read first, so that
+     * an engine never armed writes nothing. */
+    uint64_t was = atomic_load_explicit(&e->decode_cpu_ns,
+                                        memory_order_relaxed);
+    if (was != 0) {
+        atomic_store_explicit(&e->decode_cpu_ns, was * 3 / 4,
+                              memory_order_relaxed);
+    }
 }
 
 /* Run `task` (run_task: the design's way) and say what making its result

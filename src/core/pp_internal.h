@@ -461,6 +461,12 @@ void pp__engine_send_part(pp_msg *part, int64_t made_ns);
  * completion of PP_TIMED_RESULT_BYTES or more: the gate's other measure
  * (see pp__engine_send_part).  Any GIL or none. */
 void pp__engine_decoded_cpu(pp_engine *e, int64_t ns);
+/* The collector finished a batch with no part and no large completion in
+ * it: the results have become small, and the gate's measure of decoding
+ * decays (a quarter a batch), so that a pool that made large results
+ * once does not go on parking for small ones (engine.c, "the gate").
+ * Any GIL or none. */
+void pp__engine_untimed_batch(pp_engine *e);
 
 /* Wait up to timeout_ns for completions and take all that are ready;
  * the caller reports starting on them to pp__engine_decoding, and those
@@ -475,7 +481,9 @@ int pp__engine_collect(pp_engine *e, int64_t timeout_ns, pp_msg **out,
  * pays nothing for it; and once kept, kept for good, every completion
  * counted from pp__engine_decoding to pp__engine_collected.  So the
  * collector starts keeping it at a batch it takes fresh from the core,
- * none held from before.  All: any GIL or none. */
+ * none held from before.  This needs one collecting thread per engine,
+ * as the pools have (a second one could hold a batch taken before the
+ * account began).  All: any GIL or none. */
 int pp__engine_gate_armed(const pp_engine *e);
 /* The collector is about to wait (pp__engine_collect) for completions:
  * it is not busy. */

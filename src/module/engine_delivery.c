@@ -765,9 +765,10 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     /* How long the batch takes is the engine's measure of how far behind
      * the collector is (the gate, engine.c). */
     int64_t started = counting ? monotonic_ns() : -1;
-    /* Parts and large completions are timed whenever the engine is gated:
-     * that is what arms it. */
-    int timing = pp__engine_gated(PP_ENGINE(self));
+    /* Parts and large completions are timed whenever the engine is gated
+     * (the collector's side of the gate's measure: the workers time
+     * their side, which arms the gate). */
+    int timing = pp__engine_gated(PP_ENGINE(self)), timed_any = 0;
     PyObject *owner, *futures;
     bound_futures(self, &owner, &futures);
     Py_XDECREF(owner);
@@ -811,6 +812,7 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
             /* 2 ms of a worker's CPU, or a result of 64 KB or more: two
              * clock reads are nothing to it. */
             timed_from = thread_cpu_ns();
+            timed_any = 1;
         }
         if (msg->kind == PP_DONE_PART) {
             if (take_part(eo, msg) < 0) {
@@ -857,6 +859,9 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     }
     if (timed_from >= 0 && failed == NULL) {
         pp__engine_decoded_cpu(PP_ENGINE(self), thread_cpu_ns() - timed_from);
+    }
+    else if (timing && !timed_any && taken > 0) {
+        pp__engine_untimed_batch(PP_ENGINE(self));
     }
     Py_XDECREF(recent.result);
     Py_XDECREF(futures);

@@ -162,6 +162,23 @@ def test_nobody_parks_where_the_collector_keeps_up(make_pool, cores):
         gate(fresh)
 
 
+def test_a_pool_whose_results_became_small_stops_parking(make_pool, cores):
+    """Large results made the engine find its collector outpaced; small
+    ones after them (32 KB, not timed) let that measure decay, and the
+    workers stop parking for them."""
+    cores(2)
+    pool = make_pool(2)
+    teach_outpaced(pool)
+    expected = [tasks.floats_of(i) for i in range(64)]
+    assert list(pool.imap(tasks.floats_of, range(64), chunksize=1)) == expected
+    assert not outpaced(gate(pool)), gate(pool)
+    parks = gate(pool)["parks"]
+    for _ in range(3):
+        assert list(pool.imap(tasks.floats_of, range(64),
+                              chunksize=1)) == expected
+    assert gate(pool)["parks"] == parks, gate(pool)
+
+
 def test_workers_park_between_tasks_for_large_results(make_pool, cores):
     """Results of 64 KB or more a task (lists of 100,000 distinct ints,
     one a task: no parts) are timed too: the engine finds its collector
