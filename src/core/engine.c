@@ -98,6 +98,9 @@ struct pp_engine {
      * up. */
     atomic_uint_fast64_t make_ns;
     atomic_uint_fast64_t decode_cpu_ns;
+    /* Completions the collector took since its last large one: past
+     * STALE_AFTER the two measures are old news (see collector_outpaced). */
+    atomic_uint_fast64_t untimed_run;
     atomic_uint_fast32_t running;   /* workers not parked (gate_lock) */
     atomic_uint_fast32_t parked;    /* workers parked (gate_lock) */
     atomic_uint_fast64_t parks;     /* parks so far, for the stats */
@@ -381,6 +384,10 @@ collector_behind_ns(pp_engine *e)
 /* Whether the workers make results faster than the collector, with its
  * fair share of the cores, decodes them (see above): measured on large
  * results, so 0 until some came.  Any GIL or none; no lock. */
+/* A pool that made large results once and small ones since -- this
+ * many completions, none timed -- no longer parks for them. */
+#define STALE_AFTER 64
+
 static int
 collector_outpaced(pp_engine *e)
 {
@@ -388,7 +395,9 @@ collector_outpaced(pp_engine *e)
                                            memory_order_relaxed);
     uint64_t make = atomic_load_explicit(&e->make_ns,
                                          memory_order_relaxed);
-    return decode > 0 && make > 0 && decode * e->nworkers > make;
+    return decode > 0 && make > 0 && decode * e->nworkers > make &&
+           atomic_load_explicit(&e->untimed_run, memory_order_relaxed) <
+               STALE_AFTER;
 }
 
 /* An average over the last few samples (weight 1/4 each).  Two threads
@@ -412,19 +421,21 @@ void
 pp__engine_decoded_cpu(pp_engine *e, int64_t ns)
 {
     average_into(&e->decode_cpu_ns, ns);
+    if (atomic_load_explicit(&e->untimed_run, memory_order_relaxed) != 0) {
+        atomic_store_explicit(&e->untimed_run, 0, memory_order_relaxed);
+    }
 }
 
 /* Any GIL or none.  See pp_internal.h. */
 void
-pp__engine_untimed_batch(pp_engine *e)
+pp__engine_untimed(pp_engine *e, size_t count)
 {
-    /* A quarter off, as a sample of 0 would take: read first, so that
-     * an engine never armed writes nothing. */
-    uint64_t was = atomic_load_explicit(&e->decode_cpu_ns,
-                                        memory_order_relaxed);
-    if (was != 0) {
-        atomic_store_explicit(&e->decode_cpu_ns, was * 3 / 4,
-                              memory_order_relaxed);
+    /* Read first: an engine never armed writes nothing. */
+    if (atomic_load_explicit(&e->make_ns, memory_order_relaxed) != 0 &&
+        atomic_load_explicit(&e->untimed_run, memory_order_relaxed) <
+            STALE_AFTER) {
+        atomic_fetch_add_explicit(&e->untimed_run, count,
+                                  memory_order_relaxed);
     }
 }
 
@@ -638,6 +649,7 @@ pp__engine_gate_stats(pp_engine *e, pp_gate_stats *out)
     out->decode_ns = atomic_load(&e->decode_ns);
     out->make_ns = atomic_load(&e->make_ns);
     out->decode_cpu_ns = atomic_load(&e->decode_cpu_ns);
+    out->untimed_run = atomic_load(&e->untimed_run);
 }
 
 /* Push a completion; if the collector is gone (queue closed, which only
@@ -1059,6 +1071,7 @@ pp__engine_new(pp_design design, uint32_t nworkers, uint64_t maxtasks,
     atomic_init(&e->decode_ns, 0);
     atomic_init(&e->make_ns, 0);
     atomic_init(&e->decode_cpu_ns, 0);
+    atomic_init(&e->untimed_run, 0);
     atomic_init(&e->running, nworkers);
     atomic_init(&e->parked, 0);
     atomic_init(&e->parks, 0);

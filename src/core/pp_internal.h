@@ -461,12 +461,11 @@ void pp__engine_send_part(pp_msg *part, int64_t made_ns);
  * completion of PP_TIMED_RESULT_BYTES or more: the gate's other measure
  * (see pp__engine_send_part).  Any GIL or none. */
 void pp__engine_decoded_cpu(pp_engine *e, int64_t ns);
-/* The collector finished a batch with no part and no large completion in
- * it: the results have become small, and the gate's measure of decoding
- * decays (a quarter a batch), so that a pool that made large results
- * once does not go on parking for small ones (engine.c, "the gate").
- * Any GIL or none. */
-void pp__engine_untimed_batch(pp_engine *e);
+/* The collector finished `count` completions that were neither parts
+ * nor large: once a run of them is long enough the gate's measures are
+ * stale, and a pool that made large results once stops parking for
+ * small ones (engine.c, "the gate").  Any GIL or none. */
+void pp__engine_untimed(pp_engine *e, size_t count);
 
 /* Wait up to timeout_ns for completions and take all that are ready;
  * the caller reports starting on them to pp__engine_decoding, and those
@@ -521,6 +520,7 @@ typedef struct {
     uint64_t decode_ns;
     uint64_t make_ns;
     uint64_t decode_cpu_ns;
+    uint64_t untimed_run;
 } pp_gate_stats;
 void pp__engine_gate_stats(pp_engine *e, pp_gate_stats *out);
 

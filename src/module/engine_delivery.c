@@ -768,7 +768,8 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     /* Parts and large completions are timed whenever the engine is gated
      * (the collector's side of the gate's measure: the workers time
      * their side, which arms the gate). */
-    int timing = pp__engine_gated(PP_ENGINE(self)), timed_any = 0;
+    int timing = pp__engine_gated(PP_ENGINE(self));
+    size_t untimed = 0;
     PyObject *owner, *futures;
     bound_futures(self, &owner, &futures);
     Py_XDECREF(owner);
@@ -812,7 +813,9 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
             /* 2 ms of a worker's CPU, or a result of 64 KB or more: two
              * clock reads are nothing to it. */
             timed_from = thread_cpu_ns();
-            timed_any = 1;
+        }
+        else {
+            untimed++;
         }
         if (msg->kind == PP_DONE_PART) {
             if (take_part(eo, msg) < 0) {
@@ -860,8 +863,8 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
     if (timed_from >= 0 && failed == NULL) {
         pp__engine_decoded_cpu(PP_ENGINE(self), thread_cpu_ns() - timed_from);
     }
-    else if (timing && !timed_any && taken > 0) {
-        pp__engine_untimed_batch(PP_ENGINE(self));
+    if (timing && untimed > 0) {
+        pp__engine_untimed(PP_ENGINE(self), untimed);
     }
     Py_XDECREF(recent.result);
     Py_XDECREF(futures);

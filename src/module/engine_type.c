@@ -390,7 +390,7 @@ engine_get_gate(PyObject *self, void *Py_UNUSED(closure))
     pp_gate_stats st;
     pp__engine_gate_stats(ENGINE(self), &st);
     return Py_BuildValue(
-        "{sIsIsKsKsKsKsKsKsKsK}", "run_limit", st.run_limit, "parked",
+        "{sIsIsKsKsKsKsKsKsKsKsK}", "run_limit", st.run_limit, "parked",
         st.parked, "parks", (unsigned long long)st.parks, "part_parks",
         (unsigned long long)st.part_parks, "stalls",
         (unsigned long long)st.stalls, "undecoded",
@@ -398,7 +398,8 @@ engine_get_gate(PyObject *self, void *Py_UNUSED(closure))
         (unsigned long long)st.queued, "decode_ns",
         (unsigned long long)st.decode_ns, "make_ns",
         (unsigned long long)st.make_ns, "decode_cpu_ns",
-        (unsigned long long)st.decode_cpu_ns);
+        (unsigned long long)st.decode_cpu_ns, "untimed_run",
+        (unsigned long long)st.untimed_run);
 }
 
 static PyMethodDef engine_methods[] = {
@@ -487,7 +488,8 @@ static PyGetSetDef engine_getset[] = {
      "for it), decode_ns (its average time per completion), "
      "make_ns and decode_cpu_ns (a large result or a map chunk's part: "
      "a worker's CPU time making it, the collector's decoding it; "
-     "averages)", NULL},
+     "averages), untimed_run (completions since the last large one; "
+     "from 64 on, the two are stale and nobody parks)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
