@@ -21,6 +21,7 @@ import time
 import pytest
 
 import tasks
+from conftest import FREE_THREADED
 from poolparty import _engine
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.poolparty_only]
@@ -59,13 +60,19 @@ def outpaced(stats):
 def teach_outpaced(pool):
     """A map whose chunks go in parts (each chunk more than 2 ms of a
     worker's CPU) of results that take longer to rebuild as objects than
-    to make: lists of distinct ints."""
+    to make: lists of distinct ints.  On a free-threaded build they do
+    not (the worker encodes through a copy of each list, the collector
+    decodes faster: about 8 ms to make a part against 2.5 to decode it,
+    3.13.5t), so the collector keeps up there and nobody parks: the tests
+    that need it outpaced are skipped, on what the engine measured."""
     items = [(i, 100_000) for i in range(16)]
     for _ in range(5):
         assert pool.starmap(tasks.ramp, items, chunksize=4) == [
             list(range(i, i + n)) for i, n in items]
         if outpaced(gate(pool)):
             return
+    if FREE_THREADED:
+        pytest.skip(f"the collector keeps up on this build: {gate(pool)}")
     raise AssertionError(f"the engine never measured it: {gate(pool)}")
 
 
@@ -195,6 +202,8 @@ def test_workers_park_between_tasks_for_large_results(make_pool, cores):
             break
     stats = gate(pool)
     assert pool._runner.engine.parts == 0 and stats["make_ns"] > 0, stats
+    if FREE_THREADED and not outpaced(stats):
+        pytest.skip(f"the collector keeps up on this build: {stats}")
     assert outpaced(stats) and stats["parks"] >= 1, stats
     assert stats["part_parks"] == 0 and stats["undecoded"] == 0, stats
     assert stats["decode_ns"] > 0, stats  # the account is kept now
