@@ -381,13 +381,13 @@ collector_behind_ns(pp_engine *e)
            atomic_load(&e->decode_ns);
 }
 
-/* Whether the workers make results faster than the collector, with its
- * fair share of the cores, decodes them (see above): measured on large
- * results, so 0 until some came.  Any GIL or none; no lock. */
 /* A pool that made large results once and small ones since -- this
  * many completions, none timed -- no longer parks for them. */
 #define STALE_AFTER 64
 
+/* Whether the workers make results faster than the collector, with its
+ * fair share of the cores, decodes them (see above): measured on large
+ * results, so 0 until some came.  Any GIL or none; no lock. */
 static int
 collector_outpaced(pp_engine *e)
 {
@@ -625,9 +625,7 @@ pp__engine_collected(pp_engine *e, size_t count, int64_t spent_ns)
     if (count == 0) {
         return;
     }
-    if (spent_ns >= 0) {
-        average_into(&e->decode_ns, spent_ns / (int64_t)count);
-    }
+    average_into(&e->decode_ns, spent_ns / (int64_t)count);
     atomic_fetch_sub(&e->undecoded, count);
     atomic_fetch_add(&e->released, count);
     if (atomic_load(&e->parked) > 0 &&

@@ -696,15 +696,6 @@ monotonic_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* This thread's CPU time, in ns. */
-static int64_t
-thread_cpu_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* collect(timeout=None) -> list of completions as (job, index, kind,
  * worker, payload) tuples, [] on timeout, or None once every worker has
  * exited and all was collected.  At most PP_COLLECT_BATCH per call,
@@ -804,15 +795,16 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         bytes += pp__codec_msg_bytes(msg);
         taken++;
         if (timed_from >= 0) {
-            pp__engine_decoded_cpu(PP_ENGINE(self),
-                                   thread_cpu_ns() - timed_from);
+            pp__engine_decoded_cpu(
+                PP_ENGINE(self),
+                pp__clock_ns(CLOCK_THREAD_CPUTIME_ID) - timed_from);
             timed_from = -1;
         }
         if (timing && (msg->kind == PP_DONE_PART ||
                        msg->size >= PP_TIMED_RESULT_BYTES)) {
             /* 2 ms of a worker's CPU, or a result of 64 KB or more: two
              * clock reads are nothing to it. */
-            timed_from = thread_cpu_ns();
+            timed_from = pp__clock_ns(CLOCK_THREAD_CPUTIME_ID);
         }
         else {
             untimed++;
@@ -861,7 +853,9 @@ pp__engine_type_collect(PyObject *self, PyObject *const *args,
         parts_delivered(eo, key);
     }
     if (timed_from >= 0 && failed == NULL) {
-        pp__engine_decoded_cpu(PP_ENGINE(self), thread_cpu_ns() - timed_from);
+        pp__engine_decoded_cpu(
+            PP_ENGINE(self),
+            pp__clock_ns(CLOCK_THREAD_CPUTIME_ID) - timed_from);
     }
     if (timing && untimed > 0) {
         pp__engine_untimed(PP_ENGINE(self), untimed);
